@@ -1,0 +1,329 @@
+"""The ``lmrec`` command. The only module that reads argv or the environment."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from lmrec.errors import LmrecError
+
+RERANK_DEFAULTS = {"mmr": 0.7, "dpp": 0.8, "calibration": 0.5}
+
+
+def default_cache() -> Path:
+    return Path(os.environ.get("LMREC_CACHE", Path.home() / ".cache" / "lmrec"))
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _number(key: str, text: str) -> int | float:
+    try:
+        return int(text) if key == "seed" else float(text)
+    except ValueError:
+        raise LmrecError(f"--split-param {key} needs a number, got {text!r}") from None
+
+
+def _parse_sets(pairs: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise LmrecError(f"--set expects key=value, got {pair!r}")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def _model_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    if args.config:
+        try:
+            loaded = yaml.safe_load(Path(args.config).read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise LmrecError(f"{args.config}: not valid YAML ({exc})") from None
+        if not isinstance(loaded, dict):
+            raise LmrecError(f"{args.config}: expected a mapping of model options")
+        values.update(loaded)
+    values.update(_parse_sets(args.set))
+    return values
+
+
+def _reranker(args: argparse.Namespace, run: Any) -> Any:
+    """The re-ranker asked for with --rerank/--lam/--similarity, or None."""
+    if not args.rerank:
+        return None
+    from lmrec.rerank import make_reranker
+
+    value = args.lam if args.lam is not None else RERANK_DEFAULTS[args.rerank]
+    try:
+        train = run.split.train_dataset()
+        return make_reranker(args.rerank, value, train, model=run.model, similarity_name=args.similarity)
+    except ValueError as exc:
+        raise LmrecError(f"--rerank {args.rerank} --lam {value}: {exc}") from None
+
+
+def _add_rerank_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--rerank", choices=sorted(RERANK_DEFAULTS), help="re-rank the top candidates for diversity")
+    p.add_argument("--lam", type=float, help="trade-off: MMR/calibration λ, DPP θ (1 = relevance only for MMR)")
+    p.add_argument("--similarity", default="genre", choices=["genre", "embedding", "cooccurrence"])
+    p.add_argument("--candidates", type=_positive, default=100, help="how many of the model's top items to re-rank")
+
+
+def cmd_datasets(args: argparse.Namespace) -> int:
+    from lmrec.data.sources import fetch, list_sources
+
+    if args.action == "list":
+        for src in list_sources(args.cache_dir):
+            mark = "cached" if src["cached"] else "not cached"
+            print(f"{src['name']:<18} {mark:<11} {src['description']}")
+        return 0
+    path = fetch(args.name, args.cache_dir)
+    print(path)
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    import torch
+
+    from lmrec.models.base import FitOptions
+    from lmrec.runs import DataRecipe, train_run
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    split_params = _parse_sets(args.split_param)
+    recipe = DataRecipe(
+        dataset=args.dataset,
+        columns=_parse_sets(args.column) or None,
+        kcore=args.kcore,
+        min_rating=args.min_rating,
+        dedupe=args.dedupe,
+        split=args.split,
+        split_params={k: _number(k, v) for k, v in split_params.items()},
+    )
+    options = FitOptions(seed=args.seed, device=args.device, progress=not args.quiet, log=_say)
+    run = train_run(recipe, args.model, _model_overrides(args), Path(args.out), args.cache_dir, options)
+    valid_file = run.directory / "valid.json"
+    valid = json.loads(valid_file.read_text()) if valid_file.exists() else None
+    _say(f"trained {args.model} in {run.meta['train_seconds']:.1f}s → {run.directory}")
+    if valid:
+        _say("validation: " + ", ".join(f"{k} {v:.4f}" for k, v in valid["metrics"].items() if "@" in k))
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from lmrec.evaluate.report import markdown_report
+    from lmrec.runs import open_run
+
+    run = open_run(Path(args.run), args.cache_dir)
+    report = run.evaluate(
+        args.split, ks=tuple(args.k), progress=not args.json, reranker=_reranker(args, run), candidates=args.candidates
+    )
+    if args.json:
+        print(json.dumps(report))
+    else:
+        print(markdown_report({run.meta["model"]: report["metrics"]}, report["protocol"], report["n_users"]))
+    return 0
+
+
+def cmd_recommend(args: argparse.Namespace) -> int:
+    from lmrec.runs import open_run
+
+    run = open_run(Path(args.run), args.cache_dir)
+    history = [h.strip() for h in args.history.split(",") if h.strip()] if args.history else None
+    result = run.recommend(str(args.user), history, k=args.k, reranker=_reranker(args, run), candidates=args.candidates)
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(f"user {result['user']} ({result['history_length']} items in history)")
+    for rank, item in enumerate(result["items"], 1):
+        print(f"{rank:>3}. {item['title']}  [item {item['item']}, score {item['score']:.4f}]")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from lmrec.evaluate.significance import paired_test
+    from lmrec.runs import open_run
+
+    a, b = (open_run(Path(p), args.cache_dir) for p in (args.run_a, args.run_b))
+    ra, rb = a.per_user(args.split, (args.k,)), b.per_user(args.split, (args.k,))
+    if list(ra.users) != list(rb.users) or a.dataset.users != b.dataset.users:
+        raise LmrecError("the runs were evaluated on different users; compare runs of one dataset and split")
+    metric = f"{args.metric}@{args.k}"
+    result: dict[str, Any] = {"metric": metric, "a": str(a.directory), "b": str(b.directory)}
+    result.update(paired_test(ra.per_user[metric], rb.per_user[metric]))
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print("\n".join(f"{k}: {v}" for k, v in result.items()))
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from lmrec.serve import open_store, serve
+
+    db = args.db or str(Path(args.run) / "events.db")
+    if not args.no_auth:
+        store = open_store(db)
+        has_keys = any(k.active for k in store.list_keys())
+        store.close()
+        if not has_keys:
+            _say(
+                f"no API keys yet: create one with `lmrec keys create --db {db} --scopes read,write,admin`"
+                " (or use --no-auth on a private machine)"
+            )
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    serve(
+        Path(args.run), db, args.cache_dir, host=args.host, port=args.port, require_keys=not args.no_auth, ann=args.ann
+    )
+    return 0
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    import time
+
+    from lmrec.serve.store import open_store
+
+    store = open_store(args.db)
+    try:
+        if args.action == "create":
+            key_id, key = store.create_key(args.scopes.split(","))
+            _say(f"created key {key_id} ({args.scopes}); it is shown only now:")
+            print(key)
+        elif args.action == "list":
+            for k in store.list_keys():
+                created = time.strftime("%Y-%m-%d %H:%M", time.localtime(k.created))
+                print(f"{k.key_id}  {','.join(k.scopes):<18} {'active' if k.active else 'revoked':<8} {created}")
+        else:
+            if not store.revoke_key(args.key_id):
+                raise LmrecError(f"no active key {args.key_id!r}")
+            _say(f"revoked {args.key_id}")
+    finally:
+        store.close()
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lmrec", description="Recommenders with language models and strong baselines."
+    )
+    parser.add_argument(
+        "--cache-dir", type=Path, default=None, help="dataset cache (default $LMREC_CACHE or ~/.cache/lmrec)"
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("datasets", help="list or fetch named datasets")
+    p.add_argument("action", choices=["list", "fetch"])
+    p.add_argument("name", nargs="?")
+    p.set_defaults(func=cmd_datasets)
+
+    p = sub.add_parser("train", help="train a model and save a run directory")
+    p.add_argument("--dataset", required=True, help="registered name (ml-100k) or a file/directory")
+    p.add_argument("--model", required=True)
+    p.add_argument("--config", help="YAML file of model options")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="model option override")
+    p.add_argument("--out", required=True, help="run directory to create")
+    p.add_argument(
+        "--column",
+        action="append",
+        default=[],
+        metavar="OURS=THEIRS",
+        help="column mapping, e.g. user=customer_id",
+    )
+    p.add_argument("--split", default="leave-one-out", choices=["leave-one-out", "temporal", "ratio", "cold-items"])
+    p.add_argument("--split-param", action="append", default=[], metavar="KEY=VALUE", help="e.g. test=0.2, share=0.1")
+    p.add_argument("--kcore", type=int, help="keep users and items with at least this many interactions")
+    p.add_argument("--min-rating", type=float, help="drop interactions rated below this")
+    p.add_argument("--dedupe", action="store_true", help="keep only the last of repeated user-item pairs")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="full-ranking evaluation of a run")
+    p.add_argument("--run", required=True)
+    p.add_argument("--split", default="test", choices=["valid", "test"])
+    p.add_argument("--k", type=_positive, nargs="+", default=[10])
+    p.add_argument("--json", action="store_true")
+    _add_rerank_options(p)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("recommend", help="top-k for one user")
+    p.add_argument("--run", required=True)
+    p.add_argument("--user", required=True)
+    p.add_argument("--history", help="comma-separated item IDs the user just interacted with")
+    p.add_argument("--k", type=_positive, default=10)
+    p.add_argument("--json", action="store_true")
+    _add_rerank_options(p)
+    p.set_defaults(func=cmd_recommend)
+
+    p = sub.add_parser("compare", help="paired significance test between two runs")
+    p.add_argument("run_a")
+    p.add_argument("run_b")
+    p.add_argument("--split", default="test", choices=["valid", "test"])
+    p.add_argument("--metric", default="ndcg")
+    p.add_argument("--k", type=_positive, default=10)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("serve", help="run the recommendation service (needs lmrec[serve])")
+    p.add_argument("--run", required=True)
+    p.add_argument(
+        "--db",
+        help="event store: sqlite:///PATH, a file path or postgresql://user@host:port/db (default RUN_DIR/events.db)",
+    )
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--no-auth", action="store_true", help="accept requests without API keys (local use only)")
+    p.add_argument("--ann", action="store_true", help="approximate top-k with a faiss HNSW index (lmrec[ann])")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("keys", help="create, list or revoke the service's API keys")
+    keys = p.add_subparsers(dest="action", required=True)
+    for action, text in (("create", "make a key (printed once)"), ("list", "list keys"), ("revoke", "revoke a key")):
+        k = keys.add_parser(action, help=text)
+        k.add_argument(
+            "--db", required=True, help="event store: sqlite:///PATH, a file path or postgresql://user@host:port/db"
+        )
+        if action == "create":
+            k.add_argument("--scopes", default="read", help="comma-separated, from read,write,admin (default read)")
+        if action == "revoke":
+            k.add_argument("key_id", help="the key to revoke (see `lmrec keys list`)")
+        k.set_defaults(func=cmd_keys)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.cache_dir is None:
+        args.cache_dir = default_cache()
+    if args.command == "datasets" and args.action == "fetch" and not args.name:
+        print("error: datasets fetch needs a NAME", file=sys.stderr)
+        return 2
+    try:
+        return int(args.func(args))
+    except (LmrecError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

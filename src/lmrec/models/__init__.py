@@ -1,0 +1,6 @@
+"""Models: one file per family, registered by name in :mod:`lmrec.models.registry`."""
+
+from lmrec.models.base import FitOptions, ModelConfig, Recommender
+from lmrec.models.registry import MODELS, model_class
+
+__all__ = ["MODELS", "FitOptions", "ModelConfig", "Recommender", "model_class"]

@@ -1,0 +1,263 @@
+"""The model contract: a typed config plus a class that fits, scores, recommends, saves and loads.
+
+Every model scores a :class:`~lmrec.data.batch.QueryBatch` (users and their histories) against the
+whole catalog. Seen-item exclusion, top-k and evaluation live outside the model, so each model
+file only says what is special about it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from safetensors.torch import load_file, save_file
+
+from lmrec.data.batch import EvalSet, QueryBatch
+from lmrec.data.schema import Dataset
+from lmrec.errors import ConfigError
+from lmrec.train.loop import fit_epochs
+
+C = TypeVar("C", bound="ModelConfig")
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "weights.safetensors"
+
+
+@dataclass
+class ModelConfig:
+    """Base of every model config: a dataclass with typed fields, validated, JSON round-trip."""
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` for values that cannot work. Subclasses extend it."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls: type[C], values: dict[str, Any]) -> C:
+        """Build from a dict (JSON, YAML or ``--set key=value`` strings), converting types."""
+        hints = typing.get_type_hints(cls)
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise ConfigError(f"{cls.__name__} has no option {unknown}; options are {sorted(names)}")
+        return cls(**{k: _coerce(v, hints[k], k) for k, v in values.items()})
+
+    def updated(self: C, values: dict[str, Any]) -> C:
+        return type(self).from_dict({**self.to_dict(), **values})
+
+
+def _coerce(value: Any, hint: Any, name: str) -> Any:
+    """Convert ``value`` to the field's type; strings from the command line are parsed."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            return None
+        return _coerce(value, args[0], name)
+    if origin in (tuple, list):
+        (inner, *_) = typing.get_args(hint) or (str,)
+        if isinstance(value, str):
+            value = [
+                v
+                for v in value.replace("[", "").replace("]", "").replace("(", "").replace(")", "").split(",")
+                if v.strip()
+            ]
+        return origin(_coerce(v, inner, name) for v in value)
+    try:
+        if hint is bool:
+            if isinstance(value, str):
+                if value.lower() in ("true", "1", "yes", "on"):
+                    return True
+                if value.lower() in ("false", "0", "no", "off"):
+                    return False
+                raise ValueError(value)
+            return bool(value)
+        if hint in (int, float, str):
+            if hint is int and isinstance(value, float) and not value.is_integer():
+                raise ValueError(value)
+            return hint(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"option {name!r} needs a {getattr(hint, '__name__', hint)}, got {value!r}") from None
+    return value
+
+
+@dataclass
+class FitOptions:
+    """Everything about *how* to fit that is not the model: seed, device, threads, progress."""
+
+    seed: int = 0
+    device: str = "cpu"
+    progress: bool = False
+    log: Callable[[str], None] | None = None
+    cache_dir: Path | None = None  # where text embeddings are cached
+    text_encoder: Any = None  # a lmrec.text.TextEncoder to use instead of loading the configured one
+
+    def torch_generator(self) -> torch.Generator:
+        return torch.Generator(device="cpu").manual_seed(self.seed)
+
+    def rng(self) -> np.random.Generator:
+        return np.random.default_rng(self.seed)
+
+    def say(self, message: str) -> None:
+        if self.log is not None:
+            self.log(message)
+
+
+class Recommender(ABC):
+    """Base of every model. Subclasses set ``name`` and ``config_class`` and implement
+    ``fit``, ``score``, ``state`` and ``load_state``."""
+
+    name: ClassVar[str]
+    config_class: ClassVar[type[ModelConfig]]
+
+    def __init__(self, config: ModelConfig | None = None) -> None:
+        self.config = config if config is not None else self.config_class()
+        if not isinstance(self.config, self.config_class):
+            raise ConfigError(f"{type(self).__name__} needs a {self.config_class.__name__}")
+        self.n_users = 0
+        self.n_items = 0
+        self.device = torch.device("cpu")
+        self.history: dict[str, Any] = {}  # training log: losses, validation scores, seconds
+
+    # -- the contract -----------------------------------------------------------------------------
+    @abstractmethod
+    def fit(self, train: Dataset, valid: EvalSet | None = None, options: FitOptions | None = None) -> Recommender:
+        """Learn from ``train.interactions``; ``valid`` is used for early stopping where it applies."""
+
+    @abstractmethod
+    def score(self, batch: QueryBatch) -> torch.Tensor:
+        """Scores of shape (len(batch), n_items); higher is better. Seen items are not masked here."""
+
+    @abstractmethod
+    def state(self) -> dict[str, torch.Tensor]:
+        """Everything learned, as named tensors (saved as safetensors)."""
+
+    @abstractmethod
+    def load_state(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Inverse of :meth:`state`."""
+
+    # -- shared behaviour -------------------------------------------------------------------------
+    def _start_fit(self, train: Dataset, options: FitOptions | None) -> FitOptions:
+        options = options or FitOptions()
+        self.n_users, self.n_items = train.n_users, train.n_items
+        self.device = torch.device(options.device)
+        torch.manual_seed(options.seed)
+        if len(train.interactions) == 0:
+            raise ConfigError("no training interactions")
+        return options
+
+    def _run_epochs(
+        self,
+        run_epoch: Callable[[int], float],
+        *,
+        epochs: int,
+        patience: int,
+        options: FitOptions,
+        desc: str,
+        valid: EvalSet | None = None,
+        validate: Callable[[], float] | None = None,
+    ) -> dict[str, Any]:
+        """The training loop with this model's weights as snapshots: early stopping on validation
+        NDCG@10 (or on ``validate``), the best epoch's weights restored. Returns the training log."""
+        if validate is None and valid is not None and len(valid):
+            validate = lambda: validation_ndcg(self, valid)  # noqa: E731
+        log = fit_epochs(
+            run_epoch,
+            epochs=epochs,
+            validate=validate,
+            snapshot=self.state,
+            restore=self.load_state,
+            patience=patience,
+            progress=options.progress,
+            desc=desc,
+        )
+        return log.as_dict()
+
+    def known_users(self, batch: QueryBatch) -> np.ndarray:
+        """Mask of batch rows whose user the model learned an embedding for."""
+        return (batch.users >= 0) & (batch.users < self.n_users)
+
+    def recommend(self, batch: QueryBatch, k: int = 10, exclude_seen: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` item rows and their scores per query; items in the history are excluded."""
+        with torch.no_grad():
+            scores = self.score(batch).float()
+        if exclude_seen:
+            mask_seen(scores, batch)
+        k = min(k, self.n_items)
+        top = torch.topk(scores, k, dim=1)
+        items = top.indices.cpu().numpy()
+        values = top.values.cpu().numpy()
+        items[~np.isfinite(values)] = -1  # fewer than k unseen items left
+        return items, values
+
+    def save(self, directory: str | Path) -> Path:
+        from lmrec import __version__
+
+        path = Path(directory)
+        path.mkdir(parents=True, exist_ok=True)
+        meta = {
+            "model": self.name,
+            "config": self.config.to_dict(),
+            "n_users": self.n_users,
+            "n_items": self.n_items,
+            "lmrec_version": __version__,
+        }
+        save_file({k: v.detach().cpu().contiguous() for k, v in self.state().items()}, path / WEIGHTS_FILE)
+        (path / CONFIG_FILE).write_text(json.dumps(meta, indent=2))
+        return path
+
+    @classmethod
+    def load(cls, directory: str | Path) -> Recommender:
+        """Load any saved model; safetensors and JSON only, no pickle."""
+        from lmrec.models.registry import model_class
+
+        path = Path(directory)
+        meta = json.loads((path / CONFIG_FILE).read_text())
+        klass = model_class(meta["model"])
+        if cls is not Recommender and not issubclass(klass, cls):
+            raise ConfigError(f"{path} holds a {meta['model']!r} model, not {cls.name!r}")
+        model = klass(klass.config_class.from_dict(meta["config"]))
+        model.n_users, model.n_items = int(meta["n_users"]), int(meta["n_items"])
+        model.load_state(load_file(path / WEIGHTS_FILE))
+        return model
+
+
+def mask_seen(scores: torch.Tensor, batch: QueryBatch) -> None:
+    """Set the scores of every item in each query's history to -inf, in place."""
+    n_items = scores.shape[1]
+    rows = np.repeat(np.arange(len(batch)), batch.lengths())
+    valid = (batch.items >= 0) & (batch.items < n_items)
+    if valid.any():
+        r = torch.from_numpy(rows[valid]).to(scores.device)
+        c = torch.from_numpy(batch.items[valid]).to(scores.device)
+        scores[r, c] = float("-inf")
+
+
+def interaction_matrix(train: Dataset) -> sp.csr_matrix:
+    """Binary users × items matrix of the training interactions (repeats count once)."""
+    users = train.interactions["user"].to_numpy()
+    items = train.interactions["item"].to_numpy()
+    x = sp.csr_matrix((np.ones(len(users), np.float32), (users, items)), shape=(train.n_users, train.n_items))
+    x.sum_duplicates()
+    x.data[:] = 1.0
+    return x
+
+
+def validation_ndcg(model: Recommender, valid: EvalSet, k: int = 10) -> float:
+    """NDCG@k on the validation set: the number early stopping maximises."""
+    from lmrec.evaluate.evaluator import evaluate
+
+    return evaluate(model, valid, ks=(k,), metrics=("ndcg",)).metrics[f"ndcg@{k}"]

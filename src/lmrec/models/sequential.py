@@ -1,0 +1,438 @@
+"""Sequential transformers: one encoder, two objectives.
+
+* ``sasrec`` — causal self-attention trained to predict the next item at every position of a
+  sequence in one pass (Kang & McAuley 2018), with full-catalog softmax cross-entropy by default
+  ("SASRec+", Klenitskiy & Vasilev 2023).
+* ``bert4rec`` — bidirectional self-attention trained by masked-item modelling (Sun et al. 2019);
+  at inference a [MASK] is appended after the history and its prediction is the next item.
+
+Items are represented by an ID embedding (``item_repr="id"``), by a projection of their text
+embedding from a sentence encoder (``"text"``: an item never seen in training is scored as soon as
+its text is known, and the weights transfer to another catalog), or by a learned per-dimension
+gate between the two (``"fused"``).
+
+Both can be pretrained by masked-item modelling and fine-tuned on their own objective
+(``pretrain_epochs``), or start from a saved run (``init_from``). ``score`` returns logits over the
+catalog; ``distribution`` turns them into p(next item | history).
+
+Item rows are shifted by one inside the network: 0 is padding, 1..n the items, n+1 the mask token.
+Training sequences are cut into windows from the end of each user's history (every interaction is
+a target once), windows of similar length are batched together so little compute goes to padding.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from lmrec.data.batch import EvalSet, QueryBatch
+from lmrec.data.schema import Dataset
+from lmrec.errors import ConfigError
+from lmrec.models.base import FitOptions, ModelConfig, Recommender
+from lmrec.train.losses import bce_one_negative, gbce_loss, sampled_softmax_loss, softmax_ce
+
+OBJECTIVES = ("causal", "masked")
+LOSSES = ("ce", "sampled", "gbce", "bce")
+ITEM_REPRS = ("id", "text", "fused")
+
+
+@dataclass
+class SequentialConfig(ModelConfig):
+    objective: str = "causal"  # "causal" (next item, SASRec) or "masked" (masked items, BERT4Rec)
+    max_len: int = 200  # most recent items the model reads
+    dim: int = 64
+    inner: int = 256  # feed-forward size
+    layers: int = 2
+    heads: int = 2
+    dropout: float = 0.2
+    loss: str = "ce"  # "ce" full softmax | "sampled" softmax | "gbce" | "bce" (one negative)
+    negatives: int = 256  # for sampled / gbce (bce always uses one)
+    gbce_t: float = 0.75
+    mask_prob: float = 0.2  # masked objective: share of positions masked
+    epochs: int = 200
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    patience: int = 10
+    pretrain_epochs: int = 0  # > 0: masked-item pretraining first, then the objective above
+    init_from: str | None = None  # a run or model directory whose weights to start from
+    amp: bool = False  # bfloat16 autocast (worth it on GPUs; usually slower on CPUs)
+    compile: bool = False  # torch.compile the encoder
+    item_repr: str = "id"  # "id" | "text" (from item text alone) | "fused" (gated ID + text)
+    text_encoder: str = "minilm"  # "minilm" (packaged all-MiniLM-L6-v2) or a local model directory
+    text_template: str | None = None  # str.format over catalog columns; None: title, year, genres, text
+    diversity_weight: float = 0.0  # > 0: penalise the expected category similarity of the predicted top (ce loss)
+
+    def validate(self) -> None:
+        if self.item_repr not in ITEM_REPRS:
+            raise ConfigError(f"item_repr must be one of {ITEM_REPRS}, got {self.item_repr!r}")
+        if self.objective not in OBJECTIVES:
+            raise ConfigError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
+        if self.loss not in LOSSES:
+            raise ConfigError(f"loss must be one of {LOSSES}, got {self.loss!r}")
+        if self.dim % self.heads:
+            raise ConfigError(f"dim ({self.dim}) must be divisible by heads ({self.heads})")
+        for key in ("max_len", "dim", "inner", "layers", "heads", "negatives", "epochs", "batch_size"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{key} must be >= 1")
+        if self.diversity_weight < 0 or (self.diversity_weight > 0 and self.loss != "ce"):
+            raise ConfigError("diversity_weight must be >= 0 and needs loss=ce (it reads the full distribution)")
+        if not (0 <= self.dropout < 1 and 0 < self.mask_prob < 1 and self.lr > 0):
+            raise ConfigError("need 0 <= dropout < 1, 0 < mask_prob < 1 and lr > 0")
+
+
+@dataclass
+class BERT4RecConfig(SequentialConfig):
+    objective: str = "masked"
+
+
+@dataclass
+class TextSequentialConfig(SequentialConfig):
+    item_repr: str = "fused"
+
+
+class SequenceEncoder(nn.Module):
+    """Item embeddings + learned positions + transformer blocks; output tied to item embeddings."""
+
+    text: torch.Tensor  # buffers, declared for type checkers
+    is_item: torch.Tensor
+
+    def __init__(self, n_items: int, cfg: SequentialConfig, text_dim: int = 0) -> None:
+        super().__init__()
+        self.n_items, self.max_len, self.item_repr = n_items, cfg.max_len, cfg.item_repr
+        self.items = nn.Embedding(n_items + 2, cfg.dim, padding_idx=0)  # 0 pad, n+1 mask
+        if cfg.item_repr != "id":
+            if text_dim < 1:
+                raise ConfigError(f"item_repr={cfg.item_repr!r} needs item text embeddings")
+            # rows aligned with the shifted ids; pad and mask rows stay zero
+            self.register_buffer("text", torch.zeros(n_items + 2, text_dim))
+            self.adaptor = nn.Sequential(nn.Linear(text_dim, cfg.dim), nn.GELU(), nn.Linear(cfg.dim, cfg.dim))
+            self.gate = nn.Parameter(torch.zeros(cfg.dim))  # fused: sigmoid(gate) weighs the ID part
+            is_item = torch.zeros(n_items + 2, 1, dtype=torch.bool)
+            is_item[1 : n_items + 1] = True
+            self.register_buffer("is_item", is_item, persistent=False)
+        self.positions = nn.Embedding(cfg.max_len + 1, cfg.dim)  # +1: the appended mask slot
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.norm = nn.LayerNorm(cfg.dim)
+        layer = nn.TransformerEncoderLayer(
+            cfg.dim, cfg.heads, cfg.inner, cfg.dropout, activation="gelu", batch_first=True, norm_first=True
+        )
+        self.blocks = nn.TransformerEncoder(layer, cfg.layers, enable_nested_tensor=False)
+        self.final_norm = nn.LayerNorm(cfg.dim)
+        nn.init.normal_(self.items.weight, std=0.02)
+        nn.init.normal_(self.positions.weight, std=0.02)
+        with torch.no_grad():
+            self.items.weight[0].zero_()
+
+    def item_table(self) -> torch.Tensor:
+        """The (n_items + 2, dim) item representations used for both input and output."""
+        if self.item_repr == "id":
+            return self.items.weight
+        text = self.adaptor(self.text)
+        if self.item_repr == "fused":
+            g = torch.sigmoid(self.gate)
+            text = g * self.items.weight + (1 - g) * text
+        return torch.where(self.is_item, text, self.items.weight)  # pad and mask keep their own rows
+
+    def forward(self, seq: torch.Tensor, causal: bool, table: torch.Tensor | None = None) -> torch.Tensor:
+        """seq (B, L) shifted item ids, right-padded with 0 → hidden states (B, L, dim)."""
+        length = seq.shape[1]
+        pos = torch.arange(length, device=seq.device)
+        table = self.item_table() if table is None else table
+        x = self.dropout(self.norm(nn.functional.embedding(seq, table, padding_idx=0) + self.positions(pos)))
+        if causal:  # padding sits after the real items, so the causal mask alone hides it
+            mask = nn.Transformer.generate_square_subsequent_mask(length, device=seq.device)
+            h = self.blocks(x, mask=mask, is_causal=True)
+        else:
+            h = self.blocks(x, src_key_padding_mask=seq == 0)
+        return self.final_norm(h)
+
+    def logits(self, hidden: torch.Tensor, table: torch.Tensor | None = None) -> torch.Tensor:
+        """Scores of every catalog item (rows 1..n of the item table): (..., n_items)."""
+        table = self.item_table() if table is None else table
+        return hidden @ table[1 : self.n_items + 1].T
+
+    def item_logits(self, hidden: torch.Tensor, shifted_items: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+        """Scores of given items: hidden (N, d), shifted_items (N,) or (N, k)."""
+        emb = table[shifted_items]
+        if emb.dim() == 2:
+            return (hidden * emb).sum(-1)
+        return torch.einsum("nd,nkd->nk", hidden, emb)
+
+
+class SequentialRecommender(Recommender):
+    """Shared fit/score glue of ``sasrec`` and ``bert4rec``."""
+
+    config: SequentialConfig
+
+    def fit(
+        self, train: Dataset, valid: EvalSet | None = None, options: FitOptions | None = None
+    ) -> SequentialRecommender:
+        options = self._start_fit(train, options)
+        cfg = self.config
+        text = self._text_vectors(train, options) if cfg.item_repr != "id" else None
+        self.net = SequenceEncoder(self.n_items, cfg, 0 if text is None else text.shape[1]).to(self.device)
+        if text is not None:
+            self.net.text[1 : self.n_items + 1] = torch.from_numpy(text)
+        if cfg.init_from:
+            self._load_pretrained(Path(cfg.init_from))
+        histories = QueryBatch.from_interactions(train.interactions, np.arange(self.n_users))
+        self.popularity = torch.from_numpy(train.item_popularity().astype(np.float32))
+        # Items without training interactions are never training targets: keep them out of the
+        # softmax so their (text) representation is not pushed down before anyone has seen them.
+        self.unseen = (self.popularity == 0).to(self.device)
+        self.category_vectors = _unit_category_vectors(train) if cfg.diversity_weight > 0 else None
+        gen = options.torch_generator()
+        self.history = {}
+        if cfg.pretrain_epochs > 0:
+            log = self._train(histories, "masked", cfg.pretrain_epochs, None, gen, options, "pretrain")
+            self.history["pretrain"] = log
+        self.history.update(self._train(histories, cfg.objective, cfg.epochs, valid, gen, options, cfg.objective))
+        return self
+
+    def _text_vectors(self, train: Dataset, options: FitOptions) -> np.ndarray:
+        from lmrec.text import encode_cached, item_texts, load_encoder
+
+        encoder = options.text_encoder or load_encoder(self.config.text_encoder, options.device)
+        texts = item_texts(train.catalog, self.config.text_template)
+        options.say(f"encoding {len(texts)} item texts with {encoder.name}")
+        return encode_cached(encoder, texts, options.cache_dir, options.progress)
+
+    def _load_pretrained(self, path: Path) -> None:
+        """Start from a saved sequential model. Over the same catalog every weight is loaded;
+        over another catalog (transfer) a text-only model loads everything but the item rows."""
+        source = Recommender.load(path / "model" if (path / "model").is_dir() else path)
+        if not isinstance(source, SequentialRecommender):
+            raise ConfigError(f"init_from {path}: not a sequential model")
+        same_catalog = source.n_items == self.n_items
+        if not same_catalog and self.config.item_repr != "text":
+            raise ConfigError(
+                f"init_from {path}: a model over another catalog ({source.n_items} items, here {self.n_items}) "
+                "transfers only with item_repr=text; otherwise it needs the same items"
+            )
+        own = self.net.state_dict()
+        theirs = {k: v for k, v in source.net.state_dict().items() if k in own and k != "text"}
+        if not same_catalog:
+            theirs.pop("items.weight", None)
+        mismatched = [k for k, v in theirs.items() if v.shape != own[k].shape]
+        if mismatched:
+            raise ConfigError(f"init_from {path}: the saved model has other dimensions ({mismatched[:3]})")
+        self.net.load_state_dict(theirs, strict=False)
+
+    def _train(
+        self,
+        histories: QueryBatch,
+        objective: str,
+        epochs: int,
+        valid: EvalSet | None,
+        gen: torch.Generator,
+        options: FitOptions,
+        desc: str,
+    ) -> dict:
+        cfg = self.config
+        causal = objective == "causal"
+        windows = _windows(histories, cfg.max_len + 1 if causal else cfg.max_len)
+        optimizer = torch.optim.AdamW(self.net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        forward = torch.compile(self.net) if cfg.compile else self.net
+        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.amp)
+
+        def run_epoch(epoch: int) -> float:
+            self.net.train()
+            total, count = 0.0, 0
+            for batch in _length_buckets(windows, cfg.batch_size, gen):
+                seq = _pad(batch).to(self.device)
+                with autocast:
+                    if causal:
+                        inputs, targets = seq[:, :-1], seq[:, 1:]
+                        hidden = forward(inputs, causal=True)
+                    else:
+                        inputs, targets = self._mask(seq, gen)
+                        hidden = forward(inputs, causal=False)
+                    keep = targets > 0
+                    loss = self._loss(hidden[keep], targets[keep] - 1, gen, self.net.item_table())
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                total += loss.item() * int(keep.sum())
+                count += int(keep.sum())
+            return total / max(1, count)
+
+        return self._run_epochs(
+            run_epoch, epochs=epochs, patience=cfg.patience, options=options, desc=desc, valid=valid
+        )
+
+    def _mask(self, seq: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """BERT4Rec masking: each real item is masked with ``mask_prob``; in one sequence out of
+        ten only the last item is masked, which is exactly the inference task."""
+        real = seq > 0
+        draw = torch.rand(seq.shape, generator=gen).to(seq.device) < self.config.mask_prob
+        lengths = real.sum(1)
+        last_only = (torch.rand(len(seq), generator=gen) < 0.1).to(seq.device)
+        last = torch.zeros_like(real)
+        last[torch.arange(len(seq), device=seq.device), (lengths - 1).clamp(min=0)] = True
+        masked = torch.where(last_only.unsqueeze(1), last, draw) & real
+        inputs = seq.masked_fill(masked, self.n_items + 1)
+        targets = seq.masked_fill(~masked, 0)
+        return inputs, targets
+
+    def _loss(
+        self, hidden: torch.Tensor, targets: torch.Tensor, gen: torch.Generator, table: torch.Tensor
+    ) -> torch.Tensor:
+        """hidden (N, d) at supervised positions, targets (N,) item rows."""
+        cfg, net = self.config, self.net
+        if cfg.loss == "ce":
+            logits = net.logits(hidden, table).masked_fill(self.unseen, float("-inf"))
+            loss = softmax_ce(logits, targets)
+            if self.category_vectors is not None:
+                loss = loss + cfg.diversity_weight * expected_similarity(logits, self.category_vectors)
+            return loss
+        k = 1 if cfg.loss == "bce" else cfg.negatives
+        neg = torch.randint(0, self.n_items, (len(targets), k), generator=gen).to(targets.device)
+        pos_logits = net.item_logits(hidden, targets + 1, table)
+        neg_logits = net.item_logits(hidden, neg + 1, table)
+        if cfg.loss == "bce":
+            return bce_one_negative(pos_logits, neg_logits[:, 0])
+        if cfg.loss == "gbce":
+            return gbce_loss(pos_logits, neg_logits, self.n_items, cfg.gbce_t)
+        return sampled_softmax_loss(pos_logits, neg_logits)
+
+    # -- inference --------------------------------------------------------------------------------
+    def score(self, batch: QueryBatch) -> torch.Tensor:
+        """Logits over the catalog for the item after each history (one forward pass)."""
+        self.net.eval()
+        masked = self.config.objective == "masked"
+        seq, lengths = _histories_to_inputs(batch, self.n_items, self.config.max_len, append_mask=masked)
+        out = torch.empty(len(batch), self.n_items)
+        with torch.no_grad():
+            table = self.net.item_table()
+            for s in range(0, len(batch), 512):
+                part, n = seq[s : s + 512].to(self.device), lengths[s : s + 512]
+                width = max(1, int(n.max()))
+                hidden = self.net(part[:, :width], causal=not masked, table=table)
+                last = hidden[torch.arange(len(part)), (n - 1).clamp(min=0).to(self.device)]
+                out[s : s + len(part)] = self.net.logits(last, table).float().cpu()
+        empty = lengths == 0
+        if empty.any():  # nothing to read: fall back to training popularity
+            out[empty] = torch.log1p(self.popularity).unsqueeze(0)
+        return out
+
+    def distribution(self, history: list[int] | np.ndarray, temperature: float = 1.0) -> torch.Tensor:
+        """p(next item | history) over the catalog: a softmax of the logits at ``temperature``."""
+        if temperature <= 0:
+            raise ConfigError("temperature must be > 0")
+        logits = self.score(QueryBatch.from_histories([-1], [np.asarray(history, dtype=np.int64)]))[0]
+        return torch.softmax(logits.double() / temperature, dim=0)
+
+    def state(self) -> dict[str, torch.Tensor]:
+        return {**{f"net.{k}": v for k, v in self.net.state_dict().items()}, "popularity": self.popularity}
+
+    def load_state(self, tensors: dict[str, torch.Tensor]) -> None:
+        if not hasattr(self, "net"):
+            text_dim = tensors["net.text"].shape[1] if "net.text" in tensors else 0
+            self.net = SequenceEncoder(self.n_items, self.config, text_dim)
+        self.net.load_state_dict({k[4:]: v.clone() for k, v in tensors.items() if k.startswith("net.")})
+        self.popularity = tensors["popularity"]
+        self.unseen = self.popularity == 0
+
+
+class SASRec(SequentialRecommender):
+    name = "sasrec"
+    config_class = SequentialConfig
+
+
+class BERT4Rec(SequentialRecommender):
+    name = "bert4rec"
+    config_class = BERT4RecConfig
+
+
+class TextSASRec(SequentialRecommender):
+    """SASRec whose items are read through a sentence encoder (fused with IDs by default)."""
+
+    name = "text-sasrec"
+    config_class = TextSequentialConfig
+
+
+def expected_similarity(logits: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
+    """E[cos(i, j)] for two items drawn from softmax(logits): ‖Vᵀp‖² with V the unit item vectors.
+
+    Low when the predicted distribution spreads its mass over dissimilar items; used as a
+    diversity regulariser. O(n_items · dim) per row, no n_items² similarity matrix.
+    """
+    p = torch.softmax(logits.float(), dim=-1)
+    return (p @ vectors).pow(2).sum(-1).mean()
+
+
+def _unit_category_vectors(train: Dataset) -> torch.Tensor:
+    """Unit-length multi-hot category vectors of the catalog items, (n_items, n_categories)."""
+    matrix = train.category_matrix()
+    if matrix is None:
+        raise ConfigError("diversity_weight needs item categories in the catalog")
+    return torch.nn.functional.normalize(torch.from_numpy(matrix), dim=1)
+
+
+# -- batching helpers -----------------------------------------------------------------------------
+def _windows(histories: QueryBatch, size: int) -> list[np.ndarray]:
+    """Cut each history into windows of at most ``size`` items, from the end backwards.
+
+    Consecutive windows overlap by one item so that, for next-item training, every transition
+    (a → b) is supervised exactly once. Items are shifted by one (0 is padding).
+    """
+    out = []
+    stride = max(1, size - 1)
+    for i in range(len(histories)):
+        h = histories.history(i) + 1
+        end = len(h)
+        while end > 1 or (end == 1 and len(h) == 1):
+            start = max(0, end - size)
+            out.append(h[start:end])
+            if start == 0:
+                break
+            end = start + (size - stride)
+    return out
+
+
+def _length_buckets(windows: list[np.ndarray], batch_size: int, gen: torch.Generator) -> list[list[np.ndarray]]:
+    """Batches of windows of similar length, in random order; ties broken randomly each epoch."""
+    jitter = torch.rand(len(windows), generator=gen).numpy()
+    lengths = np.array([len(w) for w in windows])
+    order = np.lexsort((jitter, lengths))
+    batches = [[windows[i] for i in order[s : s + batch_size]] for s in range(0, len(order), batch_size)]
+    perm = torch.randperm(len(batches), generator=gen).tolist()
+    return [batches[p] for p in perm]
+
+
+def _pad(windows: list[np.ndarray]) -> torch.Tensor:
+    width = max(len(w) for w in windows)
+    out = np.zeros((len(windows), width), dtype=np.int64)
+    for row, w in enumerate(windows):
+        out[row, : len(w)] = w
+    return torch.from_numpy(out)
+
+
+def _histories_to_inputs(
+    batch: QueryBatch, n_items: int, max_len: int, append_mask: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded shifted inputs (B, max_len [+1]) with each history's last ``max_len`` known
+    items, a [MASK] appended for the masked objective; and the input lengths."""
+    width = max_len + 1 if append_mask else max_len
+    seq = np.zeros((len(batch), width), dtype=np.int64)
+    lengths = np.zeros(len(batch), dtype=np.int64)
+    for i in range(len(batch)):
+        h = batch.history(i)
+        h = h[(h >= 0) & (h < n_items)][-max_len:] + 1
+        if len(h) == 0:
+            continue
+        seq[i, : len(h)] = h
+        lengths[i] = len(h)
+        if append_mask:
+            seq[i, len(h)] = n_items + 1
+            lengths[i] += 1
+    return torch.from_numpy(seq), torch.from_numpy(lengths)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,234 @@
+"""A run: a dataset recipe, a split, a trained model and its metrics, in one directory.
+
+::
+
+    RUN_DIR/
+      run.json        what was trained on what (dataset, filters, split, model, seed, version, times)
+      model/          config.json + weights.safetensors (no pickle)
+      users.json      user vocabulary (raw IDs in row order)
+      items.json      item vocabulary
+      valid.json      validation metrics after training
+
+``open_run`` rebuilds the dataset and split from the recipe and checks that the vocabularies
+still match, so ``evaluate`` and ``recommend`` see exactly what training saw.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lmrec import __version__
+from lmrec.data.batch import EvalSet, QueryBatch
+from lmrec.data.filters import FilterReport, apply_filters
+from lmrec.data.loaders import load
+from lmrec.data.schema import Dataset, Vocab
+from lmrec.data.sources import SOURCES, load_source
+from lmrec.data.splits import Part, Split, split
+from lmrec.errors import DataError, LmrecError
+from lmrec.evaluate.beyond import beyond_accuracy
+from lmrec.evaluate.evaluator import EvalResult, Reranker, evaluate
+from lmrec.evaluate.metrics import mae, rmse
+from lmrec.models.base import FitOptions, Recommender
+from lmrec.models.registry import model_class
+
+RUN_FILE = "run.json"
+
+
+@dataclass
+class DataRecipe:
+    """How to get from raw files to a split: source, column map, filters, split method."""
+
+    dataset: str
+    columns: dict[str, str] | None = None
+    kcore: int | None = None
+    min_rating: float | None = None
+    dedupe: bool = False
+    split: str = "leave-one-out"
+    split_params: dict[str, Any] = field(default_factory=dict)
+
+    def resolved(self) -> DataRecipe:
+        """Paths made absolute, so a run still finds its data from another directory."""
+        if self.dataset in SOURCES:
+            return self
+        return DataRecipe(**{**asdict(self), "dataset": str(Path(self.dataset).resolve())})
+
+    def load(self, cache_dir: Path) -> tuple[Dataset, list[FilterReport]]:
+        if self.dataset in SOURCES:
+            ds = load_source(self.dataset, cache_dir)
+        else:
+            ds = load(Path(self.dataset), columns=self.columns)
+        return apply_filters(ds, kcore=self.kcore, min_rating=self.min_rating, dedupe=self.dedupe)
+
+    def make_split(self, cache_dir: Path) -> tuple[Split, list[FilterReport]]:
+        ds, reports = self.load(cache_dir)
+        return split(ds, self.split, **self.split_params), reports
+
+
+@dataclass
+class Run:
+    directory: Path
+    meta: dict[str, Any]
+    model: Recommender
+    split: Split
+
+    @property
+    def dataset(self) -> Dataset:
+        return self.split.dataset
+
+    def evaluate(
+        self,
+        part: Part = "test",
+        ks: tuple[int, ...] = (10,),
+        progress: bool = False,
+        reranker: Reranker | None = None,
+        candidates: int = 100,
+    ) -> dict[str, Any]:
+        """Metrics on ``part`` as a JSON-ready dict: ranking, beyond-accuracy and (if any) rating."""
+        eval_set = self.split.eval_set(part)
+        result = evaluate(self.model, eval_set, ks=ks, progress=progress, reranker=reranker, candidates=candidates)
+        metrics = dict(result.metrics)
+        metrics.update(self._beyond(result, max(ks), eval_set))
+        metrics.update(self._rating_metrics(part))
+        return {
+            "metrics": {k: round(v, 6) for k, v in metrics.items()},
+            "n_users": result.n_users,
+            "protocol": {**self.split.protocol, **result.protocol, "part": part},
+            "model": self.meta["model"],
+            "dataset": self.meta["data"]["dataset"],
+        }
+
+    def per_user(self, part: Part = "test", ks: tuple[int, ...] = (10,)) -> EvalResult:
+        return evaluate(self.model, self.split.eval_set(part), ks=ks)
+
+    def _beyond(self, result: EvalResult, k: int, eval_set: EvalSet) -> dict[str, float]:
+        ds = self.dataset
+        cats = list(ds.catalog["categories"])
+        histories = [eval_set.queries.history(i) for i in range(len(eval_set))] if any(cats) else None
+        return beyond_accuracy(
+            result.recommendations[:, :k],
+            n_items=ds.n_items,
+            item_popularity=self.split.train_dataset().item_popularity(),
+            n_users=ds.n_users,
+            item_vectors=ds.category_matrix(),
+            item_categories=cats if any(cats) else None,
+            histories=histories,
+        )
+
+    def _rating_metrics(self, part: Part) -> dict[str, float]:
+        predict = getattr(self.model, "predict", None)
+        frame = self.split.frame(part)
+        if predict is None or "rating" not in frame.columns or len(frame) == 0:
+            return {}
+        pred = predict(frame["user"].to_numpy(), frame["item"].to_numpy())
+        true = frame["rating"].to_numpy()
+        return {"rmse": rmse(pred, true), "mae": mae(pred, true)}
+
+    def history_of(self, user: str) -> np.ndarray:
+        """All known interactions of a raw user ID, time-ordered (empty for a new user)."""
+        if user not in self.dataset.users:
+            return np.zeros(0, np.int64)
+        row = self.dataset.users.row(user)
+        return QueryBatch.from_interactions(self.dataset.interactions, np.array([row])).items
+
+    def recommend(
+        self,
+        user: str,
+        history: list[str] | None = None,
+        k: int = 10,
+        reranker: Reranker | None = None,
+        candidates: int = 100,
+    ) -> dict[str, Any]:
+        """Top-k for a raw user ID (known or new) plus optional extra raw item IDs just consumed,
+        optionally re-ranked from the top ``candidates``."""
+        ds = self.dataset
+        extra = [] if history is None else history
+        unknown = [i for i in extra if i not in ds.items]
+        if unknown:
+            raise DataError(f"unknown item id(s) {unknown[:5]} in --history")
+        items = np.concatenate([self.history_of(user), ds.items.rows(extra)]).astype(np.int64)
+        row = ds.users.row(user) if user in ds.users else -1
+        if row < 0 and len(items) == 0:
+            raise DataError(f"unknown user {user!r} and no --history: nothing to personalise from")
+        batch = QueryBatch.from_histories([row], [items])
+        top, scores = self.model.recommend(batch, k=max(k, candidates) if reranker else k)
+        if reranker is not None:
+            score_of = dict(zip(top[0].tolist(), scores[0].tolist(), strict=True))
+            top = reranker(batch, top, scores, k)
+            scores = np.array([[score_of.get(int(i), np.nan) for i in top[0]]])
+        keep = top[0] >= 0
+        rows, values = top[0][keep], scores[0][keep]
+        return {
+            "user": user,
+            "known_user": row >= 0,
+            "history_length": len(items),
+            **({"rerank": repr(reranker)} if reranker is not None else {}),
+            "items": [
+                {"item": raw, "score": round(float(s), 6), "title": title}
+                for raw, s, title in zip(ds.items.raw(rows), values, ds.titles(rows), strict=True)
+            ],
+        }
+
+
+def train_run(
+    recipe: DataRecipe,
+    model_name: str,
+    overrides: dict[str, Any],
+    out: Path,
+    cache_dir: Path,
+    options: FitOptions,
+) -> Run:
+    """Load, filter, split, fit with early stopping on validation, save everything under ``out``."""
+    klass = model_class(model_name)
+    config = klass.config_class.from_dict(overrides)
+    recipe = recipe.resolved()
+    the_split, reports = recipe.make_split(cache_dir)
+    for report in reports:
+        options.say(str(report))
+    train = the_split.train_dataset()
+    valid = the_split.eval_set("valid")
+    options.say(f"{the_split.dataset.name}: {the_split.dataset.summary()} split {the_split.sizes()}")
+    started = time.perf_counter()
+    model = klass(config).fit(train, valid if len(valid) else None, options)
+    seconds = time.perf_counter() - started
+    out.mkdir(parents=True, exist_ok=True)
+    model.save(out / "model")
+    the_split.dataset.users.save(out / "users.json")
+    the_split.dataset.items.save(out / "items.json")
+    meta = {
+        "lmrec_version": __version__,
+        "model": model_name,
+        "config": config.to_dict(),
+        "data": asdict(recipe),
+        "filters": [str(r) for r in reports],
+        "split_sizes": the_split.sizes(),
+        "seed": options.seed,
+        "train_seconds": round(seconds, 3),
+        "training": model.history,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    (out / RUN_FILE).write_text(json.dumps(meta, indent=2))
+    run = Run(out, meta, model, the_split)
+    if len(valid):
+        (out / "valid.json").write_text(json.dumps(run.evaluate("valid"), indent=2))
+    return run
+
+
+def open_run(directory: Path, cache_dir: Path) -> Run:
+    """Load a run directory; the data is rebuilt from its recipe and checked against the vocabularies."""
+    path = Path(directory)
+    if not (path / RUN_FILE).is_file():
+        raise LmrecError(f"{path} is not a run directory (no {RUN_FILE}); create one with `lmrec train`")
+    meta = json.loads((path / RUN_FILE).read_text())
+    recipe = DataRecipe(**meta["data"])
+    the_split, _ = recipe.make_split(cache_dir)
+    for name, vocab in (("users", the_split.dataset.users), ("items", the_split.dataset.items)):
+        if Vocab.load(path / f"{name}.json") != vocab:
+            raise DataError(f"the {name} of {recipe.dataset} changed since this run was trained; retrain it")
+    model = Recommender.load(path / "model")
+    return Run(path, meta, model, the_split)

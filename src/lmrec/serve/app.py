@@ -1,0 +1,555 @@
+"""The recommendation service: a FastAPI app over one run and one event store.
+
+Endpoints (OpenAPI docs at ``/docs``)::
+
+    POST   /recommend            read    top-k for a user and/or an ad-hoc history, optionally re-ranked
+    POST   /feedback             write   one event or a list; the next /recommend sees it
+    PUT    /items                write   add or update items (title and text fields)
+    GET    /items/{item}         read    what is known about one item
+    GET    /users                read    some user IDs of the run (for the demo page)
+    GET    /users/{user}/history read    a user's live history
+    POST   /admin/reload         admin   re-open the run (or another one) and swap it in atomically
+    POST   /admin/keys           admin   create an API key (the plaintext is shown once)
+    GET    /admin/keys           admin   list keys (never their secrets)
+    DELETE /admin/keys/{key_id}  admin   revoke a key
+    GET    /health, /metrics, /  public  liveness, Prometheus text, the demo page
+
+Every client mistake is a 4xx with a JSON body ``{"detail": "..."}``: malformed JSON is 400,
+a missing or wrong key 401, a missing scope 403, an unknown user or item 404 (path) or 422
+(body), a body over the size limit 413, anything that fails validation 422.
+
+Several service processes may share one database: every ``/recommend`` reads the user's events
+from the store, so an event written through one process is seen by the next request to any.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping, Sequence
+from contextlib import asynccontextmanager
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from lmrec.errors import ConfigError, DataError, LmrecError, MissingExtraError
+
+try:
+    from fastapi import Body, Depends, FastAPI, HTTPException, Query, Request
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
+    from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+except ImportError as exc:  # pragma: no cover - exercised by a test that hides fastapi
+    raise MissingExtraError("fastapi", "serve") from exc
+
+from lmrec import __version__
+from lmrec.serve.auth import AuthError, authorize, key_from_headers
+from lmrec.serve.metrics import Metrics
+from lmrec.serve.state import LiveState, NotFound, RerankSpec
+from lmrec.serve.store import SCOPES, Event, EventStore, Item, StoreUnavailable, check_scopes, open_store
+
+MAX_BODY_BYTES = 1 << 20
+MAX_BATCH = 1000
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+# -- request and response bodies --------------------------------------------------------------------
+def _raw_id(value: Any) -> Any:
+    """IDs are strings; a JSON integer is accepted and read as its decimal string."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return value
+
+
+RawId = Annotated[str, BeforeValidator(_raw_id), Field(min_length=1, max_length=256)]
+
+
+class _Strict(BaseModel):
+    # Strict: "10" is not a k, "true" is not a bool; extra fields are a typo, not silence.
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class RerankRequest(_Strict):
+    """Re-rank the model's top ``candidates`` for diversity (MMR, DPP) or calibration to the history."""
+
+    method: Literal["mmr", "dpp", "calibration"]
+    lam: float = Field(
+        ge=0.0,
+        le=1.0,
+        allow_inf_nan=False,
+        description="the trade-off: MMR's λ (1 = the model's order), DPP's θ (must be < 1), calibration's λ",
+    )
+    similarity: Literal["genre", "embedding", "cooccurrence"] = Field(
+        "genre", description="how MMR and DPP compare items (calibration always uses genres)"
+    )
+    candidates: int = Field(100, ge=1, le=1000, description="how many of the model's top items to re-rank")
+
+    @model_validator(mode="after")
+    def _dpp_theta_below_one(self) -> RerankRequest:
+        if self.method == "dpp" and self.lam >= 1.0:
+            raise ValueError("DPP needs lam < 1 (θ = 1 would ignore relevance entirely)")
+        return self
+
+
+class RecommendRequest(_Strict):
+    user: RawId | None = Field(None, description="a user ID; known to the run, or new with feedback")
+    history: list[RawId] | None = Field(
+        None, max_length=MAX_BATCH, description="item IDs just consumed (an anonymous session, or extra context)"
+    )
+    k: int = Field(10, ge=1, le=100, description="how many items")
+    exclude_seen: bool = Field(True, description="leave out items already in the history")
+    rerank: RerankRequest | None = Field(None, description="re-rank the top candidates; default: the model's order")
+
+
+class ScoredItem(BaseModel):
+    item: str
+    score: float
+    title: str
+
+
+class RerankInfo(BaseModel):
+    method: str
+    lam: float
+    similarity: str | None = Field(description="None for calibration, which compares genre distributions")
+    candidates: int
+    reranker: str = Field(description="the re-ranker that ran, as its repr")
+
+
+class RecommendResponse(BaseModel):
+    user: str | None
+    items: list[ScoredItem]
+    model: str
+    version: str
+    rerank: RerankInfo | None = Field(None, description="the re-ranking applied, or null for the model's order")
+
+
+class FeedbackEvent(_Strict):
+    user: RawId
+    item: RawId
+    type: str = Field("click", min_length=1, max_length=32, description="click, view, purchase, rating, ...")
+    timestamp: float | None = Field(
+        None, ge=0, allow_inf_nan=False, description="seconds since the epoch; default: when it arrives"
+    )
+
+
+class FeedbackResponse(BaseModel):
+    accepted: int
+
+
+class ItemIn(BaseModel):
+    """An item: its ID, an optional title, and any other text fields (``genres``, ``description``)."""
+
+    model_config = ConfigDict(extra="allow")
+    item: RawId
+    title: str | None = Field(None, max_length=1000)
+
+
+class ItemOut(BaseModel):
+    item: str
+    title: str
+    fields: dict[str, Any]
+    recommendable: bool = Field(description="false for items the current model cannot score yet")
+
+
+class UpsertResponse(BaseModel):
+    upserted: int
+
+
+class UserList(BaseModel):
+    users: list[str]
+    total: int = Field(description="users in the run's dataset (users known only from feedback not counted)")
+
+
+class HistoryEntry(BaseModel):
+    item: str
+    title: str
+    source: Literal["dataset", "feedback"]
+    type: str | None = None
+    timestamp: float | None = None
+
+
+class HistoryResponse(BaseModel):
+    user: str
+    known_user: bool
+    length: int
+    items: list[HistoryEntry] = Field(description="the most recent ``limit`` entries, oldest first")
+
+
+class ReloadRequest(_Strict):
+    run: str | None = Field(None, description="a run directory; default: the one being served")
+
+
+class ServingInfo(BaseModel):
+    model: str
+    version: str
+    run: str
+
+
+class KeyRequest(_Strict):
+    scopes: list[Literal["read", "write", "admin"]] = Field(min_length=1)
+
+
+class KeyCreated(BaseModel):
+    key_id: str
+    key: str = Field(description="the plaintext key; it is not stored and cannot be shown again")
+    scopes: list[str]
+
+
+class KeyInfo(BaseModel):
+    key_id: str
+    scopes: list[str]
+    created: float
+    revoked: float | None
+
+
+class Health(BaseModel):
+    status: str
+    model: str
+    version: str
+    run: str
+    users: int
+    items: int
+    lmrec_version: str
+    index: str = Field(description="how top-k is found: exact, or an ANN index (hnsw, ivf)")
+    rerankers: list[str] = Field(description="re-ranking methods this run supports")
+    similarities: list[str] = Field(description="item similarities this run supports for MMR and DPP")
+
+
+# -- the service ------------------------------------------------------------------------------------
+class Service:
+    """What the endpoints share: the store, the live state (one reference, swapped on reload)."""
+
+    def __init__(
+        self, run_dir: Path, store: EventStore, cache_dir: Path, require_keys: bool, ann: bool = False
+    ) -> None:
+        self.store = store
+        self.cache_dir = cache_dir
+        self.require_keys = require_keys
+        self.ann = ann
+        self.metrics = Metrics()
+        self.live = LiveState.open(run_dir, cache_dir, store, ann=ann)
+        self._reload_lock = threading.Lock()
+
+    def reload(self, run_dir: str | None) -> LiveState:
+        """Build the new state completely, then replace the one reference requests read."""
+        with self._reload_lock:
+            target = Path(run_dir) if run_dir else self.live.run.directory
+            self.live = LiveState.open(target, self.cache_dir, self.store, ann=self.ann)
+            self.metrics.add_reload()
+            return self.live
+
+    def info(self) -> ServingInfo:
+        live = self.live
+        return ServingInfo(model=live.model_name, version=live.version, run=str(live.run.directory))
+
+
+def _service(request: Request) -> Service:
+    service: Service = request.app.state.service
+    return service
+
+
+def _need(scope: str) -> Any:
+    """A dependency that lets a request through only with a key carrying ``scope``."""
+
+    def check(request: Request) -> None:
+        service = _service(request)
+        if not service.require_keys:
+            return
+        try:
+            authorize(service.store, key_from_headers(request.headers), scope)
+        except AuthError as err:
+            headers = {"WWW-Authenticate": "Bearer"} if err.status == 401 else None
+            raise HTTPException(err.status, err.message, headers=headers) from None
+
+    return Depends(check)
+
+
+# -- ASGI middleware ---------------------------------------------------------------------------------
+class BodyLimit:
+    """Refuse request bodies over ``max_bytes`` with 413, declared or streamed."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.max_bytes:
+            await self._refuse(scope, receive, send)
+            return
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_bytes:
+                await self._refuse(scope, receive, send)
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body, replayed = b"".join(chunks), False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        detail = f"request body over {self.max_bytes} bytes; send smaller batches"
+        await JSONResponse({"detail": detail}, status_code=413)(scope, receive, send)
+
+
+class RequestMetrics:
+    """Count every request by method, route template and status, and time it."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started, status = time.perf_counter(), 500
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            route = getattr(scope.get("route"), "path", None) or "unmatched"
+            self.metrics.observe(scope["method"], route, status, time.perf_counter() - started)
+
+
+# -- errors ------------------------------------------------------------------------------------------
+def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = exc.errors()
+    bad_json = [e for e in errors if e.get("type") == "json_invalid"]
+    if bad_json:
+        ctx = bad_json[0].get("ctx") or {}
+        return JSONResponse({"detail": f"malformed JSON body: {ctx.get('error', 'cannot parse')}"}, status_code=400)
+    errors = _one_union_member(errors, exc.body)
+    # Only where, what and why: echoing the input back could hold values JSON cannot carry (NaN).
+    brief = [
+        {"loc": ".".join(str(p) for p in e.get("loc", ()) if p != "body") or "body", "msg": str(e.get("msg"))}
+        for e in errors
+    ]
+    detail = "; ".join(f"{e['loc']}: {e['msg']}" for e in brief)
+    return JSONResponse({"detail": detail, "errors": brief}, status_code=422)
+
+
+def _one_union_member(errors: Sequence[Any], body: Any) -> Sequence[Any]:
+    """For a body that may be one event or a list of them, report only the shape that was sent."""
+    tags = {e["loc"][1] for e in errors if len(e.get("loc", ())) > 1 and e["loc"][0] == "body"}
+    single, many = "FeedbackEvent", "list[FeedbackEvent]"
+    if not {single, many} <= tags:
+        return errors
+    keep = many if isinstance(body, list) else single
+    return [{**e, "loc": ("body", *e["loc"][2:])} for e in errors if e["loc"][1] == keep]
+
+
+def _lmrec_error(request: Request, exc: Exception) -> JSONResponse:
+    if isinstance(exc, NotFound):
+        status = 404
+    elif isinstance(exc, DataError | ConfigError):
+        status = 422
+    elif isinstance(exc, StoreUnavailable):  # the server's trouble, not the client's
+        status = 503
+    else:
+        status = 400
+    return JSONResponse({"detail": str(exc)}, status_code=status)
+
+
+# -- the app -----------------------------------------------------------------------------------------
+def create_app(
+    run_dir: str | Path,
+    db_url: str | Path | None = None,
+    cache_dir: str | Path | None = None,
+    require_keys: bool = True,
+    max_body_bytes: int = MAX_BODY_BYTES,
+    ann: bool = False,
+) -> FastAPI:
+    """The service for the run in ``run_dir``, with its events in ``db_url``.
+
+    ``db_url`` defaults to ``RUN_DIR/events.db``; ``cache_dir`` (where named datasets are cached)
+    to ``~/.cache/lmrec``. ``require_keys=False`` turns API keys off, for local use only.
+    ``ann=True`` answers top-k from an HNSW index (:mod:`lmrec.serve.ann`, needs ``lmrec[ann]``)
+    when the model scores by a dot product, and exactly otherwise.
+    """
+    run_path = Path(run_dir)
+    store = open_store(db_url if db_url is not None else run_path / "events.db")
+    cache = Path(cache_dir) if cache_dir is not None else Path.home() / ".cache" / "lmrec"
+    try:
+        service = Service(run_path, store, cache, require_keys, ann=ann)
+    except BaseException:
+        store.close()
+        raise
+    page = resources.files("lmrec.serve").joinpath("static/index.html").read_text(encoding="utf-8")
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        store.close()
+
+    app = FastAPI(
+        title="lmrec",
+        version=__version__,
+        description="Real-time recommendations from a trained lmrec run, with a feedback loop.",
+        lifespan=lifespan,
+    )
+    app.state.service = service
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(LmrecError, _lmrec_error)
+    app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
+    app.add_middleware(RequestMetrics, metrics=service.metrics)  # added last: outermost
+
+    @app.post("/recommend", response_model=RecommendResponse, dependencies=[_need("read")])
+    def recommend(body: RecommendRequest) -> dict[str, Any]:
+        r = body.rerank
+        spec = None if r is None else RerankSpec(r.method, r.lam, r.similarity, r.candidates)
+        return service.live.recommend(body.user, body.history, body.k, body.exclude_seen, spec)
+
+    @app.post("/feedback", status_code=202, response_model=FeedbackResponse, dependencies=[_need("write")])
+    def feedback(
+        body: Annotated[
+            FeedbackEvent | Annotated[list[FeedbackEvent], Field(min_length=1, max_length=MAX_BATCH)], Body()
+        ],
+    ) -> FeedbackResponse:
+        events = body if isinstance(body, list) else [body]
+        live = service.live
+        unknown = live.unknown_items([e.item for e in events])
+        if unknown:
+            raise DataError(f"unknown item id(s) {unknown[:10]}; add new items with PUT /items first")
+        n = service.store.add_events([Event(e.user, e.item, e.type, e.timestamp) for e in events])
+        service.metrics.add_events(n)
+        return FeedbackResponse(accepted=n)
+
+    @app.put("/items", response_model=UpsertResponse, dependencies=[_need("write")])
+    def put_items(body: Annotated[list[ItemIn], Field(min_length=1, max_length=MAX_BATCH)]) -> UpsertResponse:
+        items = [Item(it.item, it.title, dict(it.model_extra or {})) for it in body]
+        return UpsertResponse(upserted=service.store.upsert_items(items))
+
+    @app.get("/items/{item}", response_model=ItemOut, dependencies=[_need("read")])
+    def get_item(item: str) -> dict[str, Any]:
+        return service.live.item_info(item)
+
+    @app.get("/users", response_model=UserList, dependencies=[_need("read")])
+    def users(limit: Annotated[int, Query(ge=1, le=1000)] = 50) -> UserList:
+        ids = service.live.run.dataset.users.ids
+        return UserList(users=ids[:limit], total=len(ids))
+
+    @app.get("/users/{user}/history", response_model=HistoryResponse, dependencies=[_need("read")])
+    def history(user: str, limit: Annotated[int, Query(ge=1, le=10_000)] = 100) -> HistoryResponse:
+        live = service.live
+        hist = live.history(user)
+        known = live.known_user(user)
+        if not known and not hist.events:
+            raise NotFound(f"unknown user {user!r}: no history in the run and no feedback")
+        entries: list[tuple[str, Literal["dataset", "feedback"], str | None, float | None]]
+        entries = [(raw, "dataset", None, None) for raw in hist.dataset_items]
+        entries += [(e.item, "feedback", e.type, e.timestamp) for e in hist.events]
+        recent = entries[-limit:]
+        titles = live.titles([raw for raw, *_ in recent])
+        return HistoryResponse(
+            user=user,
+            known_user=known,
+            length=len(entries),
+            items=[
+                HistoryEntry(item=raw, title=title, source=src, type=kind, timestamp=ts)
+                for (raw, src, kind, ts), title in zip(recent, titles, strict=True)
+            ],
+        )
+
+    @app.post("/admin/reload", response_model=ServingInfo, dependencies=[_need("admin")])
+    def reload(body: Annotated[ReloadRequest | None, Body()] = None) -> ServingInfo:
+        try:
+            service.reload(body.run if body else None)
+        except (LmrecError, OSError, KeyError, ValueError) as err:
+            raise HTTPException(400, f"reload failed, still serving {service.live.version}: {err}") from None
+        return service.info()
+
+    @app.post("/admin/keys", status_code=201, response_model=KeyCreated, dependencies=[_need("admin")])
+    def create_key(body: KeyRequest) -> KeyCreated:
+        key_id, key = service.store.create_key(body.scopes)
+        return KeyCreated(key_id=key_id, key=key, scopes=list(check_scopes(body.scopes)))
+
+    @app.get("/admin/keys", response_model=list[KeyInfo], dependencies=[_need("admin")])
+    def list_keys() -> list[KeyInfo]:
+        return [
+            KeyInfo(key_id=k.key_id, scopes=list(k.scopes), created=k.created, revoked=k.revoked)
+            for k in service.store.list_keys()
+        ]
+
+    @app.delete("/admin/keys/{key_id}", status_code=204, dependencies=[_need("admin")])
+    def revoke_key(key_id: str) -> None:
+        if not service.store.revoke_key(key_id):
+            raise NotFound(f"no active key {key_id!r}")
+
+    @app.get("/health", response_model=Health)
+    def health() -> Health:
+        live = service.live
+        ds = live.run.dataset
+        return Health(
+            status="ok",
+            model=live.model_name,
+            version=live.version,
+            run=str(live.run.directory),
+            users=ds.n_users,
+            items=ds.n_items,
+            lmrec_version=__version__,
+            index=live.index,
+            rerankers=live.rerankers,
+            similarities=live.similarities,
+        )
+
+    @app.get("/metrics", response_class=PlainTextResponse)
+    def metrics() -> PlainTextResponse:
+        info = service.info()
+        text = service.metrics.render(info.model, info.version, info.run)
+        return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    def index() -> HTMLResponse:
+        return HTMLResponse(page)
+
+    return app
+
+
+def serve(
+    run_dir: str | Path,
+    db_url: str | Path | None = None,
+    cache_dir: str | Path | None = None,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    require_keys: bool = True,
+    access_log: bool = True,
+    ann: bool = False,
+) -> None:
+    """Run the service with uvicorn until interrupted."""
+    try:
+        import uvicorn
+    except ImportError as exc:
+        raise MissingExtraError("uvicorn", "serve") from exc
+    app = create_app(run_dir, db_url, cache_dir, require_keys=require_keys, ann=ann)
+    uvicorn.run(app, host=host, port=port, access_log=access_log)
+
+
+__all__ = ["SCOPES", "create_app", "serve"]

@@ -1,0 +1,359 @@
+"""The event store: feedback events, items added at serve time, and API keys.
+
+One interface (:class:`EventStore`) and two implementations: the default on the standard
+library's sqlite3 (:class:`SQLiteStore`: one file, WAL journal, ``synchronous=FULL`` so a write the
+service has acknowledged survives a crash or a kill), and :class:`lmrec.serve.pgstore.PostgresStore`
+(``pip install 'lmrec[postgres]'``) for several service processes or machines sharing one database.
+:func:`open_store` picks the implementation from a URL.
+
+API keys look like ``lmr_<key id>_<secret>``. Only the SHA-256 of the whole key is stored; the
+plaintext is returned once by :meth:`EventStore.create_key` and never again. The secret has 256
+bits of entropy, so a plain (fast) hash is enough: there is nothing to brute-force.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import secrets
+import sqlite3
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lmrec.errors import ConfigError, DataError, LmrecError
+
+SCOPES = ("read", "write", "admin")
+KEY_PREFIX = "lmr"
+
+
+class StoreUnavailable(LmrecError):
+    """The store's database cannot be reached, or all its connections stayed busy too long (HTTP 503)."""
+
+
+@dataclass(frozen=True)
+class Event:
+    """One interaction reported to the service (raw IDs, seconds since the epoch)."""
+
+    user: str
+    item: str
+    type: str = "click"
+    timestamp: float | None = None  # when it happened; None: when it was received
+    received_at: float | None = None
+    id: int | None = None
+
+
+@dataclass(frozen=True)
+class Item:
+    """An item added or updated at serve time: a title and any other text fields."""
+
+    item: str
+    title: str | None = None
+    fields: dict[str, Any] = field(default_factory=dict)
+    updated_at: float | None = None
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    """What is known about a key without its secret."""
+
+    key_id: str
+    scopes: tuple[str, ...]
+    created: float
+    revoked: float | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.revoked is None
+
+
+class EventStore(ABC):
+    """Durable storage behind the service. Every method is safe to call from several threads.
+
+    A store keeps no copy of what it read: every call asks the database, so what one process
+    wrote is what the next read in any process sees.
+    """
+
+    # -- events ---------------------------------------------------------------------------------
+    @abstractmethod
+    def add_events(self, events: Sequence[Event]) -> int:
+        """Store all events in one transaction (all or none); returns how many were stored."""
+
+    @abstractmethod
+    def user_events(self, user: str) -> list[Event]:
+        """The events of one user in time order (timestamp, then arrival)."""
+
+    def history(self, user: str) -> list[str]:
+        """The items of one user's events in time order."""
+        return [e.item for e in self.user_events(user)]
+
+    @abstractmethod
+    def all_events(self) -> Iterator[Event]:
+        """Every event in arrival order (for retraining)."""
+
+    @abstractmethod
+    def count_events(self) -> int: ...
+
+    # -- items ----------------------------------------------------------------------------------
+    @abstractmethod
+    def upsert_items(self, items: Sequence[Item]) -> int:
+        """Insert or replace items by ID in one transaction; returns how many."""
+
+    @abstractmethod
+    def get_items(self, ids: Sequence[str]) -> dict[str, Item]:
+        """The stored items among ``ids`` (missing IDs are absent from the result)."""
+
+    def get_item(self, item_id: str) -> Item | None:
+        return self.get_items([item_id]).get(item_id)
+
+    # -- API keys -------------------------------------------------------------------------------
+    @abstractmethod
+    def create_key(self, scopes: Iterable[str]) -> tuple[str, str]:
+        """Make a key with ``scopes``; returns (key id, plaintext). The plaintext is not stored."""
+
+    @abstractmethod
+    def verify_key(self, plaintext: str) -> frozenset[str] | None:
+        """The scopes of an active key, or None for a wrong, malformed or revoked key."""
+
+    @abstractmethod
+    def revoke_key(self, key_id: str) -> bool:
+        """Revoke a key; False if there is no such active key."""
+
+    @abstractmethod
+    def list_keys(self) -> list[ApiKey]: ...
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+
+def open_store(url: str | Path) -> EventStore:
+    """Open (creating tables if needed) the store at ``url``.
+
+    ``sqlite:///path`` or a plain file path: a SQLite file. ``postgresql://user@host:port/db``
+    (or ``postgres://``): a PostgreSQL database, which needs ``pip install 'lmrec[postgres]'``.
+    """
+    text = str(url)
+    if text.startswith(("postgresql://", "postgres://")):
+        from lmrec.serve.pgstore import PostgresStore  # psycopg is an extra: imported only when asked for
+
+        return PostgresStore(text)
+    if text.startswith("sqlite:///"):
+        text = text[len("sqlite:///") :]
+    elif "://" in text:
+        raise ConfigError(
+            f"unsupported store URL {redact_url(text)!r}; use sqlite:///path/to/events.db, a file path, "
+            "or postgresql://user@host:port/db"
+        )
+    if not text:
+        raise ConfigError("empty store path")
+    return SQLiteStore(Path(text))
+
+
+def redact_url(url: str) -> str:
+    """``url`` with any password replaced by ``***``, for messages and logs."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    netloc, slash, tail = rest.partition("/")
+    userinfo, at, host = netloc.rpartition("@")
+    if at and ":" in userinfo:
+        netloc = f"{userinfo.split(':', 1)[0]}:***@{host}"
+    return f"{scheme}://{netloc}{slash}{tail}"
+
+
+def _hash(plaintext: str) -> str:
+    return hashlib.sha256(plaintext.encode()).hexdigest()
+
+
+def new_key(scopes: Iterable[str]) -> tuple[str, str, str, str]:
+    """A fresh key for ``scopes``: (key id, plaintext, hash to store, scopes to store)."""
+    wanted = check_scopes(scopes)
+    key_id = secrets.token_hex(6)
+    plaintext = f"{KEY_PREFIX}_{key_id}_{secrets.token_urlsafe(32)}"
+    return key_id, plaintext, _hash(plaintext), ",".join(wanted)
+
+
+def key_id_of(plaintext: str) -> str | None:
+    """The key id part of a well-formed key, or None."""
+    parts = plaintext.split("_", 2)
+    if len(parts) != 3 or parts[0] != KEY_PREFIX:
+        return None
+    return parts[1]
+
+
+def key_matches(stored_hash: str, plaintext: str) -> bool:
+    """Compare in constant time, so the response time says nothing about how much of a key was right."""
+    return hmac.compare_digest(stored_hash, _hash(plaintext))
+
+
+def check_scopes(scopes: Iterable[str]) -> tuple[str, ...]:
+    """Scopes as a sorted tuple; unknown names are an error."""
+    out = sorted({s.strip() for s in scopes if s.strip()})
+    bad = [s for s in out if s not in SCOPES]
+    if bad or not out:
+        raise DataError(f"scopes must be some of {list(SCOPES)}, got {out or 'none'}")
+    return tuple(out)
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    user        TEXT NOT NULL,
+    item        TEXT NOT NULL,
+    type        TEXT NOT NULL,
+    timestamp   REAL NOT NULL,
+    received_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_user ON events (user, timestamp, id);
+CREATE TABLE IF NOT EXISTS items (
+    item       TEXT PRIMARY KEY,
+    title      TEXT,
+    fields     TEXT NOT NULL,
+    updated_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS api_keys (
+    key_id  TEXT PRIMARY KEY,
+    hash    TEXT NOT NULL,
+    scopes  TEXT NOT NULL,
+    created REAL NOT NULL,
+    revoked REAL
+);
+"""
+
+
+class SQLiteStore(EventStore):
+    """The default store: one SQLite file, one connection guarded by a lock.
+
+    SQLite serialises writers anyway; a lock around one connection keeps the code simple and
+    is far from the bottleneck next to scoring. Several processes on one machine may share the
+    file (WAL mode, a busy timeout); across machines, use :class:`~lmrec.serve.pgstore.PostgresStore`.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30.0)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute("PRAGMA busy_timeout=30000")
+        with self._transaction() as db:
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    db.execute(statement)
+
+    def __repr__(self) -> str:
+        return f"SQLiteStore({str(self.path)!r})"
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def _query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        with self._lock:
+            return self._db.execute(sql, params).fetchall()
+
+    # -- events ---------------------------------------------------------------------------------
+    def add_events(self, events: Sequence[Event]) -> int:
+        now = time.time()
+        rows = [(e.user, e.item, e.type, now if e.timestamp is None else float(e.timestamp), now) for e in events]
+        with self._transaction() as db:
+            db.executemany("INSERT INTO events (user, item, type, timestamp, received_at) VALUES (?, ?, ?, ?, ?)", rows)
+        return len(rows)
+
+    def user_events(self, user: str) -> list[Event]:
+        rows = self._query(
+            "SELECT id, user, item, type, timestamp, received_at FROM events WHERE user = ? ORDER BY timestamp, id",
+            (user,),
+        )
+        return [Event(u, i, t, ts, r, id_) for id_, u, i, t, ts, r in rows]
+
+    def all_events(self) -> Iterator[Event]:
+        last = 0
+        while True:  # in pages, so a large log is never held in memory at once
+            rows = self._query(
+                "SELECT id, user, item, type, timestamp, received_at FROM events WHERE id > ? ORDER BY id LIMIT 10000",
+                (last,),
+            )
+            if not rows:
+                return
+            for id_, u, i, t, ts, r in rows:
+                yield Event(u, i, t, ts, r, id_)
+            last = rows[-1][0]
+
+    def count_events(self) -> int:
+        return int(self._query("SELECT COUNT(*) FROM events")[0][0])
+
+    # -- items ----------------------------------------------------------------------------------
+    def upsert_items(self, items: Sequence[Item]) -> int:
+        now = time.time()
+        rows = [(it.item, it.title, json.dumps(it.fields), now) for it in items]
+        with self._transaction() as db:
+            db.executemany(
+                "INSERT INTO items (item, title, fields, updated_at) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (item) DO UPDATE SET title = excluded.title, fields = excluded.fields, "
+                "updated_at = excluded.updated_at",
+                rows,
+            )
+        return len(rows)
+
+    def get_items(self, ids: Sequence[str]) -> dict[str, Item]:
+        out: dict[str, Item] = {}
+        unique = list(dict.fromkeys(ids))
+        for start in range(0, len(unique), 500):  # stay under SQLite's bound-parameter limit
+            chunk = unique[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            rows = self._query(f"SELECT item, title, fields, updated_at FROM items WHERE item IN ({marks})", chunk)
+            for item, title, fields, updated in rows:
+                out[item] = Item(item, title, json.loads(fields), updated)
+        return out
+
+    # -- API keys -------------------------------------------------------------------------------
+    def create_key(self, scopes: Iterable[str]) -> tuple[str, str]:
+        key_id, plaintext, hashed, wanted = new_key(scopes)
+        with self._transaction() as db:
+            db.execute(
+                "INSERT INTO api_keys (key_id, hash, scopes, created) VALUES (?, ?, ?, ?)",
+                (key_id, hashed, wanted, time.time()),
+            )
+        return key_id, plaintext
+
+    def verify_key(self, plaintext: str) -> frozenset[str] | None:
+        key_id = key_id_of(plaintext)
+        if key_id is None:
+            return None
+        rows = self._query("SELECT hash, scopes, revoked FROM api_keys WHERE key_id = ?", (key_id,))
+        if not rows:
+            return None
+        stored, scopes, revoked = rows[0]
+        if not key_matches(stored, plaintext) or revoked is not None:
+            return None
+        return frozenset(scopes.split(","))
+
+    def revoke_key(self, key_id: str) -> bool:
+        with self._transaction() as db:
+            cur = db.execute(
+                "UPDATE api_keys SET revoked = ? WHERE key_id = ? AND revoked IS NULL", (time.time(), key_id)
+            )
+            return cur.rowcount > 0
+
+    def list_keys(self) -> list[ApiKey]:
+        rows = self._query("SELECT key_id, scopes, created, revoked FROM api_keys ORDER BY created")
+        return [ApiKey(k, tuple(s.split(",")), c, r) for k, s, c, r in rows]
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()

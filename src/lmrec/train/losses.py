@@ -1,0 +1,49 @@
+"""Loss functions, standalone so they can be tested and reused by any model."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def bpr_loss(pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
+    """Bayesian personalised ranking: mean −log σ(pos − neg) (Rendle et al. 2009)."""
+    return -F.logsigmoid(pos - neg).mean()
+
+
+def bce_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy on logits."""
+    return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
+
+
+def mse_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return F.mse_loss(pred, target.to(pred.dtype))
+
+
+def softmax_ce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of the full softmax over the catalog: logits (N, n_items), targets (N,)."""
+    return F.cross_entropy(logits.float(), targets)
+
+
+def sampled_softmax_loss(pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
+    """Softmax over the positive and k sampled negatives: pos (N,), neg (N, k).
+
+    Negatives are drawn uniformly, so the log-Q correction is a constant and is left out.
+    """
+    logits = torch.cat([pos.unsqueeze(1), neg], dim=1).float()
+    return F.cross_entropy(logits, torch.zeros(len(pos), dtype=torch.long, device=pos.device))
+
+
+def gbce_loss(pos: torch.Tensor, neg: torch.Tensor, n_items: int, t: float = 0.75) -> torch.Tensor:
+    """Generalised BCE (Petrov & Macdonald, RecSys 2023): BCE whose positive term is raised to β,
+    which undoes the overconfidence that k uniform negatives cause. t = 0 is plain BCE; t = 1
+    calibrates fully. pos (N,), neg (N, k)."""
+    alpha = neg.shape[1] / max(1, n_items - 1)
+    beta = alpha * (t * (1 - 1 / alpha) + 1 / alpha)
+    pos, neg = pos.float(), neg.float()
+    return -(beta * F.logsigmoid(pos) + F.logsigmoid(-neg).sum(1)).mean()
+
+
+def bce_one_negative(pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
+    """SASRec's original loss: one positive and one sampled negative per position."""
+    return -(F.logsigmoid(pos.float()) + F.logsigmoid(-neg.float())).mean()

@@ -1,0 +1,138 @@
+"""Every registered model passes the same contract. Adding a model means adding a fast config here."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from lmrec.data.batch import QueryBatch
+from lmrec.data.schema import Dataset
+from lmrec.data.splits import leave_one_out
+from lmrec.evaluate import evaluate
+from lmrec.models import MODELS, FitOptions, Recommender, model_class
+from tests.test_text import ParityEncoder
+
+# Small settings so the whole suite runs in seconds; defaults are for real data.
+FAST: dict[str, dict[str, Any]] = {
+    "pop": {},
+    "itemknn": {"k": 20},
+    "ease": {"reg": 10.0},
+    "bpr": {"dim": 16, "epochs": 40, "batch_size": 64, "lr": 0.02},
+    "als": {"dim": 16, "iterations": 8},
+    "svd": {"dim": 16, "epochs": 40, "batch_size": 64, "lr": 0.02, "holdout": 0.0},
+    "ncf": {"dim": 8, "mlp": (16, 8), "epochs": 30, "batch_size": 64, "lr": 0.01},
+    "sasrec": {"dim": 16, "inner": 32, "layers": 1, "max_len": 12, "epochs": 15, "batch_size": 16, "lr": 0.01},
+    "bert4rec": {"dim": 16, "inner": 32, "layers": 1, "max_len": 12, "epochs": 25, "batch_size": 16, "lr": 0.01},
+    "text-sasrec": {"dim": 16, "inner": 32, "layers": 1, "max_len": 12, "epochs": 15, "batch_size": 16, "lr": 0.01},
+    # fine-tunes the packaged MiniLM for 3 steps (needs lmrec[text])
+    "lm-ranker": {
+        "base": "itemknn",
+        "base_config": {"k": 20},
+        "candidates": 5,
+        "steps": 3,
+        "batch_size": 4,
+        "max_length": 64,
+    },
+}
+
+
+def test_every_registered_model_has_a_fast_config() -> None:
+    assert set(FAST) == set(MODELS)
+
+
+@pytest.fixture(scope="module")
+def fitted() -> dict[str, tuple[Recommender, Any]]:
+    from tests.conftest import checkerboard
+
+    split = leave_one_out(checkerboard())
+    train = split.train_dataset()
+    out = {}
+    for name, overrides in FAST.items():
+        klass = model_class(name)
+        options = FitOptions(seed=1, text_encoder=ParityEncoder())  # text models read item text through it
+        model = klass(klass.config_class.from_dict(overrides)).fit(train, None, options)
+        out[name] = (model, split)
+    return out
+
+
+def _queries(split: Any) -> QueryBatch:
+    return split.eval_set("test").queries
+
+
+@pytest.mark.parametrize("name", sorted(FAST))
+def test_score_shape_and_finite(name: str, fitted: dict) -> None:
+    model, split = fitted[name]
+    q = _queries(split)
+    scores = model.score(q)
+    assert scores.shape == (len(q), split.dataset.n_items)
+    assert torch.isfinite(scores).all()
+
+
+@pytest.mark.parametrize("name", sorted(FAST))
+def test_recommend_excludes_seen(name: str, fitted: dict) -> None:
+    model, split = fitted[name]
+    q = _queries(split)
+    items, _ = model.recommend(q, k=10)
+    for row in range(len(q)):
+        assert not set(items[row]) & set(q.history(row).tolist())
+
+
+@pytest.mark.parametrize("name", sorted(FAST))
+def test_save_load_identical_scores(name: str, fitted: dict, tmp_path: Path) -> None:
+    model, split = fitted[name]
+    model.save(tmp_path / name)
+    loaded = Recommender.load(tmp_path / name)
+    assert type(loaded) is type(model)
+    q = _queries(split)
+    assert torch.equal(model.score(q), loaded.score(q))
+    assert loaded.config == model.config
+
+
+@pytest.mark.parametrize("name", sorted(FAST))
+def test_unknown_user_and_items(name: str, fitted: dict) -> None:
+    model, split = fitted[name]
+    n = split.dataset.n_items
+    history = [0, 2, 4]  # even items: a new user who likes even items
+    plain = model.score(QueryBatch.from_histories([-1], [history]))
+    noisy = model.score(QueryBatch.from_histories([-1], [[-1, *history, n + 5]]))
+    assert plain.shape == (1, n) and torch.isfinite(plain).all()
+    assert torch.allclose(plain, noisy)  # unknown item rows are ignored
+    beyond = model.score(QueryBatch.from_histories([10_000], [history]))  # user row past the table
+    assert torch.isfinite(beyond).all()
+
+
+@pytest.mark.parametrize("name", sorted(set(FAST) - {"pop"}))
+def test_beats_popularity_on_checkerboard(name: str, fitted: dict) -> None:
+    model, split = fitted[name]
+    pop, _ = fitted["pop"]
+    test = split.eval_set("test")
+    ours = evaluate(model, test, metrics=("ndcg",)).metrics["ndcg@10"]
+    baseline = evaluate(pop, test, metrics=("ndcg",)).metrics["ndcg@10"]
+    assert ours > baseline * 1.2 and ours > 0.2, (ours, baseline)
+
+
+@pytest.mark.parametrize("name", ["bpr", "ncf"])
+def test_same_seed_same_scores(name: str, board: Dataset) -> None:
+    train = leave_one_out(board).train_dataset()
+    klass = model_class(name)
+    cfg = klass.config_class.from_dict({**FAST[name], "epochs": 3})
+    a = klass(cfg).fit(train, None, FitOptions(seed=7))
+    b = klass(cfg).fit(train, None, FitOptions(seed=7))
+    q = QueryBatch.from_histories([0, 1], [[0], [1]])
+    assert torch.equal(a.score(q), b.score(q))
+
+
+def test_early_stopping_restores_best(board: Dataset) -> None:
+    split = leave_one_out(board)
+    cfg = model_class("bpr").config_class.from_dict({**FAST["bpr"], "epochs": 30, "patience": 2})
+    model = model_class("bpr")(cfg).fit(split.train_dataset(), split.eval_set("valid"), FitOptions(seed=0))
+    log = model.history
+    assert len(log["valid"]) == log["epochs"]
+    best = int(np.argmax(log["valid"]))
+    assert log["best_epoch"] == best
+    final = evaluate(model, split.eval_set("valid"), metrics=("ndcg",)).metrics["ndcg@10"]
+    assert final == pytest.approx(max(log["valid"]))

@@ -1,0 +1,67 @@
+"""Loss functions against hand-computed values and against each other."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lmrec.train.losses import (
+    bce_loss,
+    bce_one_negative,
+    bpr_loss,
+    gbce_loss,
+    mse_loss,
+    sampled_softmax_loss,
+    softmax_ce,
+)
+
+
+def test_bpr_equal_scores_is_log2() -> None:
+    # −log σ(0) = log 2
+    assert bpr_loss(torch.zeros(3), torch.zeros(3)).item() == pytest.approx(math.log(2))
+
+
+def test_bpr_prefers_positive_above_negative() -> None:
+    assert bpr_loss(torch.tensor([2.0]), torch.tensor([0.0])) < bpr_loss(torch.tensor([0.0]), torch.tensor([2.0]))
+
+
+def test_bce_and_mse_values() -> None:
+    # logit 0 → p = 0.5 → −log 0.5 whatever the label
+    assert bce_loss(torch.zeros(2), torch.tensor([1.0, 0.0])).item() == pytest.approx(math.log(2))
+    assert mse_loss(torch.tensor([1.0, 3.0]), torch.tensor([0.0, 1.0])).item() == pytest.approx(2.5)
+
+
+def test_softmax_ce_uniform_logits_is_log_n() -> None:
+    assert softmax_ce(torch.zeros(4, 10), torch.tensor([0, 3, 5, 9])).item() == pytest.approx(math.log(10))
+
+
+def test_sampled_softmax_is_ce_over_positive_and_negatives() -> None:
+    pos, neg = torch.tensor([1.0, 0.5]), torch.tensor([[0.0, 2.0], [1.0, -1.0]])
+    expected = F.cross_entropy(torch.tensor([[1.0, 0.0, 2.0], [0.5, 1.0, -1.0]]), torch.tensor([0, 0]))
+    assert sampled_softmax_loss(pos, neg).item() == pytest.approx(expected.item())
+
+
+def test_gbce_with_t0_is_plain_bce() -> None:
+    pos, neg = torch.tensor([0.3, -0.2]), torch.tensor([[0.1, 0.4, -1.0], [2.0, 0.0, 0.5]])
+    plain = -(F.logsigmoid(pos) + F.logsigmoid(-neg).sum(1)).mean()
+    assert gbce_loss(pos, neg, n_items=100, t=0.0).item() == pytest.approx(plain.item())
+
+
+def test_gbce_raises_positive_weight_below_one() -> None:
+    # β < 1 for t > 0 and k < n−1: the positive term weighs less than in plain BCE
+    pos, neg = torch.tensor([-1.0]), torch.tensor([[0.0]])
+    assert gbce_loss(pos, neg, n_items=1000, t=0.75) < gbce_loss(pos, neg, n_items=1000, t=0.0)
+
+
+def test_gbce_with_all_negatives_and_t1_is_bce() -> None:
+    # k = n − 1 → α = 1 → β = 1 for any t
+    pos, neg = torch.tensor([0.2]), torch.tensor([[0.1, -0.3]])
+    assert gbce_loss(pos, neg, n_items=3, t=1.0).item() == pytest.approx(gbce_loss(pos, neg, 3, t=0.0).item())
+
+
+def test_bce_one_negative() -> None:
+    # pos 0 and neg 0: log 2 + log 2
+    assert bce_one_negative(torch.zeros(2), torch.zeros(2)).item() == pytest.approx(2 * math.log(2))

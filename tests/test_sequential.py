@@ -1,0 +1,151 @@
+"""The sequential encoder: windows, masking, distribution, pretrain → fine-tune, init_from."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from lmrec.data.batch import QueryBatch
+from lmrec.data.schema import Dataset
+from lmrec.data.splits import leave_one_out
+from lmrec.errors import ConfigError
+from lmrec.evaluate import evaluate
+from lmrec.models import FitOptions, Recommender, model_class
+from lmrec.models.sequential import BERT4RecConfig, SASRec, SequentialConfig, _windows
+
+TINY = {"dim": 16, "inner": 32, "layers": 1, "heads": 2, "max_len": 12, "epochs": 4, "batch_size": 16, "lr": 0.01}
+
+
+def test_windows_supervise_every_transition_once() -> None:
+    history = QueryBatch.from_histories([0], [list(range(10))])
+    windows = _windows(history, size=4)
+    pairs = [(int(w[i]), int(w[i + 1])) for w in windows for i in range(len(w) - 1)]
+    assert sorted(pairs) == [(i + 1, i + 2) for i in range(9)]  # shifted ids, each transition once
+    assert all(len(w) <= 4 for w in windows)
+
+
+def test_windows_keep_single_item_history() -> None:
+    windows = _windows(QueryBatch.from_histories([0, 1], [[5], []]), size=4)
+    assert [w.tolist() for w in windows] == [[6]]
+
+
+def test_config_validation() -> None:
+    with pytest.raises(ConfigError, match="objective"):
+        SequentialConfig(objective="sideways")
+    with pytest.raises(ConfigError, match="divisible"):
+        SequentialConfig(dim=10, heads=3)
+    assert BERT4RecConfig().objective == "masked"
+
+
+@pytest.mark.parametrize("name", ["sasrec", "bert4rec"])
+def test_distribution_sums_to_one(name: str, board: Dataset) -> None:
+    model = _fit(name, board, epochs=1)
+    for temperature in (0.5, 1.0, 3.0):
+        p = model.distribution([0, 2, 4], temperature)  # type: ignore[attr-defined]
+        assert p.shape == (board.n_items,)
+        assert float(p.sum()) == pytest.approx(1.0, abs=1e-9)
+        assert (p >= 0).all()
+    sharp = model.distribution([0, 2, 4], 0.1)  # type: ignore[attr-defined]
+    flat = model.distribution([0, 2, 4], 10.0)  # type: ignore[attr-defined]
+    assert sharp.max() > flat.max()  # lower temperature concentrates the mass
+
+
+@pytest.mark.parametrize("loss", ["ce", "sampled", "gbce", "bce"])
+def test_every_loss_trains(loss: str, board: Dataset) -> None:
+    model = _fit("sasrec", board, epochs=2, loss=loss, negatives=8)
+    assert np.isfinite(model.history["losses"]).all()
+
+
+def test_history_change_changes_scores_without_retraining(board: Dataset) -> None:
+    model = _fit("sasrec", board, epochs=2)
+    a = model.score(QueryBatch.from_histories([0], [[0, 2]]))
+    b = model.score(QueryBatch.from_histories([0], [[0, 2, 4]]))
+    assert not torch.allclose(a, b)
+
+
+def test_pretrain_then_finetune_logs_both_phases(board: Dataset) -> None:
+    model = _fit("sasrec", board, epochs=2, pretrain_epochs=2)
+    assert len(model.history["pretrain"]["losses"]) == 2
+    assert len(model.history["losses"]) == 2
+
+
+def test_init_from_saved_run_starts_from_its_weights(board: Dataset, tmp_path: Path) -> None:
+    pretrained = _fit("bert4rec", board, epochs=2)
+    pretrained.save(tmp_path / "model")
+    cfg = SequentialConfig.from_dict({**TINY, "epochs": 1, "lr": 1e-9, "dropout": 0.0, "init_from": str(tmp_path)})
+    tuned = SASRec(cfg)
+    tuned.fit(leave_one_out(board).train_dataset(), None, FitOptions(seed=3))
+    # a learning rate of ~0 leaves the loaded weights in place
+    for key, value in pretrained.net.state_dict().items():  # type: ignore[attr-defined]
+        assert torch.allclose(value, tuned.net.state_dict()[key], atol=1e-6), key
+
+
+def test_init_from_rejects_other_catalog(board: Dataset, tmp_path: Path) -> None:
+    from tests.conftest import checkerboard
+
+    _fit("sasrec", checkerboard(n_items=20, per_user=6), epochs=1).save(tmp_path / "other")
+    cfg = SequentialConfig.from_dict({**TINY, "init_from": str(tmp_path / "other")})
+    with pytest.raises(ConfigError, match="same"):
+        SASRec(cfg).fit(leave_one_out(board).train_dataset(), None, FitOptions())
+
+
+def test_learns_parity_of_history(board: Dataset) -> None:
+    split = leave_one_out(board)
+    model = _fit("sasrec", board, epochs=15)
+    pop = model_class("pop")().fit(split.train_dataset())
+    test = split.eval_set("test")
+    ours = evaluate(model, test, metrics=("ndcg",)).metrics["ndcg@10"]
+    assert ours > 1.2 * evaluate(pop, test, metrics=("ndcg",)).metrics["ndcg@10"]
+
+
+def _fit(name: str, data: Dataset, **overrides: object) -> Recommender:
+    klass = model_class(name)
+    model = klass(klass.config_class.from_dict({**TINY, **overrides}))
+    return model.fit(leave_one_out(data).train_dataset(), None, FitOptions(seed=0))
+
+
+def test_expected_similarity_is_low_for_spread_distributions() -> None:
+    from lmrec.models.sequential import expected_similarity
+
+    vectors = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 1.0]])
+    same_category = torch.tensor([[10.0, 10.0, -10.0, -10.0]])  # mass on two items of one category
+    mixed = torch.tensor([[10.0, -10.0, 10.0, -10.0]])  # mass on one item of each category
+    assert expected_similarity(same_category, vectors).item() == pytest.approx(1.0, abs=1e-4)
+    assert expected_similarity(mixed, vectors).item() == pytest.approx(0.5, abs=1e-4)
+
+
+def test_diversity_regulariser_spreads_top_lists(board: Dataset) -> None:
+    from lmrec.evaluate.beyond import category_coverage
+
+    split = leave_one_out(board)
+    cats = list(board.catalog["categories"])
+    coverage = {}
+    for weight in (0.0, 5.0):
+        model = _fit("sasrec", board, epochs=10, diversity_weight=weight)
+        items, _ = model.recommend(split.eval_set("test").queries, k=4)
+        coverage[weight] = category_coverage(items, cats)
+    assert coverage[5.0] > coverage[0.0], coverage  # the checkerboard model learns one parity per user
+
+
+def test_diversity_weight_needs_full_softmax() -> None:
+    with pytest.raises(ConfigError, match="loss=ce"):
+        SequentialConfig(diversity_weight=1.0, loss="bce")
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_causal_encoder_never_sees_the_future(training: bool) -> None:
+    from lmrec.models.sequential import SequenceEncoder
+
+    torch.manual_seed(0)
+    net = SequenceEncoder(30, SequentialConfig(dim=16, inner=32, layers=2, heads=2, max_len=10, dropout=0.0))
+    net.train(training)
+    a = torch.tensor([[1, 2, 3, 4, 5, 6]])
+    b = torch.tensor([[1, 2, 3, 9, 9, 9]])  # same first three items, other future
+    ha, hb = net(a, causal=True), net(b, causal=True)
+    assert torch.allclose(ha[:, :3], hb[:, :3], atol=1e-6)
+    assert not torch.allclose(ha[:, 3:], hb[:, 3:])
+    hm, hn = net(a, causal=False), net(b, causal=False)
+    assert not torch.allclose(hm[:, :3], hn[:, :3])  # bidirectional does look ahead
