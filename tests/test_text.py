@@ -74,11 +74,12 @@ def test_text_model_save_load_identical(item_repr: str, board: Dataset, tmp_path
     assert torch.equal(model.score(q), loaded.score(q))
 
 
-def test_text_only_model_recommends_cold_items(board: Dataset) -> None:
+@pytest.mark.parametrize("item_repr", ["text", "fused"])
+def test_text_models_recommend_cold_items(item_repr: str, board: Dataset) -> None:
     split = cold_items(board, share=0.2, seed=1)
     cold = np.setdiff1d(np.arange(board.n_items), split.train_dataset().interactions["item"].unique())
     test = split.eval_set("test")
-    text_model = _fit(board, split=split, item_repr="text")
+    text_model = _fit(board, split=split, item_repr=item_repr)
     id_model = _fit(board, split=split, item_repr="id")
     text_recall = evaluate(text_model, test, metrics=("recall",)).metrics["recall@10"]
     id_recall = evaluate(id_model, test, metrics=("recall",)).metrics["recall@10"]

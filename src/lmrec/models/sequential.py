@@ -100,6 +100,7 @@ class SequenceEncoder(nn.Module):
 
     text: torch.Tensor  # buffers, declared for type checkers
     is_item: torch.Tensor
+    id_trained: torch.Tensor
 
     def __init__(self, n_items: int, cfg: SequentialConfig, text_dim: int = 0) -> None:
         super().__init__()
@@ -115,6 +116,8 @@ class SequenceEncoder(nn.Module):
             is_item = torch.zeros(n_items + 2, 1, dtype=torch.bool)
             is_item[1 : n_items + 1] = True
             self.register_buffer("is_item", is_item, persistent=False)
+            # fused: 1 where an item's ID row was trained; 0 makes an item text-only (cold items)
+            self.register_buffer("id_trained", torch.ones(n_items + 2, 1), persistent=False)
         self.positions = nn.Embedding(cfg.max_len + 1, cfg.dim)  # +1: the appended mask slot
         self.dropout = nn.Dropout(cfg.dropout)
         self.norm = nn.LayerNorm(cfg.dim)
@@ -134,9 +137,15 @@ class SequenceEncoder(nn.Module):
             return self.items.weight
         text = self.adaptor(self.text)
         if self.item_repr == "fused":
-            g = torch.sigmoid(self.gate)
+            g = torch.sigmoid(self.gate) * self.id_trained
             text = g * self.items.weight + (1 - g) * text
         return torch.where(self.is_item, text, self.items.weight)  # pad and mask keep their own rows
+
+    def mark_trained(self, trained: torch.Tensor) -> None:
+        """Tell a fused table which items (bool, n_items) had training interactions: the others
+        have an untrained ID row, so they are represented by their text alone."""
+        if self.item_repr != "id":
+            self.id_trained[1 : self.n_items + 1, 0] = trained.to(self.id_trained)
 
     def forward(self, seq: torch.Tensor, causal: bool, table: torch.Tensor | None = None) -> torch.Tensor:
         """seq (B, L) shifted item ids, right-padded with 0 → hidden states (B, L, dim)."""
@@ -185,6 +194,7 @@ class SequentialRecommender(Recommender):
         # Items without training interactions are never training targets: keep them out of the
         # softmax so their (text) representation is not pushed down before anyone has seen them.
         self.unseen = (self.popularity == 0).to(self.device)
+        self.net.mark_trained(~self.unseen)
         self.category_vectors = _unit_category_vectors(train) if cfg.diversity_weight > 0 else None
         gen = options.torch_generator()
         self.history = {}
@@ -337,6 +347,7 @@ class SequentialRecommender(Recommender):
         self.net.load_state_dict({k[4:]: v.clone() for k, v in tensors.items() if k.startswith("net.")})
         self.popularity = tensors["popularity"]
         self.unseen = self.popularity == 0
+        self.net.mark_trained(~self.unseen)
 
 
 class SASRec(SequentialRecommender):
