@@ -13,7 +13,7 @@ Three experiments, one run, all lmrec (no peer offers these):
             users, against training on B alone. (The clothing-reviews set has no user ids, so no
             sequences to transfer to; this is the closest real thing on the data we have.)
 
-    .venv/bin/python benchmarks/text.py                  # all three (~30 minutes on 2 cores)
+    .venv/bin/python benchmarks/text.py                  # all three (~20 minutes on 1 thread)
     .venv/bin/python benchmarks/text.py --parts cold --smoke
 """
 
@@ -36,7 +36,7 @@ from classic import BENCH, REPO, command_line, machine, thread_env
 GENRES_A = {
     "Action", "Adventure", "Sci-Fi", "Thriller", "Crime", "War", "Western", "Horror", "Fantasy", "Film-Noir", "Mystery",
 }  # fmt: skip
-BASE = {"max_len": 200, "batch_size": 32}
+BASE = {"max_len": 50, "batch_size": 32}  # the best SASRec setting of the sequential benchmark
 SHARES = (0.01, 0.1, 1.0)
 
 

@@ -14,7 +14,7 @@ from lmrec.data.schema import Dataset
 from lmrec.data.splits import leave_one_out
 from lmrec.evaluate import evaluate
 from lmrec.models import MODELS, FitOptions, Recommender, model_class
-from tests.test_text import ParityEncoder
+from tests.conftest import KeywordEncoder
 
 # Small settings so the whole suite runs in seconds; defaults are for real data.
 FAST: dict[str, dict[str, Any]] = {
@@ -53,7 +53,7 @@ def fitted() -> dict[str, tuple[Recommender, Any]]:
     out = {}
     for name, overrides in FAST.items():
         klass = model_class(name)
-        options = FitOptions(seed=1, text_encoder=ParityEncoder())  # text models read item text through it
+        options = FitOptions(seed=1, text_encoder=KeywordEncoder())  # text models read item text through it
         model = klass(klass.config_class.from_dict(overrides)).fit(train, None, options)
         out[name] = (model, split)
     return out

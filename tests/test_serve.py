@@ -20,6 +20,7 @@ from lmrec.errors import MissingExtraError
 from lmrec.models.base import FitOptions
 from lmrec.runs import DataRecipe, train_run
 from lmrec.serve import create_app
+from tests.conftest import KeywordEncoder
 
 N_USERS, N_ITEMS, PER_USER = 30, 20, 8
 SASREC = {"dim": 16, "inner": 32, "layers": 1, "max_len": 12, "epochs": 3, "batch_size": 16}
@@ -56,8 +57,9 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         ("ease", "ease", {}),
         ("ease2", "ease", {"reg": 50}),
         ("sasrec", "sasrec", SASREC),
+        ("text", "text-sasrec", {**SASREC, "item_repr": "text", "epochs": 20}),
     ):
-        train_run(recipe, model, config, root / name, cache, FitOptions(seed=0))
+        train_run(recipe, model, config, root / name, cache, FitOptions(seed=0, text_encoder=KeywordEncoder("Low")))
         out[name] = root / name
     out["cache"] = cache
     return out
@@ -235,6 +237,28 @@ def test_items_added_at_serve_time(client: TestClient) -> None:
     assert {it["item"]: it["title"] for it in out["items"]}["i2"] == "Renamed two"
     assert client.get("/users/u0/history").json()["items"][-1]["item"] == "new1"
     assert recommend(client, history=["new1"])["items"]  # a known-but-unscorable item is allowed
+
+
+def test_text_model_recommends_items_added_at_serve_time(make_client: AppFactory) -> None:
+    client = make_client("text", text_encoder=KeywordEncoder("Low"))
+    new = [
+        {"item": "new-low", "title": "Fresh", "genres": ["Low"]},
+        {"item": "new-high", "title": "Other", "genres": "High"},
+    ]
+    assert client.put("/items", json=new).status_code == 200
+    assert client.get("/items/new-low").json()["recommendable"]
+    ranked = [it["item"] for it in recommend(client, user="u0", k=N_ITEMS)["items"]]  # u0 buys Low items
+    assert {"new-low", "new-high"} <= set(ranked) and ranked.index("new-low") < ranked.index("new-high")
+    assert recommend(client, history=["new-low"])["items"]  # a new item is read as history too
+    # Feedback on it joins the user's history; a second process on the same database scores it too.
+    assert client.post("/feedback", json={"user": "u0", "item": "new-low"}).status_code == 202
+    other = make_client("text", text_encoder=KeywordEncoder("Low"))
+    ranked = [it["item"] for it in recommend(other, user="u0", k=N_ITEMS)["items"]]
+    assert "new-low" not in ranked and "new-high" in ranked
+    # A new text replaces the old one.
+    client.put("/items", json=[{"item": "new-high", "title": "Renamed", "genres": ["Low"]}])
+    out = recommend(client, user="u0", k=N_ITEMS)["items"]
+    assert {it["item"]: it["title"] for it in out}["new-high"] == "Renamed"
 
 
 # -- auth -----------------------------------------------------------------------------------------------

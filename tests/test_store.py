@@ -8,6 +8,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -147,6 +148,18 @@ def test_items_a_later_duplicate_in_one_batch_wins(store: EventStore) -> None:
     assert store.upsert_items([Item("a", "first"), Item("a", "second", {"n": 2})]) == 2
     got = store.get_item("a")
     assert got is not None and (got.title, got.fields) == ("second", {"n": 2})
+
+
+def test_items_updated_since(store: EventStore) -> None:
+    store.upsert_items([Item("a", "Alpha"), Item("b", "Beta")])
+    first = store.items_updated_since(0.0)
+    assert [it.item for it in first] == ["a", "b"]
+    mark = max(it.updated_at or 0.0 for it in first)
+    time.sleep(0.01)
+    store.upsert_items([Item("a", "Alpha 2")])
+    later = store.items_updated_since(mark + 0.005)
+    assert [(it.item, it.title) for it in later] == [("a", "Alpha 2")]
+    assert store.items_updated_since(later[0].updated_at + 1) == []  # type: ignore[operator]
 
 
 def test_get_items_many_ids(store: EventStore) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -17,26 +16,9 @@ from lmrec.errors import ConfigError
 from lmrec.evaluate import evaluate
 from lmrec.models import FitOptions, Recommender, model_class
 from lmrec.text import EmbeddingCache, encode_cached, item_texts
+from tests.conftest import KeywordEncoder as ParityEncoder
 
 TINY = {"dim": 16, "inner": 32, "layers": 1, "heads": 2, "max_len": 12, "epochs": 15, "batch_size": 16, "lr": 0.01}
-
-
-class ParityEncoder:
-    """A stand-in sentence encoder: the text says "even" or "odd", and so does the vector."""
-
-    name = "fake:parity"
-    dim = 8
-
-    def __init__(self) -> None:
-        self.calls: list[int] = []
-
-    def encode(self, texts: list[str], progress: bool = False) -> np.ndarray:
-        self.calls.append(len(texts))
-        out = np.zeros((len(texts), self.dim), np.float32)
-        for i, text in enumerate(texts):
-            out[i, 0 if "even" in text else 1] = 1.0
-            out[i, 2 + int(hashlib.md5(text.encode()).hexdigest(), 16) % 6] = 0.1  # a little identity
-        return out / np.linalg.norm(out, axis=1, keepdims=True)
 
 
 def test_item_texts_default_template() -> None:
@@ -86,6 +68,28 @@ def test_text_models_recommend_cold_items(item_repr: str, board: Dataset) -> Non
     assert text_recall > 0.3 and text_recall > id_recall + 0.2, (text_recall, id_recall)
     items, _ = text_model.recommend(QueryBatch.from_histories([-1], [[0, 2, 4]]), k=10)
     assert set(items[0]) & set(cold.tolist())  # cold items are recommended
+
+
+@pytest.mark.parametrize("item_repr", ["text", "fused"])
+def test_new_items_are_scored_from_their_text(item_repr: str, board: Dataset) -> None:
+    model = _fit(board, item_repr=item_repr)
+    new = pd.DataFrame({"title": ["Brand new", "Also new"], "categories": [["even"], ["odd"]]})
+    grown = model.with_new_items(model.encode_items(new, ParityEncoder()))  # type: ignore[attr-defined]
+    assert (grown.n_items, model.n_items) == (board.n_items + 2, board.n_items)  # the original is untouched
+    evens = QueryBatch.from_histories([-1], [[0, 2, 4, 6]])
+    before, after = model.score(evens)[0], grown.score(evens)[0]
+    if item_repr == "text":  # known items keep their scores
+        assert torch.allclose(after[: board.n_items], before, atol=1e-5)
+    even_new, odd_new = board.n_items, board.n_items + 1
+    assert after[even_new] > after[odd_new]  # the even newcomer fits an even history
+    assert after[even_new] > torch.sort(after[: board.n_items]).values[board.n_items // 2]  # upper half
+    # A new item in the history is read like any other.
+    assert grown.score(QueryBatch.from_histories([-1], [[0, 2, even_new]])).shape == (1, board.n_items + 2)
+
+
+def test_id_model_cannot_grow(board: Dataset) -> None:
+    with pytest.raises(ConfigError, match="cannot score items from text"):
+        _fit(board, item_repr="id", epochs=1).with_new_items(np.zeros((1, 8), np.float32))  # type: ignore[attr-defined]
 
 
 def test_transfer_to_another_catalog_needs_text_mode(board: Dataset, tmp_path: Path) -> None:

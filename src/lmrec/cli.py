@@ -114,7 +114,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         split=args.split,
         split_params={k: _number(k, v) for k, v in split_params.items()},
     )
-    options = FitOptions(seed=args.seed, device=args.device, progress=not args.quiet, log=_say)
+    options = FitOptions(
+        seed=args.seed, device=args.device, progress=not args.quiet, log=_say, cache_dir=args.cache_dir / "embeddings"
+    )
     run = train_run(recipe, args.model, _model_overrides(args), Path(args.out), args.cache_dir, options)
     valid_file = run.directory / "valid.json"
     valid = json.loads(valid_file.read_text()) if valid_file.exists() else None

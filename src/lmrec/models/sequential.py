@@ -22,10 +22,13 @@ a target once), windows of similar length are batched together so little compute
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+import pandas as pd
 import torch
 from torch import nn
 
@@ -34,6 +37,9 @@ from lmrec.data.schema import Dataset
 from lmrec.errors import ConfigError
 from lmrec.models.base import FitOptions, ModelConfig, Recommender
 from lmrec.train.losses import bce_one_negative, gbce_loss, sampled_softmax_loss, softmax_ce
+
+if TYPE_CHECKING:
+    from lmrec.text import TextEncoder
 
 OBJECTIVES = ("causal", "masked")
 LOSSES = ("ce", "sampled", "gbce", "bce")
@@ -205,12 +211,49 @@ class SequentialRecommender(Recommender):
         return self
 
     def _text_vectors(self, train: Dataset, options: FitOptions) -> np.ndarray:
-        from lmrec.text import encode_cached, item_texts, load_encoder
+        from lmrec.text import load_encoder
 
         encoder = options.text_encoder or load_encoder(self.config.text_encoder, options.device)
-        texts = item_texts(train.catalog, self.config.text_template)
-        options.say(f"encoding {len(texts)} item texts with {encoder.name}")
-        return encode_cached(encoder, texts, options.cache_dir, options.progress)
+        options.say(f"encoding {train.n_items} item texts with {encoder.name}")
+        return self.encode_items(train.catalog, encoder, options.cache_dir, options.progress)
+
+    def encode_items(
+        self, catalog: pd.DataFrame, encoder: TextEncoder, cache_dir: Path | None = None, progress: bool = False
+    ) -> np.ndarray:
+        """Text embeddings of catalog rows, built with this model's item-text template."""
+        from lmrec.text import encode_cached, item_texts
+
+        return encode_cached(encoder, item_texts(catalog, self.config.text_template), cache_dir, progress)
+
+    @property
+    def scores_new_items(self) -> bool:
+        """Whether items unknown at training time can be scored from their text (:meth:`with_new_items`)."""
+        return self.config.item_repr != "id"
+
+    def with_new_items(self, vectors: np.ndarray) -> SequentialRecommender:
+        """A copy of this model that also scores ``len(vectors)`` new items, rows ``n_items`` onwards,
+        from their text embeddings (:meth:`encode_items`) alone. This model is left untouched."""
+        if not self.scores_new_items:
+            raise ConfigError(f"{self.name} with item_repr={self.config.item_repr!r} cannot score items from text")
+        n, extra = self.n_items, len(vectors)
+        state = self.net.state_dict()
+        if vectors.ndim != 2 or vectors.shape[1] != state["text"].shape[1]:
+            raise ConfigError(f"new item vectors must be (n, {state['text'].shape[1]}), got {vectors.shape}")
+
+        def grow(table: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:  # new rows go before the mask row
+            return torch.cat([table[: n + 1], rows.to(table), table[n + 1 :]])
+
+        state["items.weight"] = grow(state["items.weight"], torch.zeros(extra, self.config.dim))
+        state["text"] = grow(state["text"], torch.from_numpy(np.asarray(vectors, np.float32)))
+        out = copy.copy(self)
+        out.n_items = n + extra
+        out.net = SequenceEncoder(n + extra, self.config, state["text"].shape[1]).to(self.device)
+        out.net.load_state_dict(state)
+        out.net.eval()
+        out.popularity = torch.cat([self.popularity, torch.zeros(extra)])
+        out.unseen = out.popularity == 0
+        out.net.mark_trained(~out.unseen)
+        return out
 
     def _load_pretrained(self, path: Path) -> None:
         """Start from a saved sequential model. Over the same catalog every weight is loaded;

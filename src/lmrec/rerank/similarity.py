@@ -223,16 +223,17 @@ class CooccurrenceSimilarity(_SparseSimilarity):
 def item_vectors_of(model: object) -> np.ndarray | None:
     """A model's learned item embeddings as (n_items, d) float32, or None if it has none.
 
-    Sequential models (SASRec, BERT4Rec): the item embedding table without the padding and mask
-    rows. Matrix factorisation (BPR, ALS, SVD): ``item_factors``.
+    Sequential models (SASRec, BERT4Rec, text-SASRec): the item table they score with (ID, text or
+    fused rows) without the padding and mask rows. Matrix factorisation (BPR, ALS, SVD): ``item_factors``.
     """
     import torch
 
     n_items = int(getattr(model, "n_items", 0))
     net = getattr(model, "net", None)
-    table = getattr(net, "items", None)
-    if isinstance(table, torch.nn.Embedding) and table.num_embeddings >= n_items + 1 > 1:
-        return table.weight[1 : n_items + 1].detach().float().cpu().numpy()
+    if callable(getattr(net, "item_table", None)) and n_items > 0:  # text and fused items included
+        with torch.no_grad():
+            table = net.item_table()  # type: ignore[union-attr]
+        return table[1 : n_items + 1].detach().float().cpu().numpy()
     factors = getattr(model, "item_factors", None)
     if isinstance(factors, torch.Tensor) and factors.dim() == 2:
         return factors.detach().float().cpu().numpy()

@@ -47,6 +47,7 @@ from lmrec.serve.auth import AuthError, authorize, key_from_headers
 from lmrec.serve.metrics import Metrics
 from lmrec.serve.state import LiveState, NotFound, RerankSpec
 from lmrec.serve.store import SCOPES, Event, EventStore, Item, StoreUnavailable, check_scopes, open_store
+from lmrec.text.encoders import TextEncoder
 
 MAX_BODY_BYTES = 1 << 20
 MAX_BATCH = 1000
@@ -225,23 +226,33 @@ class Service:
     """What the endpoints share: the store, the live state (one reference, swapped on reload)."""
 
     def __init__(
-        self, run_dir: Path, store: EventStore, cache_dir: Path, require_keys: bool, ann: bool = False
+        self,
+        run_dir: Path,
+        store: EventStore,
+        cache_dir: Path,
+        require_keys: bool,
+        ann: bool = False,
+        text_encoder: TextEncoder | None = None,
     ) -> None:
         self.store = store
         self.cache_dir = cache_dir
         self.require_keys = require_keys
         self.ann = ann
+        self.text_encoder = text_encoder
         self.metrics = Metrics()
-        self.live = LiveState.open(run_dir, cache_dir, store, ann=ann)
+        self.live = self._open(run_dir)
         self._reload_lock = threading.Lock()
 
     def reload(self, run_dir: str | None) -> LiveState:
         """Build the new state completely, then replace the one reference requests read."""
         with self._reload_lock:
             target = Path(run_dir) if run_dir else self.live.run.directory
-            self.live = LiveState.open(target, self.cache_dir, self.store, ann=self.ann)
+            self.live = self._open(target)
             self.metrics.add_reload()
             return self.live
+
+    def _open(self, run_dir: Path) -> LiveState:
+        return LiveState.open(run_dir, self.cache_dir, self.store, ann=self.ann, text_encoder=self.text_encoder)
 
     def info(self) -> ServingInfo:
         live = self.live
@@ -386,19 +397,21 @@ def create_app(
     require_keys: bool = True,
     max_body_bytes: int = MAX_BODY_BYTES,
     ann: bool = False,
+    text_encoder: TextEncoder | None = None,
 ) -> FastAPI:
     """The service for the run in ``run_dir``, with its events in ``db_url``.
 
     ``db_url`` defaults to ``RUN_DIR/events.db``; ``cache_dir`` (where named datasets are cached)
     to ``~/.cache/lmrec``. ``require_keys=False`` turns API keys off, for local use only.
     ``ann=True`` answers top-k from an HNSW index (:mod:`lmrec.serve.ann`, needs ``lmrec[ann]``)
-    when the model scores by a dot product, and exactly otherwise.
+    when the model scores by a dot product, and exactly otherwise. ``text_encoder`` replaces the
+    one a text model names in its config (which is loaded on the first item added at serve time).
     """
     run_path = Path(run_dir)
     store = open_store(db_url if db_url is not None else run_path / "events.db")
     cache = Path(cache_dir) if cache_dir is not None else Path.home() / ".cache" / "lmrec"
     try:
-        service = Service(run_path, store, cache, require_keys, ann=ann)
+        service = Service(run_path, store, cache, require_keys, ann=ann, text_encoder=text_encoder)
     except BaseException:
         store.close()
         raise

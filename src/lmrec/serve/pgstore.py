@@ -59,6 +59,7 @@ _SCHEMA = (
         fields     TEXT NOT NULL,
         updated_at DOUBLE PRECISION NOT NULL
     )""",
+    "CREATE INDEX IF NOT EXISTS items_updated ON items (updated_at)",
     """CREATE TABLE IF NOT EXISTS api_keys (
         key_id  TEXT PRIMARY KEY,
         hash    TEXT NOT NULL,
@@ -198,12 +199,13 @@ class PostgresStore(EventStore):
 
     # -- items ----------------------------------------------------------------------------------
     def upsert_items(self, items: Sequence[Item]) -> int:
-        now = time.time()
-        rows = [(it.item, it.title, json.dumps(it.fields), now) for it in items]
+        rows = [(it.item, it.title, json.dumps(it.fields)) for it in items]
         with self._transaction() as conn, conn.cursor() as cur:
-            # One statement per row, as in SQLite: a later duplicate in the batch wins.
+            # One statement per row, as in SQLite: a later duplicate in the batch wins. The time is
+            # the server's, so readers on other machines compare it with one clock.
             cur.executemany(
-                "INSERT INTO items (item, title, fields, updated_at) VALUES (%s, %s, %s, %s) "
+                "INSERT INTO items (item, title, fields, updated_at) "
+                "VALUES (%s, %s, %s, EXTRACT(EPOCH FROM clock_timestamp())) "
                 "ON CONFLICT (item) DO UPDATE SET title = excluded.title, fields = excluded.fields, "
                 "updated_at = excluded.updated_at",
                 rows,
@@ -216,6 +218,12 @@ class PostgresStore(EventStore):
             return {}
         rows = self._query("SELECT item, title, fields, updated_at FROM items WHERE item = ANY(%s)", (unique,))
         return {item: Item(item, title, json.loads(fields), updated) for item, title, fields, updated in rows}
+
+    def items_updated_since(self, since: float) -> list[Item]:
+        rows = self._query(
+            "SELECT item, title, fields, updated_at FROM items WHERE updated_at >= %s ORDER BY updated_at", (since,)
+        )
+        return [Item(item, title, json.loads(fields), float(updated)) for item, title, fields, updated in rows]
 
     # -- API keys -------------------------------------------------------------------------------
     def create_key(self, scopes: Iterable[str]) -> tuple[str, str]:

@@ -8,9 +8,14 @@ several service processes sharing one database all see every event as soon as it
 through one forward pass; for every model the item is excluded as seen.
 
 Items added with ``PUT /items`` that the run's model has no row for are stored and shown by the
-read endpoints, and feedback on them is accepted and kept for the next training, but they are not
-recommended and do not change scores: the ID-based models here cannot score an item they never
-saw. Text-capable models, which can, come later.
+read endpoints, and feedback on them is accepted and kept for the next training. A model that
+reads item text (``text-sasrec`` with ``item_repr`` text or fused) scores them as soon as they are
+stored: every request asks the store for items updated since the newest one this process has read
+(one indexed query), encodes the new texts (cached on disk by text hash) and swaps in a copy of the
+model grown by those rows (:meth:`SequentialRecommender.with_new_items`). They are then
+recommended, and read as history like any other item. ID-based models cannot score an item they
+never saw; for them new items wait for the next training. Re-rankers compare items by what the
+training data knows, so a re-ranked list holds trained items only.
 
 Re-rankers (MMR, DPP, calibration; :mod:`lmrec.rerank`) are built on first use from the run's
 training data and kept, a bounded number of them, per (method, trade-off, similarity).
@@ -27,16 +32,20 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
+import pandas as pd
 
 from lmrec.data.batch import QueryBatch
-from lmrec.data.schema import Dataset
+from lmrec.data.schema import Dataset, Vocab
 from lmrec.errors import DataError
 from lmrec.evaluate.evaluator import Reranker
+from lmrec.models.sequential import SequentialRecommender
 from lmrec.rerank import RERANKERS, SIMILARITIES, item_vectors_of, make_reranker
 from lmrec.runs import RUN_FILE, Run, open_run
 from lmrec.serve.store import Event, EventStore, Item
+from lmrec.text.encoders import TextEncoder
 
 MAX_RERANKERS = 64  # built re-rankers kept per state; a λ slider has a few dozen positions
+REREAD_WINDOW_S = 5.0  # items stamped this long before the newest one read are read again (late commits)
 
 
 class NotFound(DataError):
@@ -59,6 +68,18 @@ class LiveHistory:
 
 
 @dataclass(frozen=True)
+class Served:
+    """What answers requests now: the model (grown by the serve-time items it can score from their
+    text), its top-k path, and the raw ID of every row it scores. Replaced whole, never changed."""
+
+    model: Any
+    topk: TopK
+    items: Vocab
+    added: dict[str, Item]  # serve-time items scored by ``model``, in row order after the trained ones
+    newest: float = 0.0  # ``updated_at`` of the newest stored item read
+
+
+@dataclass(frozen=True)
 class RerankSpec:
     """A re-ranking asked for by a request: which re-ranker, its trade-off, from how many candidates."""
 
@@ -75,9 +96,19 @@ class RerankSpec:
 class LiveState:
     """A run, its store and what is derived from the run once. Build a new one to change the run."""
 
-    def __init__(self, run: Run, store: EventStore, ann: bool = False) -> None:
+    def __init__(
+        self,
+        run: Run,
+        store: EventStore,
+        ann: bool = False,
+        text_encoder: TextEncoder | None = None,
+        cache_dir: Path | None = None,
+    ) -> None:
         self.run = run
         self.store = store
+        self.ann = ann
+        self._encoder = text_encoder  # loaded on first use from the model's config when None
+        self._embeddings = cache_dir / "embeddings" if cache_dir is not None else None
         self.model_name: str = str(run.meta["model"])
         self.version = hashlib.sha256((run.directory / RUN_FILE).read_bytes()).hexdigest()[:12]
         ds = run.dataset
@@ -86,14 +117,9 @@ class LiveState:
         self._lock = threading.Lock()
         self._rerankers: OrderedDict[tuple[str, float, str | None], Reranker] = OrderedDict()
         self._train: Dataset | None = None
-        self.index = "exact"
-        self._topk: TopK = run.model
-        if ann:
-            from lmrec.serve.ann import ANNRecommender
-
-            fast = ANNRecommender.for_model(run.model)
-            if fast is not None:
-                self._topk, self.index = fast, fast.index.kind
+        self._grow_lock = threading.Lock()
+        topk, self.index = self._topk_for(run.model)
+        self._served = Served(run.model, topk, ds.items, {})
         categories = any(len(c) for c in ds.catalog["categories"])
         self.similarities = [
             name
@@ -107,8 +133,51 @@ class LiveState:
         self.rerankers = [m for m in RERANKERS if m != "calibration" or categories]
 
     @classmethod
-    def open(cls, run_dir: str | Path, cache_dir: str | Path, store: EventStore, ann: bool = False) -> LiveState:
-        return cls(open_run(Path(run_dir), Path(cache_dir)), store, ann=ann)
+    def open(
+        cls,
+        run_dir: str | Path,
+        cache_dir: str | Path,
+        store: EventStore,
+        ann: bool = False,
+        text_encoder: TextEncoder | None = None,
+    ) -> LiveState:
+        run = open_run(Path(run_dir), Path(cache_dir))
+        return cls(run, store, ann=ann, text_encoder=text_encoder, cache_dir=Path(cache_dir))
+
+    def _topk_for(self, model: Any) -> tuple[TopK, str]:
+        if self.ann:
+            from lmrec.serve.ann import ANNRecommender
+
+            fast = ANNRecommender.for_model(model)
+            if fast is not None:
+                return fast, fast.index.kind
+        return model, "exact"
+
+    # -- serve-time items -----------------------------------------------------------------------
+    def served(self) -> Served:
+        """The current model and item rows, grown first by any item the store has that it can now score."""
+        current, base = self._served, self.run.model
+        if not (isinstance(base, SequentialRecommender) and base.scores_new_items):
+            return current
+        changed = self.store.items_updated_since(current.newest - REREAD_WINDOW_S)
+        if not _news(changed, current, self.run.dataset):
+            return current
+        with self._grow_lock:  # one thread grows the model; the others then find nothing new
+            current = self._served
+            fresh = _news(changed, current, self.run.dataset)
+            if not fresh:
+                return current
+            added = {**current.added, **{it.item: it for it in fresh}}
+            catalog = _catalog_of(list(added.values()), list(self.run.dataset.catalog.columns))
+            if self._encoder is None:
+                from lmrec.text import load_encoder
+
+                self._encoder = load_encoder(base.config.text_encoder, str(base.device))
+            model = base.with_new_items(base.encode_items(catalog, self._encoder, self._embeddings))
+            topk, _ = self._topk_for(model)
+            newest = max([current.newest] + [it.updated_at or 0.0 for it in changed])
+            self._served = Served(model, topk, self.run.dataset.items.extended(added), added, newest)
+            return self._served
 
     # -- users ----------------------------------------------------------------------------------
     def known_user(self, user: str) -> bool:
@@ -119,7 +188,7 @@ class LiveState:
         ds = self.run.dataset
         base = self._dataset.history(ds.users.row(user)) if user in ds.users else np.zeros(0, np.int64)
         events = self.store.user_events(user)
-        rows = np.concatenate([base, ds.items.rows([e.item for e in events])]).astype(np.int64)
+        rows = np.concatenate([base, self.served().items.rows([e.item for e in events])]).astype(np.int64)
         return LiveHistory(rows, ds.items.raw(base), events)
 
     # -- items ----------------------------------------------------------------------------------
@@ -162,7 +231,7 @@ class LiveState:
         if stored is not None:
             fields.update({str(k): _plain(v) for k, v in stored.fields.items()})
             title = stored.title if stored.title is not None else title
-        return {"item": item, "title": title, "fields": fields, "recommendable": item in ds.items}
+        return {"item": item, "title": title, "fields": fields, "recommendable": item in self.served().items}
 
     # -- re-ranking -----------------------------------------------------------------------------
     def reranker(self, spec: RerankSpec) -> Reranker:
@@ -203,21 +272,25 @@ class LiveState:
         if user is None and not extra:
             raise DataError("give a user, a history, or both")
         ds = self.run.dataset
+        served = self.served()
         rows = self.history(user).rows if user is not None else np.zeros(0, np.int64)
         if user is not None and len(rows) == 0 and not self.known_user(user) and not extra:
             raise NotFound(f"unknown user {user!r} with no history: send a history, or feedback for this user first")
         reranker = self.reranker(rerank) if rerank is not None else None
-        rows = np.concatenate([rows, ds.items.rows(extra)]).astype(np.int64)
+        rows = np.concatenate([rows, served.items.rows(extra)]).astype(np.int64)
         user_row = ds.users.row(user) if user is not None and user in ds.users else -1
         batch = QueryBatch.from_histories([user_row], [rows])
         n = max(k, rerank.candidates) if rerank is not None else k
-        top, scores = self._topk.recommend(batch, n, exclude_seen)
-        if reranker is not None:
+        top, scores = served.topk.recommend(batch, n, exclude_seen)
+        if reranker is not None:  # over trained items only: the re-rankers know nothing else
+            trained = top[0] < ds.n_items
+            top, scores = top[:, trained], scores[:, trained]
             score_of = dict(zip(top[0].tolist(), scores[0].tolist(), strict=True))
-            top = reranker(batch, top, scores, k)
+            known = QueryBatch.from_histories([user_row], [rows[rows < ds.n_items]])
+            top = reranker(known, top, scores, k)
             scores = np.array([[score_of.get(int(i), np.nan) for i in top[0]]])
         keep = (top[0] >= 0) & np.isfinite(scores[0])
-        raws = ds.items.raw(top[0][keep])
+        raws = served.items.raw(top[0][keep])
         return {
             "user": user,
             "items": [
@@ -236,6 +309,29 @@ class LiveState:
                 "reranker": repr(reranker),
             },
         }
+
+
+def _news(changed: list[Item], served: Served, ds: Dataset) -> list[Item]:
+    """The stored items a model must (re)encode: outside the trained catalog, and new or with new text."""
+    out = []
+    for it in changed:
+        old = served.added.get(it.item)
+        if it.item not in ds.items and (old is None or (old.title, old.fields) != (it.title, it.fields)):
+            out.append(it)
+    return out
+
+
+def _catalog_of(items: list[Item], columns: Sequence[str]) -> pd.DataFrame:
+    """Serve-time items as catalog rows (the trained catalog's columns, plus their own fields), so the
+    model's item-text template reads them like the items it was trained on."""
+    rows = []
+    for it in items:
+        row: dict[str, Any] = {**it.fields, "item": it.item, "title": it.title or it.item}
+        cats = it.fields.get("categories", it.fields.get("genres", []))
+        row["categories"] = cats.split("|") if isinstance(cats, str) else list(cats or [])
+        rows.append(row)
+    frame = pd.DataFrame(rows)
+    return frame.reindex(columns=list(dict.fromkeys([*columns, *frame.columns])))
 
 
 def _plain(value: Any) -> Any:

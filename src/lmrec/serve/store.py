@@ -112,6 +112,10 @@ class EventStore(ABC):
     def get_item(self, item_id: str) -> Item | None:
         return self.get_items([item_id]).get(item_id)
 
+    @abstractmethod
+    def items_updated_since(self, since: float) -> list[Item]:
+        """Items added or updated at or after ``since`` (the store's clock), oldest first."""
+
     # -- API keys -------------------------------------------------------------------------------
     @abstractmethod
     def create_key(self, scopes: Iterable[str]) -> tuple[str, str]:
@@ -217,6 +221,7 @@ CREATE TABLE IF NOT EXISTS items (
     fields     TEXT NOT NULL,
     updated_at REAL NOT NULL
 );
+CREATE INDEX IF NOT EXISTS items_updated ON items (updated_at);
 CREATE TABLE IF NOT EXISTS api_keys (
     key_id  TEXT PRIMARY KEY,
     hash    TEXT NOT NULL,
@@ -320,6 +325,12 @@ class SQLiteStore(EventStore):
             for item, title, fields, updated in rows:
                 out[item] = Item(item, title, json.loads(fields), updated)
         return out
+
+    def items_updated_since(self, since: float) -> list[Item]:
+        rows = self._query(
+            "SELECT item, title, fields, updated_at FROM items WHERE updated_at >= ? ORDER BY updated_at", (since,)
+        )
+        return [Item(item, title, json.loads(fields), updated) for item, title, fields, updated in rows]
 
     # -- API keys -------------------------------------------------------------------------------
     def create_key(self, scopes: Iterable[str]) -> tuple[str, str]:
