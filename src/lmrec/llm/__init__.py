@@ -1,0 +1,1 @@
+"""Language models that generate recommendations, re-rank them and explain them."""
