@@ -7,13 +7,18 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from lmrec.errors import LmrecError
 
+if TYPE_CHECKING:
+    from lmrec.models.base import FitOptions
+    from lmrec.runs import Run
+
 RERANK_DEFAULTS = {"mmr": 0.7, "dpp": 0.8, "calibration": 0.5}
+WATCH_SECONDS = 2.0  # how often `lmrec serve --watch` looks at the run
 
 
 def default_cache() -> Path:
@@ -96,14 +101,33 @@ def cmd_datasets(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_train(args: argparse.Namespace) -> int:
-    import torch
+def _set_threads(args: argparse.Namespace) -> None:
+    if args.threads:
+        import torch
 
+        torch.set_num_threads(args.threads)
+
+
+def _fit_options(args: argparse.Namespace, seed: int) -> FitOptions:
     from lmrec.models.base import FitOptions
+
+    return FitOptions(
+        seed=seed, device=args.device, progress=not args.quiet, log=_say, cache_dir=args.cache_dir / "embeddings"
+    )
+
+
+def _report_trained(run: Run) -> None:
+    valid_file = run.directory / "valid.json"
+    valid = json.loads(valid_file.read_text()) if valid_file.exists() else None
+    _say(f"trained {run.meta['model']} in {run.meta['train_seconds']:.1f}s → {run.directory}")
+    if valid:
+        _say("validation: " + ", ".join(f"{k} {v:.4f}" for k, v in valid["metrics"].items() if "@" in k))
+
+
+def cmd_train(args: argparse.Namespace) -> int:
     from lmrec.runs import DataRecipe, train_run
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    _set_threads(args)
     split_params = _parse_sets(args.split_param)
     recipe = DataRecipe(
         dataset=args.dataset,
@@ -114,15 +138,40 @@ def cmd_train(args: argparse.Namespace) -> int:
         split=args.split,
         split_params={k: _number(k, v) for k, v in split_params.items()},
     )
-    options = FitOptions(
-        seed=args.seed, device=args.device, progress=not args.quiet, log=_say, cache_dir=args.cache_dir / "embeddings"
-    )
+    options = _fit_options(args, args.seed)
     run = train_run(recipe, args.model, _model_overrides(args), Path(args.out), args.cache_dir, options)
-    valid_file = run.directory / "valid.json"
-    valid = json.loads(valid_file.read_text()) if valid_file.exists() else None
-    _say(f"trained {args.model} in {run.meta['train_seconds']:.1f}s → {run.directory}")
-    if valid:
-        _say("validation: " + ", ".join(f"{k} {v:.4f}" for k, v in valid["metrics"].items() if "@" in k))
+    _report_trained(run)
+    return 0
+
+
+def cmd_retrain(args: argparse.Namespace) -> int:
+    from lmrec.serve.retrain import ReloadFailed, default_store, reload_service, retrain
+    from lmrec.serve.store import open_store, redact_url
+
+    _set_threads(args)
+    run_dir, out = Path(args.run), Path(args.out)
+    db = args.db or default_store(run_dir)
+    store = open_store(db)
+    try:
+        options = _fit_options(args, seed=0)  # retrain uses the run's seed
+        run = retrain(run_dir, store, out, args.cache_dir, options, _parse_sets(args.set))
+    finally:
+        store.close()
+    added = run.meta["retrain"]
+    _say(
+        f"added {added['events']} events from {redact_url(str(db))}: {added['new_users']} new users,"
+        f" {added['new_items']} new items ({added['stored_items']} items from PUT /items)"
+    )
+    if added["dropped_columns"]:
+        _say(f"left out the column(s) {', '.join(added['dropped_columns'])}: events have no values for them")
+    _report_trained(run)
+    if args.reload:
+        key = args.key or os.environ.get("LMREC_API_KEY")
+        try:
+            info = reload_service(args.reload, out, key)
+        except ReloadFailed as err:
+            raise LmrecError(f"{err}; the new run is in {out} (reload it with POST /admin/reload)") from None
+        _say(f"{args.reload} now serves {info.get('model')} version {info.get('version')} from {info.get('run')}")
     return 0
 
 
@@ -176,8 +225,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from lmrec.serve import open_store, serve
+    from lmrec.serve.retrain import default_store
 
-    db = args.db or str(Path(args.run) / "events.db")
+    db = args.db or default_store(Path(args.run))
     if not args.no_auth:
         store = open_store(db)
         has_keys = any(k.active for k in store.list_keys())
@@ -187,12 +237,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 f"no API keys yet: create one with `lmrec keys create --db {db} --scopes read,write,admin`"
                 " (or use --no-auth on a private machine)"
             )
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
+    _set_threads(args)
     serve(
-        Path(args.run), db, args.cache_dir, host=args.host, port=args.port, require_keys=not args.no_auth, ann=args.ann
+        Path(args.run),
+        db,
+        args.cache_dir,
+        host=args.host,
+        port=args.port,
+        require_keys=not args.no_auth,
+        ann=args.ann,
+        watch=WATCH_SECONDS if args.watch else None,
     )
     return 0
 
@@ -259,6 +313,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_train)
 
+    p = sub.add_parser("retrain", help="train a run's model again on its data plus the service's feedback")
+    p.add_argument("--run", required=True, help="the run to retrain (model, config, seed, data and split)")
+    p.add_argument(
+        "--db",
+        help="event store: sqlite:///PATH, a file path or postgresql://... (default: the one `lmrec serve` uses)",
+    )
+    p.add_argument("--out", required=True, help="new run directory to create")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="model option override")
+    p.add_argument("--reload", metavar="URL", help="then swap the service at URL to the new run (POST /admin/reload)")
+    p.add_argument("--key", help="an admin API key for --reload (default $LMREC_API_KEY)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_retrain)
+
     p = sub.add_parser("evaluate", help="full-ranking evaluation of a run")
     p.add_argument("--run", required=True)
     p.add_argument("--split", default="test", choices=["valid", "test"])
@@ -296,6 +365,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-auth", action="store_true", help="accept requests without API keys (local use only)")
     p.add_argument("--ann", action="store_true", help="approximate top-k with a faiss HNSW index (lmrec[ann])")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument(
+        "--watch",
+        action="store_true",
+        help=f"reload when the run's run.json changes (checked every {WATCH_SECONDS:g}s), e.g. a symlink moved on",
+    )
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("keys", help="create, list or revoke the service's API keys")

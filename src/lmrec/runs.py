@@ -15,6 +15,7 @@ still match, so ``evaluate`` and ``recommend`` see exactly what training saw.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from dataclasses import asdict, dataclass, field
@@ -182,8 +183,11 @@ def train_run(
     out: Path,
     cache_dir: Path,
     options: FitOptions,
+    extra_meta: dict[str, Any] | None = None,
 ) -> Run:
-    """Load, filter, split, fit with early stopping on validation, save everything under ``out``."""
+    """Load, filter, split, fit with early stopping on validation, save everything under ``out``.
+
+    ``extra_meta`` is added to ``run.json`` (``lmrec retrain`` records there what it added)."""
     klass = model_class(model_name)
     config = klass.config_class.from_dict(overrides)
     recipe = recipe.resolved()
@@ -211,6 +215,7 @@ def train_run(
         "train_seconds": round(seconds, 3),
         "training": model.history,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        **(extra_meta or {}),
     }
     (out / RUN_FILE).write_text(json.dumps(meta, indent=2))
     run = Run(out, meta, model, the_split)
@@ -219,16 +224,40 @@ def train_run(
     return run
 
 
-def open_run(directory: Path, cache_dir: Path) -> Run:
-    """Load a run directory; the data is rebuilt from its recipe and checked against the vocabularies."""
+def read_meta(directory: Path) -> dict[str, Any]:
+    """The ``run.json`` of a run directory; a directory that is not a run is an error."""
     path = Path(directory)
     if not (path / RUN_FILE).is_file():
         raise LmrecError(f"{path} is not a run directory (no {RUN_FILE}); create one with `lmrec train`")
-    meta = json.loads((path / RUN_FILE).read_text())
-    recipe = DataRecipe(**meta["data"])
-    the_split, _ = recipe.make_split(cache_dir)
-    for name, vocab in (("users", the_split.dataset.users), ("items", the_split.dataset.items)):
+    meta: dict[str, Any] = json.loads((path / RUN_FILE).read_text())
+    return meta
+
+
+def run_version(directory: Path) -> str:
+    """A short hash of ``run.json``: it changes whenever the run is (re)written."""
+    return hashlib.sha256((Path(directory) / RUN_FILE).read_bytes()).hexdigest()[:12]
+
+
+def run_dataset(directory: Path, cache_dir: Path) -> Dataset:
+    """The whole dataset a run was trained on (filtered, before the split), rebuilt from its recipe
+    and checked against the run's vocabularies."""
+    path = Path(directory)
+    return _rebuild(path, DataRecipe(**read_meta(path)["data"]), cache_dir)
+
+
+def _rebuild(path: Path, recipe: DataRecipe, cache_dir: Path) -> Dataset:
+    ds, _ = recipe.load(cache_dir)
+    for name, vocab in (("users", ds.users), ("items", ds.items)):
         if Vocab.load(path / f"{name}.json") != vocab:
             raise DataError(f"the {name} of {recipe.dataset} changed since this run was trained; retrain it")
+    return ds
+
+
+def open_run(directory: Path, cache_dir: Path) -> Run:
+    """Load a run directory; the data is rebuilt from its recipe and checked against the vocabularies."""
+    path = Path(directory)
+    meta = read_meta(path)
+    recipe = DataRecipe(**meta["data"])
+    the_split = split(_rebuild(path, recipe, cache_dir), recipe.split, **recipe.split_params)
     model = Recommender.load(path / "model")
     return Run(path, meta, model, the_split)

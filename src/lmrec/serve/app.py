@@ -24,6 +24,7 @@ from the store, so an event written through one process is seen by the next requ
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping, Sequence
@@ -43,8 +44,10 @@ except ImportError as exc:  # pragma: no cover - exercised by a test that hides 
     raise MissingExtraError("fastapi", "serve") from exc
 
 from lmrec import __version__
+from lmrec.runs import RUN_FILE
 from lmrec.serve.auth import AuthError, authorize, key_from_headers
 from lmrec.serve.metrics import Metrics
+from lmrec.serve.retrain import default_store
 from lmrec.serve.state import LiveState, NotFound, RerankSpec
 from lmrec.serve.store import SCOPES, Event, EventStore, Item, StoreUnavailable, check_scopes, open_store
 from lmrec.text.encoders import TextEncoder
@@ -259,6 +262,56 @@ class Service:
         return ServingInfo(model=live.model_name, version=live.version, run=str(live.run.directory))
 
 
+class RunWatcher:
+    """Reload the service when the served run's ``run.json`` changes: the run was rewritten, or the run
+    directory is a symlink that now points at another run (``ln -sfn runs/new runs/current``).
+
+    A daemon thread checks every ``interval`` seconds. A reload that fails (a run still being written)
+    leaves the old state serving and is tried again at the next check; a swap by ``/admin/reload`` is
+    taken as the new starting point, not reloaded again.
+    """
+
+    def __init__(self, service: Service, interval: float) -> None:
+        self.service, self.interval = service, interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="lmrec-run-watcher", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _stamp(self) -> tuple[str, int] | None:
+        """Which file the served run's ``run.json`` is now, and when it was written (None: unreadable)."""
+        path = self.service.live.run.directory / RUN_FILE
+        try:
+            return str(path.resolve()), path.stat().st_mtime_ns
+        except OSError:
+            return None
+
+    def _loop(self) -> None:
+        log = logging.getLogger("uvicorn.error")  # printed by `lmrec serve`
+        live, seen, failed = self.service.live, self._stamp(), None
+        while not self._stop.wait(self.interval):
+            if self.service.live is not live:  # swapped through /admin/reload meanwhile
+                live, seen = self.service.live, self._stamp()
+                continue
+            now = self._stamp()
+            if now is None or now == seen:
+                continue
+            try:
+                live = self.service.reload(None)
+            except Exception as err:  # keep serving the old state and watching
+                if now != failed:
+                    log.warning("run %s changed but reloading failed, still serving %s: %s", now[0], live.version, err)
+                failed = now
+                continue
+            seen = now
+            log.info("run %s changed: now serving %s", now[0], live.version)
+
+
 def _service(request: Request) -> Service:
     service: Service = request.app.state.service
     return service
@@ -398,17 +451,21 @@ def create_app(
     max_body_bytes: int = MAX_BODY_BYTES,
     ann: bool = False,
     text_encoder: TextEncoder | None = None,
+    watch: float | None = None,
 ) -> FastAPI:
     """The service for the run in ``run_dir``, with its events in ``db_url``.
 
-    ``db_url`` defaults to ``RUN_DIR/events.db``; ``cache_dir`` (where named datasets are cached)
-    to ``~/.cache/lmrec``. ``require_keys=False`` turns API keys off, for local use only.
+    ``db_url`` defaults to ``RUN_DIR/events.db`` (for a run made by ``lmrec retrain``: the store it was
+    retrained from); ``cache_dir`` (where named datasets are cached) to ``~/.cache/lmrec``.
+    ``require_keys=False`` turns API keys off, for local use only.
     ``ann=True`` answers top-k from an HNSW index (:mod:`lmrec.serve.ann`, needs ``lmrec[ann]``)
     when the model scores by a dot product, and exactly otherwise. ``text_encoder`` replaces the
     one a text model names in its config (which is loaded on the first item added at serve time).
+    ``watch``: check the served run's ``run.json`` every so many seconds and reload when it changes
+    (:class:`RunWatcher`; it runs while the app's lifespan does).
     """
     run_path = Path(run_dir)
-    store = open_store(db_url if db_url is not None else run_path / "events.db")
+    store = open_store(db_url if db_url is not None else default_store(run_path))
     cache = Path(cache_dir) if cache_dir is not None else Path.home() / ".cache" / "lmrec"
     try:
         service = Service(run_path, store, cache, require_keys, ann=ann, text_encoder=text_encoder)
@@ -419,8 +476,15 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        yield
-        store.close()
+        watcher = RunWatcher(service, watch) if watch else None
+        if watcher is not None:
+            watcher.start()
+        try:
+            yield
+        finally:
+            if watcher is not None:
+                watcher.stop()
+            store.close()
 
     app = FastAPI(
         title="lmrec",
@@ -555,13 +619,14 @@ def serve(
     require_keys: bool = True,
     access_log: bool = True,
     ann: bool = False,
+    watch: float | None = None,
 ) -> None:
     """Run the service with uvicorn until interrupted."""
     try:
         import uvicorn
     except ImportError as exc:
         raise MissingExtraError("uvicorn", "serve") from exc
-    app = create_app(run_dir, db_url, cache_dir, require_keys=require_keys, ann=ann)
+    app = create_app(run_dir, db_url, cache_dir, require_keys=require_keys, ann=ann, watch=watch)
     uvicorn.run(app, host=host, port=port, access_log=access_log)
 
 

@@ -143,6 +143,10 @@ class PostgresStore(EventStore):
     def __repr__(self) -> str:
         return f"PostgresStore({redact_url(self.url)!r})"
 
+    @property
+    def location(self) -> str:
+        return redact_url(self.url)
+
     @contextmanager
     def _transaction(self) -> Iterator[Connection]:
         with ExitStack() as stack:

@@ -5,7 +5,9 @@ store, in time order. The dataset part never changes while a run is served, so i
 once for every user; the store part is read on every request (one indexed query per user), so
 several service processes sharing one database all see every event as soon as it is committed
 — there is no per-process cache to invalidate. For a sequential model the new history goes
-through one forward pass; for every model the item is excluded as seen.
+through one forward pass; for every model the item is excluded as seen. A run made by
+``lmrec retrain`` from this store holds the events it was trained on in its dataset, so the store
+part of its users' histories starts after them.
 
 Items added with ``PUT /items`` that the run's model has no row for are stored and shown by the
 read endpoints, and feedback on them is accepted and kept for the next training. A model that
@@ -23,7 +25,6 @@ training data and kept, a bounded number of them, per (method, trade-off, simila
 
 from __future__ import annotations
 
-import hashlib
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -40,7 +41,8 @@ from lmrec.errors import DataError
 from lmrec.evaluate.evaluator import Reranker
 from lmrec.models.sequential import SequentialRecommender
 from lmrec.rerank import RERANKERS, SIMILARITIES, item_vectors_of, make_reranker
-from lmrec.runs import RUN_FILE, Run, open_run
+from lmrec.runs import Run, open_run, run_version
+from lmrec.serve.retrain import trained_through
 from lmrec.serve.store import Event, EventStore, Item
 from lmrec.text.encoders import TextEncoder
 
@@ -110,7 +112,9 @@ class LiveState:
         self._encoder = text_encoder  # loaded on first use from the model's config when None
         self._embeddings = cache_dir / "embeddings" if cache_dir is not None else None
         self.model_name: str = str(run.meta["model"])
-        self.version = hashlib.sha256((run.directory / RUN_FILE).read_bytes()).hexdigest()[:12]
+        self.version = run_version(run.directory)
+        # A run retrained from this store holds its events up to this id already: they are not added twice.
+        self._trained_through = trained_through(run.meta, store)
         ds = run.dataset
         # Every user's dataset history at once: one sort instead of one per request. Immutable.
         self._dataset = QueryBatch.from_interactions(ds.interactions, np.arange(ds.n_users))
@@ -187,7 +191,7 @@ class LiveState:
         """Dataset history + store events of ``user``, the events read from the store now."""
         ds = self.run.dataset
         base = self._dataset.history(ds.users.row(user)) if user in ds.users else np.zeros(0, np.int64)
-        events = self.store.user_events(user)
+        events = [e for e in self.store.user_events(user) if (e.id or 0) > self._trained_through]
         rows = np.concatenate([base, self.served().items.rows([e.item for e in events])]).astype(np.int64)
         return LiveHistory(rows, ds.items.raw(base), events)
 

@@ -80,6 +80,11 @@ class EventStore(ABC):
     wrote is what the next read in any process sees.
     """
 
+    @property
+    @abstractmethod
+    def location(self) -> str:
+        """Where the data lives: an absolute file path, or a database URL without its password."""
+
     # -- events ---------------------------------------------------------------------------------
     @abstractmethod
     def add_events(self, events: Sequence[Event]) -> int:
@@ -242,6 +247,7 @@ class SQLiteStore(EventStore):
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
+        self._location = str(self.path.resolve())  # now: a symlinked run directory may later point elsewhere
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30.0)
@@ -255,6 +261,10 @@ class SQLiteStore(EventStore):
 
     def __repr__(self) -> str:
         return f"SQLiteStore({str(self.path)!r})"
+
+    @property
+    def location(self) -> str:
+        return self._location
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
