@@ -190,7 +190,7 @@ def machine() -> dict[str, Any]:
     return {
         "nproc": len(os.sched_getaffinity(0)),  # not `nproc`, which reports OMP_NUM_THREADS once set
         "cpu": cpu,
-        "gpu": "none used (CPU only)",
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none used (CPU only)",
         "torch": torch.__version__,
         "python": platform.python_version(),
     }

@@ -37,6 +37,21 @@ FAST: dict[str, dict[str, Any]] = {
         "batch_size": 4,
         "max_length": 64,
     },
+    "tiger": {
+        "levels": 2,
+        "codebook": 4,
+        "dim": 32,
+        "inner": 64,
+        "layers": 1,
+        "max_len": 12,
+        "epochs": 30,
+        "batch_size": 16,
+        "lr": 0.005,
+        "dropout": 0.0,
+        "beams": 10,
+    },
+    # a toy causal LM built on the spot (tests/llm_toy.py) writes item titles; needs lmrec[llm]
+    "llm-gen": {"lora_r": 8, "steps": 200, "batch_size": 16, "lr": 0.003, "beams": 10, "max_history": 8},
 }
 
 
@@ -45,13 +60,17 @@ def test_every_registered_model_has_a_fast_config() -> None:
 
 
 @pytest.fixture(scope="module")
-def fitted() -> dict[str, tuple[Recommender, Any]]:
+def fitted(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Recommender, Any]]:
     from tests.conftest import checkerboard
+    from tests.llm_toy import toy_lm_dir
 
     split = leave_one_out(checkerboard())
     train = split.train_dataset()
+    toy = toy_lm_dir(tmp_path_factory.mktemp("toy-lm"), train.titles(list(range(train.n_items))))
     out = {}
     for name, overrides in FAST.items():
+        if name == "llm-gen":
+            overrides = {**overrides, "lm": str(toy)}
         klass = model_class(name)
         options = FitOptions(seed=1, text_encoder=KeywordEncoder())  # text models read item text through it
         model = klass(klass.config_class.from_dict(overrides)).fit(train, None, options)

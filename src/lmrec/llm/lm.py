@@ -28,6 +28,8 @@ from lmrec.errors import ConfigError, MissingExtraError
 
 DEFAULT_LM = "smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# LoRA adapts every linear layer: attention alone cannot move a frozen model far enough (QLoRA, Dettmers et al. 2023)
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 Messages = list[dict[str, str]]
 
@@ -162,3 +164,32 @@ def load_lm(name_or_path: str = DEFAULT_LM, cache_dir: str | Path | None = None,
     tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
     model = AutoModelForCausalLM.from_pretrained(directory, local_files_only=True, dtype=torch.float32)
     return LocalLM(model.eval(), tokenizer, name, device)
+
+
+def answer_loss(lm: LocalLM, examples: list[tuple[list[int], list[int]]]) -> torch.Tensor:
+    """Mean cross-entropy of the answer tokens given the prompt, for a right-padded batch."""
+    width = max(len(p) + len(a) for p, a in examples)
+    pad = int(lm.tokenizer.pad_token_id)
+    ids = torch.full((len(examples), width), pad, dtype=torch.long)
+    labels = torch.full((len(examples), width), -100, dtype=torch.long)
+    mask = torch.zeros((len(examples), width), dtype=torch.long)
+    for r, (p, a) in enumerate(examples):
+        seq = p + a
+        ids[r, : len(seq)] = torch.tensor(seq)
+        labels[r, len(p) : len(seq)] = torch.tensor(a)
+        mask[r, : len(seq)] = 1
+    out = lm.model(input_ids=ids.to(lm.device), attention_mask=mask.to(lm.device), labels=labels.to(lm.device))
+    return out.loss
+
+
+def with_lora(model: Any, r: int, alpha: int) -> Any:
+    try:
+        from peft import LoraConfig, get_peft_model
+    except ImportError:
+        raise MissingExtraError("peft", "llm") from None
+    names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    targets = [t for t in LORA_TARGETS if t in names]
+    if not targets:
+        raise ConfigError(f"the LLM has none of the modules {LORA_TARGETS} to adapt with LoRA")
+    lora = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=0.0, target_modules=targets)
+    return get_peft_model(model, lora)

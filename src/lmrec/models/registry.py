@@ -6,11 +6,13 @@ from lmrec.errors import ConfigError
 from lmrec.models.base import Recommender
 from lmrec.models.ease import EASE
 from lmrec.models.itemknn import ItemKNN
+from lmrec.models.llmgen import GenerativeLLM
 from lmrec.models.lmranker import LMRanker
 from lmrec.models.mf import ALS, BPR, SVD
 from lmrec.models.ncf import NCF
 from lmrec.models.popularity import Popularity
 from lmrec.models.sequential import BERT4Rec, SASRec, TextSASRec
+from lmrec.models.tiger import Tiger
 
 MODELS: dict[str, type[Recommender]] = {
     "pop": Popularity,
@@ -24,6 +26,8 @@ MODELS: dict[str, type[Recommender]] = {
     "bert4rec": BERT4Rec,
     "text-sasrec": TextSASRec,
     "lm-ranker": LMRanker,
+    "tiger": Tiger,
+    "llm-gen": GenerativeLLM,
 }
 
 

@@ -72,6 +72,7 @@ class SequentialConfig(ModelConfig):
     text_encoder: str = "minilm"  # "minilm" (packaged all-MiniLM-L6-v2) or a local model directory
     text_template: str | None = None  # str.format over catalog columns; None: title, year, genres, text
     diversity_weight: float = 0.0  # > 0: penalise the expected category similarity of the predicted top (ce loss)
+    id_dropout: float = 0.0  # fused: share of items read from their text alone in each training step
 
     def validate(self) -> None:
         if self.item_repr not in ITEM_REPRS:
@@ -87,8 +88,8 @@ class SequentialConfig(ModelConfig):
                 raise ConfigError(f"{key} must be >= 1")
         if self.diversity_weight < 0 or (self.diversity_weight > 0 and self.loss != "ce"):
             raise ConfigError("diversity_weight must be >= 0 and needs loss=ce (it reads the full distribution)")
-        if not (0 <= self.dropout < 1 and 0 < self.mask_prob < 1 and self.lr > 0):
-            raise ConfigError("need 0 <= dropout < 1, 0 < mask_prob < 1 and lr > 0")
+        if not (0 <= self.dropout < 1 and 0 <= self.id_dropout < 1 and 0 < self.mask_prob < 1 and self.lr > 0):
+            raise ConfigError("need 0 <= dropout < 1, 0 <= id_dropout < 1, 0 < mask_prob < 1 and lr > 0")
 
 
 @dataclass
@@ -99,6 +100,9 @@ class BERT4RecConfig(SequentialConfig):
 @dataclass
 class TextSequentialConfig(SequentialConfig):
     item_repr: str = "fused"
+    # Cold items are read from text alone; training some items that way too (DropoutNet, Volkovs et
+    # al. 2017) keeps text-only rows on the same scale as fused ones instead of outscoring them.
+    id_dropout: float = 0.2
 
 
 class SequenceEncoder(nn.Module):
@@ -137,13 +141,15 @@ class SequenceEncoder(nn.Module):
         with torch.no_grad():
             self.items.weight[0].zero_()
 
-    def item_table(self) -> torch.Tensor:
-        """The (n_items + 2, dim) item representations used for both input and output."""
+    def item_table(self, id_drop: torch.Tensor | None = None) -> torch.Tensor:
+        """The (n_items + 2, dim) item representations used for both input and output. ``id_drop``
+        (bool, n_items + 2, 1): fused rows to read from their text alone (ID dropout in training)."""
         if self.item_repr == "id":
             return self.items.weight
         text = self.adaptor(self.text)
         if self.item_repr == "fused":
-            g = torch.sigmoid(self.gate) * self.id_trained
+            trained = self.id_trained if id_drop is None else self.id_trained * ~id_drop
+            g = torch.sigmoid(self.gate) * trained
             text = g * self.items.weight + (1 - g) * text
         return torch.where(self.is_item, text, self.items.weight)  # pad and mask keep their own rows
 
@@ -299,14 +305,15 @@ class SequentialRecommender(Recommender):
             for batch in _length_buckets(windows, cfg.batch_size, gen):
                 seq = _pad(batch).to(self.device)
                 with autocast:
+                    table = self.net.item_table(self._id_drop(gen))
                     if causal:
                         inputs, targets = seq[:, :-1], seq[:, 1:]
-                        hidden = forward(inputs, causal=True)
+                        hidden = forward(inputs, causal=True, table=table)
                     else:
                         inputs, targets = self._mask(seq, gen)
-                        hidden = forward(inputs, causal=False)
+                        hidden = forward(inputs, causal=False, table=table)
                     keep = targets > 0
-                    loss = self._loss(hidden[keep], targets[keep] - 1, gen, self.net.item_table())
+                    loss = self._loss(hidden[keep], targets[keep] - 1, gen, table)
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
@@ -317,6 +324,12 @@ class SequentialRecommender(Recommender):
         return self._run_epochs(
             run_epoch, epochs=epochs, patience=cfg.patience, options=options, desc=desc, valid=valid
         )
+
+    def _id_drop(self, gen: torch.Generator) -> torch.Tensor | None:
+        """Which fused rows this training step reads from text alone (None: no ID dropout)."""
+        if self.config.item_repr != "fused" or self.config.id_dropout == 0:
+            return None
+        return (torch.rand(self.n_items + 2, 1, generator=gen) < self.config.id_dropout).to(self.device)
 
     def _mask(self, seq: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """BERT4Rec masking: each real item is masked with ``mask_prob``; in one sequence out of

@@ -1,0 +1,235 @@
+"""A language model that writes the recommended items itself (``llm-gen``).
+
+Fine-tuning: supervised, with LoRA adapters (``peft``), on prompts built from a user's history
+(titles, most recent last, within a token budget; :mod:`lmrec.llm.prompts`) whose answer is the
+title of the next item. Generation: beam search under a prefix trie of the catalog's titles
+(:mod:`lmrec.llm.trie`), so every generated title is an item of the catalog and none is in the
+user's history; the beams' log-probabilities are the scores, and items outside the generated list
+rank after it (by popularity), so the model is evaluated by the same full-ranking harness as any
+other. :func:`hallucination_rate` measures what the same model writes without the trie.
+
+The base model is ``config.lm``: ``"smollm2"`` (the packaged SmolLM2-135M-Instruct) or any local
+Hugging Face model directory. Checkpoints hold only the LoRA weights; loading reads the base model
+again from the same place.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from lmrec.data.batch import EvalSet, QueryBatch
+from lmrec.data.schema import Dataset
+from lmrec.errors import ConfigError
+from lmrec.llm.lm import DEFAULT_LM, LocalLM, answer_loss, load_lm, with_lora
+from lmrec.llm.prompts import history_messages
+from lmrec.llm.trie import Trie, constrained_beam_search, generated_scores
+from lmrec.models.base import FitOptions, ModelConfig, Recommender
+
+
+@dataclass
+class GenerativeConfig(ModelConfig):
+    lm: str = DEFAULT_LM  # "smollm2" or a local Hugging Face model directory
+    lora_r: int = 8  # 0: fine-tune nothing (zero-shot generation)
+    lora_alpha: int = 16
+    steps: int = 100  # optimisation steps of supervised fine-tuning
+    batch_size: int = 8
+    lr: float = 5e-4
+    max_history: int = 20  # most recent titles put in a prompt
+    prompt_budget: int = 256  # tokens of the user message at most (older titles dropped first)
+    beams: int = 10
+    max_title_tokens: int = 48
+
+    def validate(self) -> None:
+        if self.lora_r < 0 or self.steps < 0 or self.batch_size < 1 or self.beams < 1 or self.max_history < 1:
+            raise ConfigError("need lora_r >= 0, steps >= 0, batch_size >= 1, beams >= 1, max_history >= 1")
+        if self.lr <= 0 or self.prompt_budget < 16:
+            raise ConfigError("need lr > 0 and prompt_budget >= 16")
+
+
+class GenerativeLLM(Recommender):
+    """SmolLM2 (or another causal LM) fine-tuned to write the next item's title."""
+
+    name = "llm-gen"
+    config_class = GenerativeConfig
+    config: GenerativeConfig
+
+    def fit(self, train: Dataset, valid: EvalSet | None = None, options: FitOptions | None = None) -> GenerativeLLM:
+        options = self._start_fit(train, options)
+        cfg = self.config
+        self.lm = load_lm(cfg.lm, options.cache_dir, options.device)
+        titles = train.titles(list(range(train.n_items)))
+        self._set_titles([self.lm.encode(str(t))[: cfg.max_title_tokens] for t in titles])
+        if cfg.lora_r > 0:
+            self.lm.model = with_lora(self.lm.model, cfg.lora_r, cfg.lora_alpha)
+        self.popularity = torch.from_numpy(train.item_popularity().astype(np.float32))
+        self.history = {"sft": self._finetune(train, options) if cfg.lora_r > 0 and cfg.steps > 0 else []}
+        return self
+
+    def _set_titles(self, sequences: list[list[int]]) -> None:
+        """Title tokens per item; the prompts read them back as text, the trie as tokens. Items are
+        the title tokens followed by end-of-sequence, so "Heat" and "Heat Wave" are two answers."""
+        self.title_tokens = [list(map(int, s)) for s in sequences]
+        self.titles = [self.lm.decode(s) for s in self.title_tokens]
+        self.trie, self.trie_rows = _title_trie(self.title_tokens, self.lm.eos_id)
+
+    def _messages(self, rows: np.ndarray) -> list[dict[str, str]]:
+        titles = [self.titles[int(r)] for r in rows[-self.config.max_history :]]
+        return history_messages(titles, lambda s: len(self.lm.encode(s)), budget=self.config.prompt_budget)
+
+    # -- fine-tuning ----------------------------------------------------------------------------
+    def _finetune(self, train: Dataset, options: FitOptions) -> list[dict[str, float]]:
+        """``steps`` steps of next-title SFT on (history prefix → next title), loss on the answer only."""
+        cfg, lm = self.config, self.lm
+        histories = QueryBatch.from_interactions(train.interactions, np.arange(train.n_users))
+        users = [u for u in range(len(histories)) if len(histories.history(u)) >= 2]
+        if not users:
+            raise ConfigError("llm-gen needs users with at least two training interactions")
+        rng = options.rng()
+        params = [p for p in lm.model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=cfg.lr)
+        lm.model.train()
+        log = []
+        for step in range(cfg.steps):
+            started = time.perf_counter()
+            examples = []
+            for u in rng.choice(users, size=cfg.batch_size):
+                h = histories.history(int(u))
+                t = int(rng.integers(1, len(h)))
+                prompt = lm.prompt_ids(self._messages(h[:t]))
+                answer = [*lm.encode(self.titles[int(h[t])])[: cfg.max_title_tokens], lm.eos_id]
+                examples.append((prompt, answer))
+            loss = answer_loss(lm, examples)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            log.append({"step": step, "loss": loss.item(), "seconds": time.perf_counter() - started})
+            if step % 10 == 0 or step == cfg.steps - 1:
+                options.say(f"sft step {step + 1}/{cfg.steps} loss {loss.item():.3f}")
+        lm.model.eval()
+        return log
+
+    # -- generation -----------------------------------------------------------------------------
+    def generate(self, history: np.ndarray, k: int) -> list[tuple[int, float]]:
+        """Up to ``k`` (item row, log-prob) for one history, best first: catalog items only,
+        none of the history."""
+        prompt = self.lm.prompt_ids(self._messages(history))
+        banned = np.flatnonzero(np.isin(self.trie_rows, history)).tolist()
+        found = constrained_beam_search(
+            CachedStepper(self.lm, prompt), self.trie, beams=max(self.config.beams, k), k=k, banned=banned
+        )
+        return [(int(self.trie_rows[i]), logp) for i, logp in found]
+
+    def score(self, batch: QueryBatch) -> torch.Tensor:
+        """The generated titles' log-probs, best first; items not generated rank after them by
+        popularity (:func:`~lmrec.llm.trie.generated_scores`). An empty history gets popularity."""
+        out = torch.empty(len(batch), self.n_items)
+        self.lm.model.eval()
+        for r in range(len(batch)):
+            h = batch.history(r)
+            h = h[(h >= 0) & (h < self.n_items)]
+            if len(h) == 0:
+                out[r] = torch.log1p(self.popularity)
+                continue
+            k = min(self.config.beams, self.n_items - len(set(h.tolist())))
+            out[r] = generated_scores(self.generate(h, k), self.popularity)
+        return out
+
+    # -- persistence ----------------------------------------------------------------------------
+    def state(self) -> dict[str, torch.Tensor]:
+        width = max(1, max(len(t) for t in self.title_tokens))
+        tokens = torch.full((self.n_items, width), -1, dtype=torch.long)
+        for row, t in enumerate(self.title_tokens):
+            tokens[row, : len(t)] = torch.tensor(t, dtype=torch.long)
+        out = {"popularity": self.popularity, "title_tokens": tokens}
+        if self.config.lora_r > 0:
+            from peft import get_peft_model_state_dict
+
+            out.update({f"lora.{k}": v for k, v in get_peft_model_state_dict(self.lm.model).items()})
+        return out
+
+    def load_state(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Read the base model again from ``config.lm``, then apply the saved adapters."""
+        cfg = self.config
+        if not hasattr(self, "lm"):
+            self.lm = load_lm(cfg.lm, None, str(getattr(self, "device", "cpu")))
+            if cfg.lora_r > 0:
+                self.lm.model = with_lora(self.lm.model, cfg.lora_r, cfg.lora_alpha)
+        if cfg.lora_r > 0:
+            from peft import set_peft_model_state_dict
+
+            set_peft_model_state_dict(self.lm.model, {k[5:]: v for k, v in tensors.items() if k.startswith("lora.")})
+        self.lm.model.eval()
+        self.popularity = tensors["popularity"]
+        self._set_titles([[int(x) for x in row if x >= 0] for row in tensors["title_tokens"].tolist()])
+
+
+class CachedStepper:
+    """The :class:`~lmrec.llm.trie.Stepper` of a local LM: the prompt runs once, then each step
+    feeds one token per beam through the KV cache, reordered to follow the beams."""
+
+    def __init__(self, lm: LocalLM, prompt: list[int]) -> None:
+        self.lm, self.prompt = lm, prompt
+        self.past: Any = None
+
+    def start(self) -> torch.Tensor:
+        ids = torch.tensor([self.prompt], device=self.lm.device)
+        with torch.no_grad():
+            out = self.lm.model(input_ids=ids, use_cache=True)
+        self.past = out.past_key_values
+        return torch.log_softmax(out.logits[0, -1].float(), dim=-1).cpu()
+
+    def advance(self, parents: list[int], tokens: list[int]) -> torch.Tensor:
+        self.past.reorder_cache(torch.tensor(parents, device=self.lm.device))
+        ids = torch.tensor(tokens, device=self.lm.device).unsqueeze(1)
+        with torch.no_grad():
+            out = self.lm.model(input_ids=ids, past_key_values=self.past, use_cache=True)
+        self.past = out.past_key_values
+        return torch.log_softmax(out.logits[:, -1].float(), dim=-1).cpu()
+
+
+def hallucination_rate(model: GenerativeLLM, histories: list[np.ndarray], max_new_tokens: int = 32) -> dict[str, Any]:
+    """Greedy, unconstrained generation for each history: the share of answers that are not a
+    catalog title (after trimming whitespace), and how many tokens that took."""
+    known = {_bare_title(t) for t in model.titles}
+    invented, tokens, seconds = 0, 0, 0.0
+    examples: list[str] = []
+    for h in histories:
+        g = model.lm.chat(model._messages(h), max_new_tokens=max_new_tokens)
+        answer = _bare_title(g.text.strip().splitlines()[0]) if g.text.strip() else ""
+        tokens += g.tokens
+        seconds += g.seconds
+        if answer not in known:
+            invented += 1
+            if len(examples) < 5:
+                examples.append(answer)
+    n = max(1, len(histories))
+    return {
+        "rate": invented / n,
+        "tokens_per_answer": tokens / n,
+        "seconds_per_answer": seconds / n,
+        "examples": examples,
+    }
+
+
+def _bare_title(text: str) -> str:
+    """A title as written in a free answer, compared loosely: without list numbering or bullets
+    ("1. ", "- "), quotes, a final period or a trailing year, in lower case."""
+    text = re.sub(r"^\s*(?:\d+[.)]|[-*])\s*", "", text).strip(" \"'.")
+    return re.sub(r"\s*\(\d{4}\)$", "", text).strip(" \"'.").lower()
+
+
+def _title_trie(sequences: list[list[int]], end: int) -> tuple[Trie, np.ndarray]:
+    """The catalog's titles as a trie, and the item row of each trie item. Titles that tokenise
+    the same keep their first item: a generated string cannot tell the others apart."""
+    first: dict[tuple[int, ...], int] = {}
+    for row, s in enumerate(sequences):
+        if s:
+            first.setdefault(tuple(s), row)
+    rows = np.array(sorted(first.values()), dtype=np.int64)
+    return Trie([sequences[r] for r in rows], end_token=end), rows

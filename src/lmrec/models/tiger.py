@@ -1,0 +1,246 @@
+"""TIGER: generative retrieval over semantic item IDs (Rajput et al. 2023).
+
+Each item is named by a short code from residual k-means of its text embedding
+(:func:`lmrec.llm.semantic_ids.semantic_ids`): ``levels`` coarse-to-fine codewords plus one that
+tells apart items sharing all of them. A causal transformer reads the codes of the user's recent
+items and writes the codes of the next one, token by token; beam search constrained to the catalog
+(:func:`lmrec.llm.trie.constrained_beam_search`) turns that into a ranked list of real items.
+
+Because similar items share code prefixes, what is learned about one item carries over to its
+neighbours, and an item with no training interactions can still be generated from its code. The
+paper uses an encoder-decoder; a decoder-only model over one token stream does the same job with
+one stack and lets a training window supervise every item in it in one pass.
+
+Token stream: every item is written as ``BOS c_0 c_1 ... c_levels`` (BOS marks "an item starts
+here"), so a window of items is trained like SASRec (each item after the first is a target, its
+code tokens the supervised positions) and at inference the history is followed by a lone BOS that
+asks for the next item. Tokens are one per (position in the code, code value), plus PAD and BOS.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from lmrec.data.batch import EvalSet, QueryBatch
+from lmrec.data.schema import Dataset
+from lmrec.errors import ConfigError
+from lmrec.llm.semantic_ids import semantic_ids
+from lmrec.llm.trie import Trie, constrained_beam_search, generated_scores
+from lmrec.models.base import FitOptions, ModelConfig, Recommender
+from lmrec.models.sequential import _length_buckets, _pad, _windows
+
+if TYPE_CHECKING:
+    from lmrec.text import TextEncoder
+
+PAD, BOS, FIRST_CODE = 0, 1, 2  # token ids; code tokens start at FIRST_CODE
+
+
+@dataclass
+class TigerConfig(ModelConfig):
+    levels: int = 3  # residual k-means levels (codewords per item before the tie-breaker)
+    codebook: int = 32  # centroids per level
+    dim: int = 64
+    layers: int = 2
+    heads: int = 2
+    inner: int = 256  # feed-forward size
+    dropout: float = 0.1
+    max_len: int = 20  # history items the model reads
+    epochs: int = 50
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    patience: int = 5
+    beams: int = 20  # beam width, also the length of the generated list
+    text_encoder: str = "minilm"  # "minilm" (packaged all-MiniLM-L6-v2) or a local model directory
+    text_template: str | None = None  # str.format over catalog columns; None: title, year, genres, text
+
+    def validate(self) -> None:
+        for key in ("levels", "codebook", "dim", "layers", "heads", "inner", "max_len", "epochs", "batch_size"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{key} must be >= 1")
+        if self.beams < 1:
+            raise ConfigError("beams must be >= 1")
+        if self.dim % self.heads:
+            raise ConfigError(f"dim ({self.dim}) must be divisible by heads ({self.heads})")
+        if not (0 <= self.dropout < 1 and self.lr > 0 and self.weight_decay >= 0):
+            raise ConfigError("need 0 <= dropout < 1, lr > 0 and weight_decay >= 0")
+
+
+class CodeDecoder(nn.Module):
+    """Token + position embeddings, causal transformer blocks, output tied to the token embeddings."""
+
+    def __init__(self, vocab: int, n_positions: int, cfg: TigerConfig) -> None:
+        super().__init__()
+        self.tokens = nn.Embedding(vocab, cfg.dim, padding_idx=PAD)
+        self.positions = nn.Embedding(n_positions, cfg.dim)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.norm = nn.LayerNorm(cfg.dim)
+        layer = nn.TransformerEncoderLayer(
+            cfg.dim, cfg.heads, cfg.inner, cfg.dropout, activation="gelu", batch_first=True, norm_first=True
+        )
+        self.blocks = nn.TransformerEncoder(layer, cfg.layers, enable_nested_tensor=False)
+        self.final_norm = nn.LayerNorm(cfg.dim)
+        nn.init.normal_(self.tokens.weight, std=0.02)
+        nn.init.normal_(self.positions.weight, std=0.02)
+        with torch.no_grad():
+            self.tokens.weight[PAD].zero_()
+
+    def forward(self, seq: torch.Tensor) -> torch.Tensor:
+        """seq (B, L) token ids, right-padded → hidden states (B, L, dim); padding sits after the
+        real tokens, so the causal mask alone keeps it out of every real position."""
+        length = seq.shape[1]
+        pos = torch.arange(length, device=seq.device)
+        x = self.dropout(self.norm(self.tokens(seq) + self.positions(pos)))
+        mask = nn.Transformer.generate_square_subsequent_mask(length, device=seq.device)
+        return self.final_norm(self.blocks(x, mask=mask, is_causal=True))
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return hidden @ self.tokens.weight.T
+
+
+class _DecoderStepper:
+    """Drives :func:`constrained_beam_search` for one query: all beams of the query go through the
+    decoder in one batch. The input is short (``max_len × (levels + 2)`` tokens), so each step
+    re-runs it instead of keeping a KV cache."""
+
+    def __init__(self, net: CodeDecoder, prefix: torch.Tensor) -> None:
+        self.net, self.prefix = net, prefix
+        self.suffix = torch.zeros(1, 0, dtype=torch.long, device=prefix.device)
+
+    def _next(self, seq: torch.Tensor) -> torch.Tensor:
+        hidden = self.net(seq)[:, -1]
+        return torch.log_softmax(self.net.logits(hidden).float(), dim=-1)
+
+    def start(self) -> torch.Tensor:
+        return self._next(self.prefix.unsqueeze(0))[0]
+
+    def advance(self, parents: list[int], tokens: list[int]) -> torch.Tensor:
+        device = self.prefix.device
+        new = torch.tensor(tokens, dtype=torch.long, device=device).unsqueeze(1)
+        self.suffix = torch.cat([self.suffix[torch.tensor(parents, device=device)], new], dim=1)
+        return self._next(torch.cat([self.prefix.expand(len(tokens), -1), self.suffix], dim=1))
+
+
+class Tiger(Recommender):
+    """Generative retrieval: a causal transformer writes the semantic ID of the next item."""
+
+    name = "tiger"
+    config_class = TigerConfig
+    config: TigerConfig
+
+    def fit(self, train: Dataset, valid: EvalSet | None = None, options: FitOptions | None = None) -> Tiger:
+        options = self._start_fit(train, options)
+        cfg = self.config
+        vectors = self._text_vectors(train, options)
+        codes = semantic_ids(vectors, cfg.levels, cfg.codebook, seed=options.seed)
+        self.popularity = torch.from_numpy(train.item_popularity().astype(np.float32))
+        self._set_codes(torch.from_numpy(codes))
+        self.net = CodeDecoder(self.vocab, self.n_positions, cfg).to(self.device)
+        options.say(f"tiger: {self.n_items} items as {cfg.levels + 1}-token codes over {self.vocab} tokens")
+        histories = QueryBatch.from_interactions(train.interactions, np.arange(self.n_users))
+        windows = [w for w in _windows(histories, cfg.max_len + 1) if len(w) > 1]  # one item: nothing to predict
+        optimizer = torch.optim.AdamW(self.net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        gen = options.torch_generator()
+        per_item = cfg.levels + 2
+
+        def run_epoch(epoch: int) -> float:
+            self.net.train()
+            total, count = 0.0, 0
+            for batch in _length_buckets(windows, cfg.batch_size, gen):
+                items = _pad(batch).to(self.device)  # (B, W) shifted item ids, 0 = padding
+                seq = self.item_tokens[items].reshape(len(batch), -1)
+                inputs, targets = seq[:, :-1], seq[:, 1:]
+                keep = targets >= FIRST_CODE
+                keep[:, : per_item - 1] = False  # the first item of a window is context only
+                hidden = self.net(inputs)
+                loss = nn.functional.cross_entropy(self.net.logits(hidden[keep]), targets[keep])
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                n = int(keep.sum())
+                total, count = total + loss.item() * n, count + n
+            return total / max(1, count)
+
+        self.history = self._run_epochs(
+            run_epoch, epochs=cfg.epochs, patience=cfg.patience, options=options, desc="tiger", valid=valid
+        )
+        return self
+
+    def _text_vectors(self, train: Dataset, options: FitOptions) -> np.ndarray:
+        from lmrec.text import load_encoder
+
+        encoder = options.text_encoder or load_encoder(self.config.text_encoder, options.device)
+        options.say(f"encoding {train.n_items} item texts with {encoder.name}")
+        return self.encode_items(train.catalog, encoder, options.cache_dir, options.progress)
+
+    def encode_items(
+        self, catalog: pd.DataFrame, encoder: TextEncoder, cache_dir: Path | None = None, progress: bool = False
+    ) -> np.ndarray:
+        """Text embeddings of catalog rows, built with this model's item-text template."""
+        from lmrec.text import encode_cached, item_texts
+
+        return encode_cached(encoder, item_texts(catalog, self.config.text_template), cache_dir, progress)
+
+    def _set_codes(self, codes: torch.Tensor) -> None:
+        """Derive the token vocabulary, the per-item token rows and the catalog trie from the codes."""
+        self.codes = codes.long().cpu()
+        sizes = self.codes.max(0).values + 1 if len(self.codes) else torch.ones(self.codes.shape[1], dtype=torch.long)
+        offsets = FIRST_CODE + torch.cumsum(sizes, 0) - sizes  # token of (position p, value v): offsets[p] + v
+        self.vocab = int(FIRST_CODE + sizes.sum())
+        self.n_positions = (self.config.max_len + 1) * (self.config.levels + 2)
+        tokens = self.codes + offsets
+        bos = torch.full((len(tokens), 1), BOS, dtype=torch.long)
+        table = torch.cat([torch.full((1, tokens.shape[1] + 1), PAD), torch.cat([bos, tokens], 1)])
+        self.item_tokens = table.to(self.device)  # row 0: padding; row i + 1: BOS and item i's code
+        self.trie = Trie(tokens.tolist())
+
+    # -- inference --------------------------------------------------------------------------------
+    def score(self, batch: QueryBatch) -> torch.Tensor:
+        """Beam-searched log-probs of the generated items, in order; items not generated (history
+        items included) rank after them, by popularity (finite). An empty history gets popularity."""
+        cfg = self.config
+        self.net.eval()
+        out = torch.empty(len(batch), self.n_items)
+        k = min(cfg.beams, self.n_items)
+        with torch.no_grad():
+            for row in range(len(batch)):
+                h = batch.history(row)
+                h = h[(h >= 0) & (h < self.n_items)]
+                if len(h) == 0:
+                    out[row] = torch.log1p(self.popularity)
+                    continue
+                recent = torch.from_numpy(h[-cfg.max_len :] + 1).to(self.device)
+                ask = torch.tensor([BOS], device=self.device)  # a lone BOS asks for the next item
+                prefix = torch.cat([self.item_tokens[recent].reshape(-1), ask])
+                found = constrained_beam_search(
+                    _DecoderStepper(self.net, prefix),
+                    self.trie,
+                    cfg.beams,
+                    k,
+                    banned=h.tolist(),
+                    max_steps=cfg.levels + 1,
+                )
+                out[row] = generated_scores(found, self.popularity)
+        return out
+
+    def state(self) -> dict[str, torch.Tensor]:
+        return {
+            **{f"net.{k}": v for k, v in self.net.state_dict().items()},
+            "codes": self.codes,
+            "popularity": self.popularity,
+        }
+
+    def load_state(self, tensors: dict[str, torch.Tensor]) -> None:
+        self.popularity = tensors["popularity"]
+        if not hasattr(self, "codes") or not torch.equal(self.codes, tensors["codes"].long()):
+            self._set_codes(tensors["codes"])
+        if not hasattr(self, "net"):
+            self.net = CodeDecoder(self.vocab, self.n_positions, self.config).to(self.device)
+        self.net.load_state_dict({k[4:]: v.clone() for k, v in tensors.items() if k.startswith("net.")})
