@@ -99,6 +99,7 @@ def main(argv: list[str] | None = None) -> None:
     from lmrec.models import FitOptions, model_class
     from lmrec.models.llmgen import hallucination_rate
     from lmrec.rerank import item_vectors_of
+    from lmrec.rerank.similarity import EmbeddingSimilarity
 
     torch.set_num_threads(args.threads)
     parts = args.parts.split(",")
@@ -175,7 +176,7 @@ def main(argv: list[str] | None = None) -> None:
         lm = sft.lm if sft is not None else load_lm(args.lm, args.cache_dir, args.device)
         vectors = item_vectors_of(sasrec)
         assert vectors is not None
-        explainer = Explainer(titles, vectors, lm)
+        explainer = Explainer(titles, EmbeddingSimilarity(vectors), lm)
         outs, seconds = [], []
         for i in range(min(args.explain_users, len(test))):
             h = test.queries.history(i)

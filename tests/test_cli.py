@@ -150,6 +150,30 @@ def test_recommend_plain_text(cli: Cli, runs: dict[str, Path]) -> None:
     assert len(lines) == 4 and lines[1].strip().startswith("1. Title ")
 
 
+def test_recommend_explains_from_the_users_history(cli: Cli, runs: dict[str, Path]) -> None:
+    result = cli.json("recommend", "--run", str(runs["ease"]), "--user", "u0", "--k", "3", "--explain")
+    seen = set(history_in_file(runs["data"], "u0"))
+    for entry in result["items"]:
+        assert entry["cited"] and set(entry["cited"]) <= seen  # EASE has no vectors: cited by co-occurrence
+        assert entry["because"] == "Because you liked " + " and ".join(f"Title {i[1:]}" for i in entry["cited"]) + "."
+
+
+def test_llm_gen_trains_evaluates_and_explains_from_the_cli(cli: Cli, runs: dict[str, Path], tmp_path: Path) -> None:
+    pytest.importorskip("peft")
+    from tests.llm_toy import toy_lm_dir
+
+    toy = toy_lm_dir(tmp_path / "toy", [f"Title {i}" for i in range(N_ITEMS)] + ["Because", "you", "liked"])
+    out = tmp_path / "gen"
+    sets = ["--set", f"lm={toy}", "--set", "steps=3", "--set", "batch_size=4", "--set", "beams=5"]
+    code, _, err = cli("train", "--dataset", str(runs["data"]), "--model", "llm-gen", "--out", str(out), *sets)
+    assert code == 0, err
+    metrics = cli.json("evaluate", "--run", str(out))["metrics"]
+    assert 0 <= metrics["ndcg@10"] <= metrics["recall@10"] <= 1
+    result = cli.json("recommend", "--run", str(out), "--user", "u0", "--k", "3", "--llm", str(toy))
+    seen = set(history_in_file(runs["data"], "u0"))
+    assert all(set(e["cited"]) <= seen and not {e["item"]} & seen for e in result["items"])
+
+
 def test_compare_two_runs(cli: Cli, runs: dict[str, Path]) -> None:
     result = cli.json("compare", str(runs["pop"]), str(runs["ease"]))
     assert result["metric"] == "ndcg@10"

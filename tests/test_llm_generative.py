@@ -24,6 +24,7 @@ from lmrec.llm.lm import Generation, load_lm
 from lmrec.llm.rerank import LLMReranker
 from lmrec.models import FitOptions, Recommender, model_class
 from lmrec.models.llmgen import GenerativeLLM, hallucination_rate
+from lmrec.rerank.similarity import EmbeddingSimilarity
 from tests.llm_toy import toy_lm_dir
 
 N_ITEMS = 12
@@ -149,7 +150,7 @@ class Scripted:
 
 def test_explanations_cite_only_the_history() -> None:
     titles = ["Alien (1979)", "Aliens (1986)", "Toy Story (1995)", "Die Hard (1988)", "Die Hard 2 (1990)"]
-    vectors = np.array([[1, 0], [0.9, 0.1], [0, 1], [0.7, 0.3], [0.8, 0.2]], dtype=np.float32)
+    vectors = EmbeddingSimilarity(np.array([[1, 0], [0.9, 0.1], [0, 1], [0.7, 0.3], [0.8, 0.2]]))
     history = np.array([0, 2, 4])
     good = Explainer(titles, vectors, Scripted("You enjoyed Alien and Die Hard 2, so try this."), cite=2)
     out = good.explain(history, item=1)

@@ -195,13 +195,27 @@ def cmd_recommend(args: argparse.Namespace) -> int:
 
     run = open_run(Path(args.run), args.cache_dir)
     history = [h.strip() for h in args.history.split(",") if h.strip()] if args.history else None
-    result = run.recommend(str(args.user), history, k=args.k, reranker=_reranker(args, run), candidates=args.candidates)
+    explainer = None
+    if args.explain or args.llm:
+        from lmrec.llm.lm import load_lm
+
+        explainer = run.explainer(load_lm(args.llm, args.cache_dir, args.device) if args.llm else None)
+    result = run.recommend(
+        str(args.user),
+        history,
+        k=args.k,
+        reranker=_reranker(args, run),
+        candidates=args.candidates,
+        explainer=explainer,
+    )
     if args.json:
         print(json.dumps(result))
         return 0
     print(f"user {result['user']} ({result['history_length']} items in history)")
     for rank, item in enumerate(result["items"], 1):
         print(f"{rank:>3}. {item['title']}  [item {item['item']}, score {item['score']:.4f}]")
+        if "because" in item:
+            print(f"     {item['because']}")
     return 0
 
 
@@ -342,6 +356,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--history", help="comma-separated item IDs the user just interacted with")
     p.add_argument("--k", type=_positive, default=10)
     p.add_argument("--json", action="store_true")
+    p.add_argument("--explain", action="store_true", help="a reason per item, citing only the user's history")
+    p.add_argument(
+        "--llm", help="write the reasons with this LLM (smollm2 or a local model directory); implies --explain"
+    )
+    p.add_argument("--device", default="cpu", help="device of the --llm")
     _add_rerank_options(p)
     p.set_defaults(func=cmd_recommend)
 

@@ -35,8 +35,11 @@ from lmrec.errors import DataError, LmrecError
 from lmrec.evaluate.beyond import beyond_accuracy
 from lmrec.evaluate.evaluator import EvalResult, Reranker, evaluate
 from lmrec.evaluate.metrics import mae, rmse
+from lmrec.llm.explain import Explainer
+from lmrec.llm.lm import ChatLM
 from lmrec.models.base import FitOptions, Recommender
 from lmrec.models.registry import model_class
+from lmrec.rerank import item_vectors_of
 
 RUN_FILE = "run.json"
 
@@ -144,9 +147,11 @@ class Run:
         k: int = 10,
         reranker: Reranker | None = None,
         candidates: int = 100,
+        explainer: Explainer | None = None,
     ) -> dict[str, Any]:
         """Top-k for a raw user ID (known or new) plus optional extra raw item IDs just consumed,
-        optionally re-ranked from the top ``candidates``."""
+        optionally re-ranked from the top ``candidates``, optionally each with a grounded reason
+        (``because``) citing items of the user's history (``cited``)."""
         ds = self.dataset
         extra = [] if history is None else history
         unknown = [i for i in extra if i not in ds.items]
@@ -164,16 +169,34 @@ class Run:
             scores = np.array([[score_of.get(int(i), np.nan) for i in top[0]]])
         keep = top[0] >= 0
         rows, values = top[0][keep], scores[0][keep]
+        out = [
+            {"item": raw, "score": round(float(s), 6), "title": title}
+            for raw, s, title in zip(ds.items.raw(rows), values, ds.titles(rows), strict=True)
+        ]
+        if explainer is not None:
+            for entry, item in zip(out, rows, strict=True):
+                why = explainer.explain(items, int(item))
+                entry.update(because=why.text, cited=ds.items.raw(why.cited))
         return {
             "user": user,
             "known_user": row >= 0,
             "history_length": len(items),
             **({"rerank": repr(reranker)} if reranker is not None else {}),
-            "items": [
-                {"item": raw, "score": round(float(s), 6), "title": title}
-                for raw, s, title in zip(ds.items.raw(rows), values, ds.titles(rows), strict=True)
-            ],
+            "items": out,
         }
+
+    def explainer(self, lm: ChatLM | None = None) -> Explainer:
+        """Grounded explanations for this run: history items are cited by the model's own item
+        vectors where it has them, else by co-occurrence in the training data."""
+        from lmrec.rerank.similarity import CooccurrenceSimilarity, EmbeddingSimilarity, ItemSimilarity
+
+        vectors = item_vectors_of(self.model)
+        similarity: ItemSimilarity = (
+            EmbeddingSimilarity(vectors)
+            if vectors is not None
+            else CooccurrenceSimilarity.from_interactions(self.split.train_dataset())
+        )
+        return Explainer(self.dataset.titles(list(range(self.dataset.n_items))), similarity, lm)
 
 
 def train_run(

@@ -1,11 +1,12 @@
 """Grounded explanations: why an item is recommended, citing only what the user actually chose.
 
 The items to cite are picked first, not by the LLM: the history items most similar to the
-recommended one (cosine of item vectors: a sequential model's item table, MF factors, or text
-embeddings). The LLM then writes one sentence about the recommendation that may mention only those
-items. The sentence is checked: if it names any catalog title that is not a cited history item
-(an invented reason), or names none of the cited ones (no reason at all), the explanation falls
-back to a plain template over the cited items. Either way every title in an explanation is one the user interacted with.
+recommended one, by any :class:`~lmrec.rerank.similarity.ItemSimilarity` (a model's item vectors,
+co-occurrence in the training data, genres). The LLM then writes one sentence about the
+recommendation that may mention only those items. The sentence is checked: if it names any catalog
+title that is not a cited history item (an invented reason), or names none of the cited ones (no
+reason at all), the explanation falls back to a plain template over the cited items. Either way
+every title in an explanation is one the user interacted with.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import numpy as np
 
 from lmrec.llm.lm import ChatLM
 from lmrec.llm.prompts import explanation_messages, scrub_pii
+from lmrec.rerank.similarity import ItemSimilarity
 
 MIN_TITLE_CHARS = 5  # shorter titles ("It", "Heat") match ordinary words; they are not checked
 
@@ -31,13 +33,11 @@ class Explanation:
 
 
 class Explainer:
-    """Explain recommendations from item vectors and (optionally) an LLM."""
+    """Explain recommendations from item similarity and (optionally) an LLM."""
 
-    def __init__(self, titles: list[str], vectors: np.ndarray, lm: ChatLM | None = None, cite: int = 2) -> None:
+    def __init__(self, titles: list[str], similarity: ItemSimilarity, lm: ChatLM | None = None, cite: int = 2) -> None:
         self.titles = [str(t) for t in titles]
-        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-        self.vectors = vectors / np.maximum(norms, 1e-12)
-        self.lm, self.cite = lm, cite
+        self.similarity, self.lm, self.cite = similarity, lm, cite
         self._patterns = {
             row: re.compile(rf"(?<!\w){re.escape(_bare(t))}(?!\w)", re.IGNORECASE)
             for row, t in enumerate(self.titles)
@@ -49,7 +49,7 @@ class Explainer:
         unique = np.array(list(dict.fromkeys(int(h) for h in history if h != item)), dtype=np.int64)
         if len(unique) == 0:
             return []
-        sims = self.vectors[unique] @ self.vectors[item]
+        sims = self.similarity.pairwise(np.concatenate([[item], unique])[None])[0, 0, 1:]
         return [int(unique[j]) for j in np.argsort(-sims, kind="stable")[: self.cite]]
 
     def mentioned(self, text: str) -> set[int]:
