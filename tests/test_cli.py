@@ -167,8 +167,9 @@ def test_llm_gen_trains_evaluates_and_explains_from_the_cli(cli: Cli, runs: dict
     sets = ["--set", f"lm={toy}", "--set", "steps=3", "--set", "batch_size=4", "--set", "beams=5"]
     code, _, err = cli("train", "--dataset", str(runs["data"]), "--model", "llm-gen", "--out", str(out), *sets)
     assert code == 0, err
-    metrics = cli.json("evaluate", "--run", str(out))["metrics"]
-    assert 0 <= metrics["ndcg@10"] <= metrics["recall@10"] <= 1
+    report = cli.json("evaluate", "--run", str(out), "--sample", "12")
+    assert report["n_users"] == 12 and report["protocol"]["users"] == "a random 12 (seed 0)"
+    assert 0 <= report["metrics"]["ndcg@10"] <= report["metrics"]["recall@10"] <= 1
     result = cli.json("recommend", "--run", str(out), "--user", "u0", "--k", "3", "--llm", str(toy))
     seen = set(history_in_file(runs["data"], "u0"))
     assert all(set(e["cited"]) <= seen and not {e["item"]} & seen for e in result["items"])

@@ -180,9 +180,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from lmrec.runs import open_run
 
     run = open_run(Path(args.run), args.cache_dir)
-    report = run.evaluate(
-        args.split, ks=tuple(args.k), progress=not args.json, reranker=_reranker(args, run), candidates=args.candidates
-    )
+    reranker = _reranker(args, run)
+    report = run.evaluate(args.split, tuple(args.k), not args.json, reranker, args.candidates, args.sample)
     if args.json:
         print(json.dumps(report))
     else:
@@ -347,6 +346,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", choices=["valid", "test"])
     p.add_argument("--k", type=_positive, nargs="+", default=[10])
     p.add_argument("--json", action="store_true")
+    p.add_argument("--sample", type=_positive, help="evaluate that many random users (seed 0), for slow models")
     _add_rerank_options(p)
     p.set_defaults(func=cmd_evaluate)
 

@@ -92,9 +92,15 @@ class Run:
         progress: bool = False,
         reranker: Reranker | None = None,
         candidates: int = 100,
+        sample: int | None = None,
     ) -> dict[str, Any]:
-        """Metrics on ``part`` as a JSON-ready dict: ranking, beyond-accuracy and (if any) rating."""
+        """Metrics on ``part`` as a JSON-ready dict: ranking, beyond-accuracy and (if any) rating.
+        ``sample``: only that many users, drawn at random (seed 0; for slow models such as llm-gen)."""
         eval_set = self.split.eval_set(part)
+        if sample is not None and sample < len(eval_set):
+            chosen = np.zeros(len(eval_set), bool)
+            chosen[np.random.default_rng(0).choice(len(eval_set), size=sample, replace=False)] = True
+            eval_set = eval_set.subset(chosen)
         result = evaluate(self.model, eval_set, ks=ks, progress=progress, reranker=reranker, candidates=candidates)
         metrics = dict(result.metrics)
         metrics.update(self._beyond(result, max(ks), eval_set))
@@ -102,7 +108,12 @@ class Run:
         return {
             "metrics": {k: round(v, 6) for k, v in metrics.items()},
             "n_users": result.n_users,
-            "protocol": {**self.split.protocol, **result.protocol, "part": part},
+            "protocol": {
+                **self.split.protocol,
+                **result.protocol,
+                "part": part,
+                **({"users": f"a random {len(eval_set)} (seed 0)"} if sample is not None else {}),
+            },
             "model": self.meta["model"],
             "dataset": self.meta["data"]["dataset"],
         }
