@@ -73,6 +73,7 @@ def measure(model: Any, test: Any, reranker: Any = None, candidates: int = 20) -
 
     per_user: dict[str, list[float]] = {m: [] for m in METRICS}
     seconds = []
+    tokens_before = getattr(model, "generated_tokens", 0)
     for i in range(len(test)):
         one = test.subset(np.arange(len(test)) == i)
         started = time.perf_counter()
@@ -80,7 +81,12 @@ def measure(model: Any, test: Any, reranker: Any = None, candidates: int = 20) -
         seconds.append(time.perf_counter() - started)
         for m in METRICS:
             per_user[m].append(result.metrics[m])
-    return {**{m: float(np.mean(v)) for m, v in per_user.items()}, "s_per_user": statistics.median(seconds)}
+    tokens = (getattr(model, "generated_tokens", 0) - tokens_before) / max(1, len(test))
+    return {
+        **{m: float(np.mean(v)) for m, v in per_user.items()},
+        "s_per_user": statistics.median(seconds),
+        **({"tokens_per_user": tokens} if reranker is None and tokens else {}),
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -199,13 +205,13 @@ def render(rows: list[dict[str, Any]], extra: dict[str, Any], info: dict[str, An
     lines = [
         f"{info['users']} test users (the same for every row), leave-one-out, full ranking, @10:",
         "",
-        "| model | NDCG@10 | Recall@10 | MRR@10 | s per user | fit s |",
-        "|---|---|---|---|---|---|",
+        "| model | NDCG@10 | Recall@10 | MRR@10 | s per user | tokens decoded per user | fit s |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r['model']} | {r['ndcg@10']:.4f} | {r['recall@10']:.4f} | {r['mrr@10']:.4f} | "
-            f"{r['s_per_user']:.3f} | {r['fit_s']:.0f} |"
+            f"{r['s_per_user']:.3f} | {r.get('tokens_per_user', 0):.0f} | {r['fit_s']:.0f} |"
         )
     for key, label in (("free_zero_shot", "zero-shot"), ("free_lora", "LoRA")):
         if key in extra:

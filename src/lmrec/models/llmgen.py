@@ -58,6 +58,7 @@ class GenerativeLLM(Recommender):
     name = "llm-gen"
     config_class = GenerativeConfig
     config: GenerativeConfig
+    generated_tokens = 0  # tokens decoded by generate(), summed over beams (for cost reports)
 
     def fit(self, train: Dataset, valid: EvalSet | None = None, options: FitOptions | None = None) -> GenerativeLLM:
         options = self._start_fit(train, options)
@@ -120,9 +121,9 @@ class GenerativeLLM(Recommender):
         none of the history."""
         prompt = self.lm.prompt_ids(self._messages(history))
         banned = np.flatnonzero(np.isin(self.trie_rows, history)).tolist()
-        found = constrained_beam_search(
-            CachedStepper(self.lm, prompt), self.trie, beams=max(self.config.beams, k), k=k, banned=banned
-        )
+        stepper = CachedStepper(self.lm, prompt)
+        found = constrained_beam_search(stepper, self.trie, beams=max(self.config.beams, k), k=k, banned=banned)
+        self.generated_tokens += stepper.tokens
         return [(int(self.trie_rows[i]), logp) for i, logp in found]
 
     def score(self, batch: QueryBatch) -> torch.Tensor:
@@ -176,6 +177,7 @@ class CachedStepper:
     def __init__(self, lm: LocalLM, prompt: list[int]) -> None:
         self.lm, self.prompt = lm, prompt
         self.past: Any = None
+        self.tokens = 0  # tokens decoded, summed over beams
 
     def start(self) -> torch.Tensor:
         ids = torch.tensor([self.prompt], device=self.lm.device)
@@ -186,6 +188,7 @@ class CachedStepper:
 
     def advance(self, parents: list[int], tokens: list[int]) -> torch.Tensor:
         self.past.reorder_cache(torch.tensor(parents, device=self.lm.device))
+        self.tokens += len(tokens)
         ids = torch.tensor(tokens, device=self.lm.device).unsqueeze(1)
         with torch.no_grad():
             out = self.lm.model(input_ids=ids, past_key_values=self.past, use_cache=True)
