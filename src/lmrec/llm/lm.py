@@ -182,14 +182,15 @@ def answer_loss(lm: LocalLM, examples: list[tuple[list[int], list[int]]]) -> tor
     return out.loss
 
 
-def with_lora(model: Any, r: int, alpha: int) -> Any:
+def with_lora(model: Any, r: int, alpha: int, modules: tuple[str, ...] = LORA_TARGETS) -> Any:
+    """``model`` with LoRA adapters (rank ``r``) on those of ``modules`` (by name) it has."""
     try:
         from peft import LoraConfig, get_peft_model
     except ImportError:
         raise MissingExtraError("peft", "llm") from None
     names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
-    targets = [t for t in LORA_TARGETS if t in names]
+    targets = [t for t in modules if t in names]
     if not targets:
-        raise ConfigError(f"the LLM has none of the modules {LORA_TARGETS} to adapt with LoRA")
+        raise ConfigError(f"the model has none of the modules {modules} to adapt with LoRA")
     lora = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=0.0, target_modules=targets)
     return get_peft_model(model, lora)

@@ -15,9 +15,10 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import numpy as np
+import pandas as pd
 import scipy.sparse as sp
 import torch
 from safetensors.torch import load_file, save_file
@@ -26,6 +27,9 @@ from lmrec.data.batch import EvalSet, QueryBatch
 from lmrec.data.schema import Dataset
 from lmrec.errors import ConfigError
 from lmrec.train.loop import fit_epochs
+
+if TYPE_CHECKING:
+    from lmrec.text import TextEncoder
 
 C = TypeVar("C", bound="ModelConfig")
 CONFIG_FILE = "config.json"
@@ -261,3 +265,25 @@ def validation_ndcg(model: Recommender, valid: EvalSet, k: int = 10) -> float:
     from lmrec.evaluate.evaluator import evaluate
 
     return evaluate(model, valid, ks=(k,), metrics=("ndcg",)).metrics[f"ndcg@{k}"]
+
+
+class ReadsItemText:
+    """For models that read item text through a sentence encoder: their config names the encoder
+    (``text_encoder``) and the item-text template (``text_template``)."""
+
+    config: Any
+
+    def _text_vectors(self, train: Dataset, options: FitOptions) -> np.ndarray:
+        from lmrec.text import load_encoder
+
+        encoder = options.text_encoder or load_encoder(self.config.text_encoder, options.device)
+        options.say(f"encoding {train.n_items} item texts with {encoder.name}")
+        return self.encode_items(train.catalog, encoder, options.cache_dir, options.progress)
+
+    def encode_items(
+        self, catalog: pd.DataFrame, encoder: TextEncoder, cache_dir: Path | None = None, progress: bool = False
+    ) -> np.ndarray:
+        """Text embeddings of catalog rows, built with this model's item-text template."""
+        from lmrec.text import encode_cached, item_texts
+
+        return encode_cached(encoder, item_texts(catalog, self.config.text_template), cache_dir, progress)

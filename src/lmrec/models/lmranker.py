@@ -66,6 +66,7 @@ from torch.nn import functional as F
 from lmrec.data.batch import EvalSet, QueryBatch
 from lmrec.data.schema import Dataset
 from lmrec.errors import ConfigError, MissingExtraError
+from lmrec.llm.lm import with_lora
 from lmrec.models.base import FitOptions, ModelConfig, Recommender, mask_seen
 
 DEFAULT_ENCODER = "minilm"
@@ -158,19 +159,6 @@ def load_tokenizer(spec: str) -> Any:
     return _transformers().AutoTokenizer.from_pretrained(str(encoder_path(spec)), local_files_only=True)
 
 
-def _lora(model: Any, cfg: LMRankerConfig) -> Any:
-    try:
-        from peft import LoraConfig, get_peft_model
-    except ImportError:
-        raise MissingExtraError("peft (needed for lora_r > 0)", "llm") from None
-    names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
-    targets = [t for t in LORA_TARGETS if t in names]
-    if not targets:
-        raise ConfigError(f"lora_r > 0: the encoder has none of the modules {LORA_TARGETS} to adapt")
-    lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0, target_modules=targets)
-    return get_peft_model(model, lora)
-
-
 def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean of the token states where ``mask`` is 1, L2-normalised: (B, L, d), (B, L) → (B, d)."""
     m = mask.unsqueeze(-1).to(hidden.dtype)
@@ -249,7 +237,7 @@ class LMRanker(Recommender):
     def _build_encoder(self) -> None:
         self.encoder = load_backbone(self.config.encoder)
         if self.config.lora_r > 0:
-            self.encoder = _lora(self.encoder, self.config)
+            self.encoder = with_lora(self.encoder, self.config.lora_r, self.config.lora_alpha, LORA_TARGETS)
         elif not self.config.train_embeddings:
             # The word-embedding table is half of MiniLM's weights and a dense gradient on every step;
             # item and user texts share one vocabulary, so there is little to gain from moving it.

@@ -28,18 +28,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 import torch
 from torch import nn
 
 from lmrec.data.batch import EvalSet, QueryBatch
 from lmrec.data.schema import Dataset
 from lmrec.errors import ConfigError
-from lmrec.models.base import FitOptions, ModelConfig, Recommender
+from lmrec.models.base import FitOptions, ModelConfig, ReadsItemText, Recommender
 from lmrec.train.losses import bce_one_negative, gbce_loss, sampled_softmax_loss, softmax_ce
 
 if TYPE_CHECKING:
-    from lmrec.text import TextEncoder
+    pass
 
 OBJECTIVES = ("causal", "masked")
 LOSSES = ("ce", "sampled", "gbce", "bce")
@@ -185,7 +184,7 @@ class SequenceEncoder(nn.Module):
         return torch.einsum("nd,nkd->nk", hidden, emb)
 
 
-class SequentialRecommender(Recommender):
+class SequentialRecommender(ReadsItemText, Recommender):
     """Shared fit/score glue of ``sasrec`` and ``bert4rec``."""
 
     config: SequentialConfig
@@ -215,21 +214,6 @@ class SequentialRecommender(Recommender):
             self.history["pretrain"] = log
         self.history.update(self._train(histories, cfg.objective, cfg.epochs, valid, gen, options, cfg.objective))
         return self
-
-    def _text_vectors(self, train: Dataset, options: FitOptions) -> np.ndarray:
-        from lmrec.text import load_encoder
-
-        encoder = options.text_encoder or load_encoder(self.config.text_encoder, options.device)
-        options.say(f"encoding {train.n_items} item texts with {encoder.name}")
-        return self.encode_items(train.catalog, encoder, options.cache_dir, options.progress)
-
-    def encode_items(
-        self, catalog: pd.DataFrame, encoder: TextEncoder, cache_dir: Path | None = None, progress: bool = False
-    ) -> np.ndarray:
-        """Text embeddings of catalog rows, built with this model's item-text template."""
-        from lmrec.text import encode_cached, item_texts
-
-        return encode_cached(encoder, item_texts(catalog, self.config.text_template), cache_dir, progress)
 
     @property
     def scores_new_items(self) -> bool:

@@ -20,11 +20,9 @@ asks for the next item. Tokens are one per (position in the code, code value), p
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 import torch
 from torch import nn
 
@@ -33,11 +31,11 @@ from lmrec.data.schema import Dataset
 from lmrec.errors import ConfigError
 from lmrec.llm.semantic_ids import semantic_ids
 from lmrec.llm.trie import Trie, constrained_beam_search, generated_scores
-from lmrec.models.base import FitOptions, ModelConfig, Recommender
+from lmrec.models.base import FitOptions, ModelConfig, ReadsItemText, Recommender
 from lmrec.models.sequential import _length_buckets, _pad, _windows
 
 if TYPE_CHECKING:
-    from lmrec.text import TextEncoder
+    pass
 
 PAD, BOS, FIRST_CODE = 0, 1, 2  # token ids; code tokens start at FIRST_CODE
 
@@ -128,7 +126,7 @@ class _DecoderStepper:
         return self._next(torch.cat([self.prefix.expand(len(tokens), -1), self.suffix], dim=1))
 
 
-class Tiger(Recommender):
+class Tiger(ReadsItemText, Recommender):
     """Generative retrieval: a causal transformer writes the semantic ID of the next item."""
 
     name = "tiger"
@@ -172,21 +170,6 @@ class Tiger(Recommender):
             run_epoch, epochs=cfg.epochs, patience=cfg.patience, options=options, desc="tiger", valid=valid
         )
         return self
-
-    def _text_vectors(self, train: Dataset, options: FitOptions) -> np.ndarray:
-        from lmrec.text import load_encoder
-
-        encoder = options.text_encoder or load_encoder(self.config.text_encoder, options.device)
-        options.say(f"encoding {train.n_items} item texts with {encoder.name}")
-        return self.encode_items(train.catalog, encoder, options.cache_dir, options.progress)
-
-    def encode_items(
-        self, catalog: pd.DataFrame, encoder: TextEncoder, cache_dir: Path | None = None, progress: bool = False
-    ) -> np.ndarray:
-        """Text embeddings of catalog rows, built with this model's item-text template."""
-        from lmrec.text import encode_cached, item_texts
-
-        return encode_cached(encoder, item_texts(catalog, self.config.text_template), cache_dir, progress)
 
     def _set_codes(self, codes: torch.Tensor) -> None:
         """Derive the token vocabulary, the per-item token rows and the catalog trie from the codes."""
