@@ -218,6 +218,7 @@ def render(rows: list[dict[str, Any]], extra: dict[str, Any], info: dict[str, An
             f = extra[key]
             lines.append(
                 f"\nUnconstrained generation ({label}): out-of-catalog rate {f['rate']:.0%}, "
+                f"a title from the history {f['history_repeats']:.0%}, "
                 f"{f['tokens_per_answer']:.1f} tokens and {f['seconds_per_answer']:.2f} s per answer; "
                 f"examples: {f['examples'][:3]}. With the trie: 0 % by construction."
             )

@@ -198,9 +198,10 @@ class CachedStepper:
 
 def hallucination_rate(model: GenerativeLLM, histories: list[np.ndarray], max_new_tokens: int = 32) -> dict[str, Any]:
     """Greedy, unconstrained generation for each history: the share of answers that are not a
-    catalog title (after trimming whitespace), and how many tokens that took."""
+    catalog title (compared loosely, :func:`_bare_title`), the share that repeat a title of the
+    history (in the catalog, but not a recommendation), and how many tokens that took."""
     known = {_bare_title(t) for t in model.titles}
-    invented, tokens, seconds = 0, 0, 0.0
+    invented, repeated, tokens, seconds = 0, 0, 0, 0.0
     examples: list[str] = []
     for h in histories:
         g = model.lm.chat(model._messages(h), max_new_tokens=max_new_tokens)
@@ -211,9 +212,12 @@ def hallucination_rate(model: GenerativeLLM, histories: list[np.ndarray], max_ne
             invented += 1
             if len(examples) < 5:
                 examples.append(answer)
+        elif answer in {_bare_title(model.titles[int(i)]) for i in h}:
+            repeated += 1
     n = max(1, len(histories))
     return {
         "rate": invented / n,
+        "history_repeats": repeated / n,
         "tokens_per_answer": tokens / n,
         "seconds_per_answer": seconds / n,
         "examples": examples,
