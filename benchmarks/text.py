@@ -43,6 +43,7 @@ SHARES = (0.01, 0.1, 1.0)
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--parts", default="warm,cold,transfer")
+    parser.add_argument("--variants", default=",".join(VARIANTS), help="item representations to compare")
     parser.add_argument("--smoke", action="store_true", help="2 epochs per model, to check the script")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--cache-dir", type=Path, default=REPO / ".cache" / "lmrec")
@@ -71,7 +72,8 @@ def scores(model: Any, eval_set: Any) -> dict[str, float]:
 
 
 VARIANTS = {"sasrec (id)": ("sasrec", {}), "text-sasrec (text)": ("text-sasrec", {"item_repr": "text"}),
-            "text-sasrec (fused)": ("text-sasrec", {"item_repr": "fused"})}  # fmt: skip
+            "text-sasrec (fused)": ("text-sasrec", {"item_repr": "fused"}),
+            "text-sasrec (aligned)": ("text-sasrec", {"item_repr": "aligned"})}  # fmt: skip
 
 
 def warm(ds: Any, args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -79,7 +81,8 @@ def warm(ds: Any, args: argparse.Namespace) -> list[dict[str, Any]]:
 
     split = leave_one_out(ds)
     rows = []
-    for name, (model, cfg) in VARIANTS.items():
+    for name in args.variants.split(","):
+        model, cfg = VARIANTS[name]
         m = fit(model, cfg, split.train_dataset(), split.eval_set("valid"), args.cache_dir, args.smoke)
         rows.append({"model": name, "test": scores(m, split.eval_set("test")), "fit_s": m.fit_seconds})
         print(f"warm {name}: {rows[-1]['test']}", file=sys.stderr)
@@ -91,7 +94,8 @@ def cold(ds: Any, args: argparse.Namespace) -> list[dict[str, Any]]:
 
     split = cold_items(ds, share=0.1, seed=0)
     rows = []
-    for name, (model, cfg) in VARIANTS.items():
+    for name in args.variants.split(","):
+        model, cfg = VARIANTS[name]
         m = fit(model, cfg, split.train_dataset(), split.eval_set("valid"), args.cache_dir, args.smoke)
         rows.append(
             {

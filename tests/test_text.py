@@ -47,7 +47,7 @@ def test_cache_encodes_only_new_texts(tmp_path: Path) -> None:
     assert len(reopened.keys) == 3
 
 
-@pytest.mark.parametrize("item_repr", ["text", "fused"])
+@pytest.mark.parametrize("item_repr", ["text", "fused", "aligned"])
 def test_text_model_save_load_identical(item_repr: str, board: Dataset, tmp_path: Path) -> None:
     model = _fit(board, item_repr=item_repr, epochs=2)
     model.save(tmp_path / "m")
@@ -56,7 +56,7 @@ def test_text_model_save_load_identical(item_repr: str, board: Dataset, tmp_path
     assert torch.equal(model.score(q), loaded.score(q))
 
 
-@pytest.mark.parametrize("item_repr", ["text", "fused"])
+@pytest.mark.parametrize("item_repr", ["text", "fused", "aligned"])
 def test_text_models_recommend_cold_items(item_repr: str, board: Dataset) -> None:
     split = cold_items(board, share=0.2, seed=1)
     cold = np.setdiff1d(np.arange(board.n_items), split.train_dataset().interactions["item"].unique())
@@ -70,7 +70,7 @@ def test_text_models_recommend_cold_items(item_repr: str, board: Dataset) -> Non
     assert set(items[0]) & set(cold.tolist())  # cold items are recommended
 
 
-@pytest.mark.parametrize("item_repr", ["text", "fused"])
+@pytest.mark.parametrize("item_repr", ["text", "fused", "aligned"])
 def test_new_items_are_scored_from_their_text(item_repr: str, board: Dataset) -> None:
     model = _fit(board, item_repr=item_repr)
     new = pd.DataFrame({"title": ["Brand new", "Also new"], "categories": [["even"], ["odd"]]})
@@ -78,7 +78,7 @@ def test_new_items_are_scored_from_their_text(item_repr: str, board: Dataset) ->
     assert (grown.n_items, model.n_items) == (board.n_items + 2, board.n_items)  # the original is untouched
     evens = QueryBatch.from_histories([-1], [[0, 2, 4, 6]])
     before, after = model.score(evens)[0], grown.score(evens)[0]
-    if item_repr == "text":  # known items keep their scores
+    if item_repr in ("text", "aligned"):  # known items keep their scores
         assert torch.allclose(after[: board.n_items], before, atol=1e-5)
     even_new, odd_new = board.n_items, board.n_items + 1
     assert after[even_new] > after[odd_new]  # the even newcomer fits an even history

@@ -8,8 +8,10 @@
 
 Items are represented by an ID embedding (``item_repr="id"``), by a projection of their text
 embedding from a sentence encoder (``"text"``: an item never seen in training is scored as soon as
-its text is known, and the weights transfer to another catalog), or by a learned per-dimension
-gate between the two (``"fused"``).
+its text is known, and the weights transfer to another catalog), by a learned per-dimension
+gate between the two (``"fused"``), or by its ID row where it has a trained one and by its text
+mapped into the ID space otherwise (``"aligned"``: the text adaptor learns to predict trained ID
+rows, so warm items score exactly as with IDs and cold ones from text).
 
 Both can be pretrained by masked-item modelling and fine-tuned on their own objective
 (``pretrain_epochs``), or start from a saved run (``init_from``). ``score`` returns logits over the
@@ -42,7 +44,7 @@ if TYPE_CHECKING:
 
 OBJECTIVES = ("causal", "masked")
 LOSSES = ("ce", "sampled", "gbce", "bce")
-ITEM_REPRS = ("id", "text", "fused")
+ITEM_REPRS = ("id", "text", "fused", "aligned")
 
 
 @dataclass
@@ -67,7 +69,7 @@ class SequentialConfig(ModelConfig):
     init_from: str | None = None  # a run or model directory whose weights to start from
     amp: bool = False  # bfloat16 autocast (worth it on GPUs; usually slower on CPUs)
     compile: bool = False  # torch.compile the encoder
-    item_repr: str = "id"  # "id" | "text" (from item text alone) | "fused" (gated ID + text)
+    item_repr: str = "id"  # "id" | "text" (text alone) | "fused" (gated ID + text) | "aligned" (ID, else text)
     text_encoder: str = "minilm"  # "minilm" (packaged all-MiniLM-L6-v2) or a local model directory
     text_template: str | None = None  # str.format over catalog columns; None: title, year, genres, text
     diversity_weight: float = 0.0  # > 0: penalise the expected category similarity of the predicted top (ce loss)
@@ -125,7 +127,7 @@ class SequenceEncoder(nn.Module):
             is_item = torch.zeros(n_items + 2, 1, dtype=torch.bool)
             is_item[1 : n_items + 1] = True
             self.register_buffer("is_item", is_item, persistent=False)
-            # fused: 1 where an item's ID row was trained; 0 makes an item text-only (cold items)
+            # fused, aligned: 1 where an item's ID row was trained; 0 reads the item from its text (cold items)
             self.register_buffer("id_trained", torch.ones(n_items + 2, 1), persistent=False)
         self.positions = nn.Embedding(cfg.max_len + 1, cfg.dim)  # +1: the appended mask slot
         self.dropout = nn.Dropout(cfg.dropout)
@@ -150,7 +152,16 @@ class SequenceEncoder(nn.Module):
             trained = self.id_trained if id_drop is None else self.id_trained * ~id_drop
             g = torch.sigmoid(self.gate) * trained
             text = g * self.items.weight + (1 - g) * text
+        elif self.item_repr == "aligned":
+            text = torch.where(self.id_trained > 0, self.items.weight, text)
         return torch.where(self.is_item, text, self.items.weight)  # pad and mask keep their own rows
+
+    def alignment_loss(self) -> torch.Tensor:
+        """Aligned items: mean squared distance of the text adaptor's rows to the trained ID rows
+        (held fixed), so that an item with no ID row gets one predicted from its text."""
+        trained = self.id_trained[1 : self.n_items + 1, 0] > 0
+        mapped = self.adaptor(self.text[1 : self.n_items + 1][trained])
+        return (mapped - self.items.weight[1 : self.n_items + 1][trained].detach()).pow(2).sum(1).mean()
 
     def mark_trained(self, trained: torch.Tensor) -> None:
         """Tell a fused table which items (bool, n_items) had training interactions: the others
@@ -298,6 +309,8 @@ class SequentialRecommender(ReadsItemText, Recommender):
                         hidden = forward(inputs, causal=False, table=table)
                     keep = targets > 0
                     loss = self._loss(hidden[keep], targets[keep] - 1, gen, table)
+                    if cfg.item_repr == "aligned":
+                        loss = loss + self.net.alignment_loss()
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
