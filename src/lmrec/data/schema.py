@@ -7,6 +7,7 @@ downstream ever has to guess what an axis means.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
@@ -54,11 +55,17 @@ class Vocab:
             raise KeyError(f"unknown id {raw!r}") from None
 
     def rows(self, raws: Iterable[object], missing: int = -1) -> np.ndarray:
-        """Rows for many raw IDs; unknown ones map to ``missing``."""
-        keys = pd.Index([str(r) for r in raws] if not isinstance(raws, pd.Series) else raws.astype(str))
-        rows = pd.Index(self.ids).get_indexer(keys).astype(np.int64)
+        """Rows for many raw IDs; unknown ones map to ``missing``. A column (a whole file's IDs) goes
+        through a pandas index built once; a few IDs (a request) through the dict."""
+        if not isinstance(raws, pd.Series):
+            return np.array([self._index.get(str(r), missing) for r in raws], dtype=np.int64)
+        rows = self._pandas_index.get_indexer(pd.Index(raws.astype(str))).astype(np.int64)
         rows[rows < 0] = missing
         return rows
+
+    @functools.cached_property
+    def _pandas_index(self) -> pd.Index:
+        return pd.Index(self.ids)
 
     def raw(self, rows: Iterable[int]) -> list[str]:
         return [self.ids[int(r)] for r in rows]

@@ -366,7 +366,8 @@ class SequentialRecommender(ReadsItemText, Recommender):
     # -- inference --------------------------------------------------------------------------------
     def score(self, batch: QueryBatch) -> torch.Tensor:
         """Logits over the catalog for the item after each history (one forward pass)."""
-        self.net.eval()
+        if self.net.training:  # eval() walks every module: not on each request
+            self.net.eval()
         masked = self.config.objective == "masked"
         seq, lengths = _histories_to_inputs(batch, self.n_items, self.config.max_len, append_mask=masked)
         out = torch.empty(len(batch), self.n_items)
