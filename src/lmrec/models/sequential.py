@@ -106,6 +106,12 @@ class TextSequentialConfig(SequentialConfig):
     id_dropout: float = 0.2
 
 
+def transformer_blocks(dim: int, heads: int, inner: int, dropout: float, layers: int) -> nn.TransformerEncoder:
+    """Pre-norm transformer blocks with GELU (batch first); the caller decides causal or not."""
+    layer = nn.TransformerEncoderLayer(dim, heads, inner, dropout, activation="gelu", batch_first=True, norm_first=True)
+    return nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+
+
 class SequenceEncoder(nn.Module):
     """Item embeddings + learned positions + transformer blocks; output tied to item embeddings."""
 
@@ -132,10 +138,7 @@ class SequenceEncoder(nn.Module):
         self.positions = nn.Embedding(cfg.max_len + 1, cfg.dim)  # +1: the appended mask slot
         self.dropout = nn.Dropout(cfg.dropout)
         self.norm = nn.LayerNorm(cfg.dim)
-        layer = nn.TransformerEncoderLayer(
-            cfg.dim, cfg.heads, cfg.inner, cfg.dropout, activation="gelu", batch_first=True, norm_first=True
-        )
-        self.blocks = nn.TransformerEncoder(layer, cfg.layers, enable_nested_tensor=False)
+        self.blocks = transformer_blocks(cfg.dim, cfg.heads, cfg.inner, cfg.dropout, cfg.layers)
         self.final_norm = nn.LayerNorm(cfg.dim)
         nn.init.normal_(self.items.weight, std=0.02)
         nn.init.normal_(self.positions.weight, std=0.02)

@@ -32,7 +32,7 @@ from lmrec.errors import ConfigError
 from lmrec.llm.semantic_ids import semantic_ids
 from lmrec.llm.trie import Trie, constrained_beam_search, generated_scores
 from lmrec.models.base import FitOptions, ModelConfig, ReadsItemText, Recommender
-from lmrec.models.sequential import _length_buckets, _pad, _windows
+from lmrec.models.sequential import _length_buckets, _pad, _windows, transformer_blocks
 
 if TYPE_CHECKING:
     pass
@@ -80,10 +80,7 @@ class CodeDecoder(nn.Module):
         self.positions = nn.Embedding(n_positions, cfg.dim)
         self.dropout = nn.Dropout(cfg.dropout)
         self.norm = nn.LayerNorm(cfg.dim)
-        layer = nn.TransformerEncoderLayer(
-            cfg.dim, cfg.heads, cfg.inner, cfg.dropout, activation="gelu", batch_first=True, norm_first=True
-        )
-        self.blocks = nn.TransformerEncoder(layer, cfg.layers, enable_nested_tensor=False)
+        self.blocks = transformer_blocks(cfg.dim, cfg.heads, cfg.inner, cfg.dropout, cfg.layers)
         self.final_norm = nn.LayerNorm(cfg.dim)
         nn.init.normal_(self.tokens.weight, std=0.02)
         nn.init.normal_(self.positions.weight, std=0.02)
