@@ -213,8 +213,12 @@ class Dataset:
         return "rating" in self.interactions.columns
 
     def titles(self, rows: Sequence[int] | np.ndarray) -> list[str]:
-        col = self.catalog["title"]
-        return [str(col.iat[int(r)]) for r in rows]
+        return [self._titles[int(r)] for r in rows]
+
+    @functools.cached_property
+    def _titles(self) -> list[str]:
+        """Every title once, as a list: read on each served request, so not through pandas."""
+        return [str(t) for t in self.catalog["title"]]
 
     def category_matrix(self) -> np.ndarray | None:
         """Multi-hot (n_items, n_categories) float32 matrix of the catalog's categories, columns in

@@ -116,7 +116,6 @@ class LiveState:
         # A run retrained from this store holds its events up to this id already: they are not added twice.
         self._trained_through = trained_through(run.meta, store)
         ds = run.dataset
-        self._titles = [str(t) for t in ds.catalog["title"]]  # read per response: not through pandas
         # Every user's dataset history at once: one sort instead of one per request. Immutable.
         self._dataset = QueryBatch.from_interactions(ds.interactions, np.arange(ds.n_users))
         self._lock = threading.Lock()
@@ -216,7 +215,7 @@ class LiveState:
             if it is not None and it.title is not None:
                 out.append(it.title)
             elif raw in ds.items:
-                out.append(self._titles[ds.items.row(raw)])
+                out.append(ds.titles([ds.items.row(raw)])[0])
             else:
                 out.append(raw)
         return out
