@@ -46,6 +46,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--users", type=int, default=100, help="test users every row is measured on")
     parser.add_argument("--sft-steps", type=int, default=60)
     parser.add_argument("--sft-batch", type=int, default=8)
+    parser.add_argument(
+        "--sft-run", type=Path, help="a run of `lmrec train --model llm-gen` to measure instead of fine-tuning here"
+    )
+    parser.add_argument("--tiger-epochs", type=int, default=50, help="at most (early stopping on validation)")
     parser.add_argument("--lm", default="smollm2", help="smollm2 (the packaged SmolLM2-135M) or a local HF model dir")
     parser.add_argument("--rerank-steps", type=int, default=40)
     parser.add_argument("--candidates", type=int, default=20)
@@ -112,10 +116,7 @@ def main(argv: list[str] | None = None) -> None:
     split = leave_one_out(load_source("ml-100k", args.cache_dir))
     train, valid = split.train_dataset(), split.eval_set("valid")
     full_test = split.eval_set("test")
-    rng = np.random.default_rng(args.seed)
-    chosen = np.zeros(len(full_test), bool)
-    chosen[rng.choice(len(full_test), size=min(args.users, len(full_test)), replace=False)] = True
-    test = full_test.subset(chosen)
+    test = full_test.sample(args.users, seed=args.seed)  # the users `lmrec evaluate --sample` draws
     options = FitOptions(seed=args.seed, device=args.device, cache_dir=args.cache_dir / "embeddings")
     lm_options = FitOptions(seed=args.seed, device=args.device, cache_dir=args.cache_dir, log=print)
     rows: list[dict[str, Any]] = []
@@ -149,17 +150,21 @@ def main(argv: list[str] | None = None) -> None:
     sasrec, sasrec_s = fit("sasrec", {"max_len": 50, "batch_size": 32, "epochs": 5 if args.smoke else 200})
     row("sasrec", sasrec, sasrec_s)
     if "tiger" in parts:
-        tiger, tiger_s = fit("tiger", {"epochs": 2} if args.smoke else {})
+        tiger, tiger_s = fit("tiger", {"epochs": 2 if args.smoke else args.tiger_epochs})
         row("tiger", tiger, tiger_s)
-    gen_config = {"lm": args.lm, "beams": args.beams, "max_history": 10, "prompt_budget": 192}
+    gen_config = {"lm": args.lm, "beams": args.beams, "max_history": 10, "prompt_budget": 128}
     sft = None
     if "gen" in parts:
         zero, zero_s = fit("llm-gen", {**gen_config, "lora_r": 0}, lm_options)
         row("llm-gen zero-shot", zero, zero_s)
         histories = [test.queries.history(i) for i in range(min(args.free_users, len(test)))]
         extra["free_zero_shot"] = hallucination_rate(zero, histories)
-        sft, sft_s = fit("llm-gen", {**gen_config, "steps": args.sft_steps, "batch_size": args.sft_batch}, lm_options)
-        row(f"llm-gen LoRA ({args.sft_steps} steps)", sft, sft_s)
+        if args.sft_run is not None:
+            sft, sft_s, steps = _open_llm_gen_run(args.sft_run, args.cache_dir, train)
+        else:
+            sft_config = {**gen_config, "steps": args.sft_steps, "batch_size": args.sft_batch}
+            (sft, sft_s), steps = fit("llm-gen", sft_config, lm_options), args.sft_steps
+        row(f"llm-gen LoRA ({steps} steps)", sft, sft_s)
         extra["free_lora"] = hallucination_rate(sft, histories)
         extra["sft_seconds_per_step"] = statistics.median(s["seconds"] for s in sft.history["sft"])
         print(f"hallucination: {extra['free_zero_shot']} / {extra['free_lora']}", file=sys.stderr, flush=True)
@@ -169,6 +174,7 @@ def main(argv: list[str] | None = None) -> None:
             load_lm(args.lm, args.cache_dir, args.device), titles, args.candidates, args.permutations
         )
         row(f"sasrec + LLM rerank zero-shot (top {args.candidates})", sasrec, sasrec_s, reranker=reranker)
+    if "rerank" in parts and args.rerank_steps > 0:
         started = time.perf_counter()
         losses = reranker.finetune(train, sasrec, steps=args.rerank_steps, seed=args.seed)
         extra["rerank_finetune"] = {
@@ -199,6 +205,17 @@ def main(argv: list[str] | None = None) -> None:
         }
     save()
     print(render(rows, extra, info))
+
+
+def _open_llm_gen_run(directory: Path, cache_dir: Path, train: Any) -> tuple[Any, float, int]:
+    """The model of an llm-gen run, its training seconds and SFT steps; it must share our split."""
+    from lmrec.runs import open_run
+
+    run = open_run(directory, cache_dir)
+    if run.meta["model"] != "llm-gen" or len(run.split.train_dataset().interactions) != len(train.interactions):
+        raise SystemExit(f"{directory}: not an llm-gen run on ml-100k's leave-one-out split")
+    run.model.history = run.meta["training"]
+    return run.model, run.meta["train_seconds"], run.meta["config"]["steps"]
 
 
 def render(rows: list[dict[str, Any]], extra: dict[str, Any], info: dict[str, Any]) -> str:

@@ -103,3 +103,15 @@ def test_eval_set_subset_keeps_histories_and_targets_of_kept_queries() -> None:
 def test_eval_set_subset_of_nothing() -> None:
     sub = make_eval_set().subset(np.zeros(4, dtype=bool))
     assert len(sub) == 0 and sub.target_indptr.tolist() == [0] and len(sub.target_items) == 0
+
+
+def test_eval_set_sample_is_a_seeded_subset_in_order() -> None:
+    ev = make_eval_set()
+    two = ev.sample(2, seed=3)
+    assert len(two) == 2 and two.queries.users.tolist() == sorted(two.queries.users.tolist())
+    users = ev.queries.users.tolist()
+    for i, user in enumerate(two.queries.users.tolist()):
+        assert two.targets(i).tolist() == ev.targets(users.index(user)).tolist()
+    assert ev.sample(2, seed=3).queries.users.tolist() == two.queries.users.tolist()
+    assert {tuple(ev.sample(2, seed=s).queries.users.tolist()) for s in range(20)} != {tuple(two.queries.users)}
+    assert ev.sample(4) is ev and ev.sample(9) is ev

@@ -118,6 +118,24 @@ def test_evaluate_markdown(cli: Cli, runs: dict[str, Path]) -> None:
     assert "ndcg@10" in out and "pop" in out
 
 
+def test_evaluate_runs_side_by_side_on_the_same_users(cli: Cli, runs: dict[str, Path]) -> None:
+    both = cli.json("evaluate", "--run", str(runs["pop"]), str(runs["ease"]), "--sample", "7")
+    alone = [cli.json("evaluate", "--run", str(runs[m]), "--sample", "7") for m in ("pop", "ease")]
+    assert [r["model"] for r in both] == ["pop", "ease"] and both == alone
+    code, out, _ = cli("evaluate", "--run", str(runs["pop"]), str(runs["ease"]))
+    rows = [line for line in out.splitlines() if line.startswith("| pop (") or line.startswith("| ease (")]
+    assert code == 0 and len(rows) == 2
+
+
+def test_evaluate_side_by_side_refuses_runs_of_other_data(cli: Cli, runs: dict[str, Path], tmp_path: Path) -> None:
+    data = tmp_path / "log.csv"
+    data.write_text("user,item\n" + "".join(f"u{u},i{(u + k) % 5}\n" for u in range(4) for k in range(4)))
+    code, _, err = cli("train", "--dataset", str(data), "--model", "pop", "--out", str(tmp_path / "run"), "--quiet")
+    assert code == 0, err
+    code, out, err = cli("evaluate", "--run", str(runs["pop"]), str(tmp_path / "run"))
+    assert code == 2 and out == "" and "different data or splits" in err
+
+
 def test_recommend_known_user(cli: Cli, runs: dict[str, Path]) -> None:
     result = cli.json("recommend", "--run", str(runs["ease"]), "--user", "u0")
     seen = history_in_file(runs["data"], "u0")
@@ -173,6 +191,19 @@ def test_llm_gen_trains_evaluates_and_explains_from_the_cli(cli: Cli, runs: dict
     result = cli.json("recommend", "--run", str(out), "--user", "u0", "--k", "3", "--llm", str(toy))
     seen = set(history_in_file(runs["data"], "u0"))
     assert all(set(e["cited"]) <= seen and not {e["item"]} & seen for e in result["items"])
+
+
+def test_the_report_after_training_reads_a_sample_for_slow_models(
+    cli: Cli, runs: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from lmrec.models import model_class
+
+    monkeypatch.setattr(model_class("pop"), "report_users", 5)  # as llm-gen does with 100
+    out = tmp_path / "r"
+    code, _, err = cli("train", "--dataset", str(runs["data"]), "--model", "pop", "--out", str(out), "--quiet")
+    assert code == 0, err
+    report = json.loads((out / "valid.json").read_text())
+    assert report["n_users"] == 5 and report["protocol"]["users"] == "a random 5 (seed 0)"
 
 
 def test_compare_two_runs(cli: Cli, runs: dict[str, Path]) -> None:

@@ -176,16 +176,24 @@ def cmd_retrain(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    """One run, or several side by side on the same users (they must share the dataset and split)."""
     from lmrec.evaluate.report import markdown_report
     from lmrec.runs import open_run
 
-    run = open_run(Path(args.run), args.cache_dir)
-    reranker = _reranker(args, run)
-    report = run.evaluate(args.split, tuple(args.k), not args.json, reranker, args.candidates, args.sample)
+    runs = [open_run(Path(p), args.cache_dir) for p in args.run]
+    if any(r.dataset.users != runs[0].dataset.users or r.split.protocol != runs[0].split.protocol for r in runs):
+        raise LmrecError("the runs hold different data or splits; evaluate side by side runs of one dataset and split")
+    reports = [
+        run.evaluate(args.split, tuple(args.k), not args.json, _reranker(args, run), args.candidates, args.sample)
+        for run in runs
+    ]
     if args.json:
-        print(json.dumps(report))
-    else:
-        print(markdown_report({run.meta["model"]: report["metrics"]}, report["protocol"], report["n_users"]))
+        print(json.dumps(reports[0] if len(reports) == 1 else reports))
+        return 0
+    rows = {}
+    for report, run in zip(reports, runs, strict=True):
+        rows[report["model"] if len(runs) == 1 else f"{report['model']} ({run.directory.name})"] = report["metrics"]
+    print(markdown_report(rows, reports[0]["protocol"], reports[0]["n_users"]))
     return 0
 
 
@@ -341,8 +349,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_retrain)
 
-    p = sub.add_parser("evaluate", help="full-ranking evaluation of a run")
-    p.add_argument("--run", required=True)
+    p = sub.add_parser("evaluate", help="full-ranking evaluation of a run, or of several side by side")
+    p.add_argument("--run", required=True, nargs="+", help="one run directory, or several of one dataset and split")
     p.add_argument("--split", default="test", choices=["valid", "test"])
     p.add_argument("--k", type=_positive, nargs="+", default=[10])
     p.add_argument("--json", action="store_true")

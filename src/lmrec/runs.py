@@ -97,10 +97,8 @@ class Run:
         """Metrics on ``part`` as a JSON-ready dict: ranking, beyond-accuracy and (if any) rating.
         ``sample``: only that many users, drawn at random (seed 0; for slow models such as llm-gen)."""
         eval_set = self.split.eval_set(part)
-        if sample is not None and sample < len(eval_set):
-            chosen = np.zeros(len(eval_set), bool)
-            chosen[np.random.default_rng(0).choice(len(eval_set), size=sample, replace=False)] = True
-            eval_set = eval_set.subset(chosen)
+        if sample is not None:
+            eval_set = eval_set.sample(sample, seed=0)
         result = evaluate(self.model, eval_set, ks=ks, progress=progress, reranker=reranker, candidates=candidates)
         metrics = dict(result.metrics)
         metrics.update(self._beyond(result, max(ks), eval_set))
@@ -254,7 +252,8 @@ def train_run(
     (out / RUN_FILE).write_text(json.dumps(meta, indent=2))
     run = Run(out, meta, model, the_split)
     if len(valid):
-        (out / "valid.json").write_text(json.dumps(run.evaluate("valid"), indent=2))
+        report = run.evaluate("valid", sample=klass.report_users)
+        (out / "valid.json").write_text(json.dumps(report, indent=2))
     return run
 
 

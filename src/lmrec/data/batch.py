@@ -113,6 +113,15 @@ class EvalSet:
     def n_targets(self) -> np.ndarray:
         return np.diff(self.target_indptr)
 
+    def sample(self, n: int, seed: int = 0) -> EvalSet:
+        """``n`` queries drawn at random without replacement (all of them if there are no more),
+        in their original order: the same ``n`` and ``seed`` give the same queries."""
+        if n >= len(self):
+            return self
+        chosen = np.zeros(len(self), bool)
+        chosen[np.random.default_rng(seed).choice(len(self), size=n, replace=False)] = True
+        return self.subset(chosen)
+
     def subset(self, mask: np.ndarray) -> EvalSet:
         """Only the queries where ``mask`` is true."""
         keep = np.flatnonzero(mask)

@@ -126,6 +126,9 @@ class Recommender(ABC):
 
     name: ClassVar[str]
     config_class: ClassVar[type[ModelConfig]]
+    # The validation report written after training reads this many random users (None: all);
+    # set by models that take seconds per user.
+    report_users: ClassVar[int | None] = None
 
     def __init__(self, config: ModelConfig | None = None) -> None:
         self.config = config if config is not None else self.config_class()

@@ -58,6 +58,7 @@ class GenerativeLLM(Recommender):
     name = "llm-gen"
     config_class = GenerativeConfig
     config: GenerativeConfig
+    report_users = 100  # seconds per user on a CPU: the after-training report reads a sample
     generated_tokens = 0  # tokens decoded by generate(), summed over beams (for cost reports)
 
     def fit(self, train: Dataset, valid: EvalSet | None = None, options: FitOptions | None = None) -> GenerativeLLM:

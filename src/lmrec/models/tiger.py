@@ -20,7 +20,6 @@ asks for the next item. Tokens are one per (position in the code, code value), p
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -33,9 +32,6 @@ from lmrec.llm.semantic_ids import semantic_ids
 from lmrec.llm.trie import Trie, constrained_beam_search, generated_scores
 from lmrec.models.base import FitOptions, ModelConfig, ReadsItemText, Recommender
 from lmrec.models.sequential import _length_buckets, _pad, _windows, transformer_blocks
-
-if TYPE_CHECKING:
-    pass
 
 PAD, BOS, FIRST_CODE = 0, 1, 2  # token ids; code tokens start at FIRST_CODE
 
@@ -55,12 +51,24 @@ class TigerConfig(ModelConfig):
     lr: float = 1e-3
     weight_decay: float = 0.0
     patience: int = 5
+    valid_users: int = 300  # early stopping reads this many random validation users (beam search is slow)
     beams: int = 20  # beam width, also the length of the generated list
     text_encoder: str = "minilm"  # "minilm" (packaged all-MiniLM-L6-v2) or a local model directory
     text_template: str | None = None  # str.format over catalog columns; None: title, year, genres, text
 
     def validate(self) -> None:
-        for key in ("levels", "codebook", "dim", "layers", "heads", "inner", "max_len", "epochs", "batch_size"):
+        for key in (
+            "levels",
+            "codebook",
+            "dim",
+            "layers",
+            "heads",
+            "inner",
+            "max_len",
+            "epochs",
+            "batch_size",
+            "valid_users",
+        ):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key} must be >= 1")
         if self.beams < 1:
@@ -163,6 +171,8 @@ class Tiger(ReadsItemText, Recommender):
                 total, count = total + loss.item() * n, count + n
             return total / max(1, count)
 
+        if valid is not None:
+            valid = valid.sample(cfg.valid_users, seed=options.seed)
         self.history = self._run_epochs(
             run_epoch, epochs=cfg.epochs, patience=cfg.patience, options=options, desc="tiger", valid=valid
         )
