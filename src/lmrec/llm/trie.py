@@ -12,10 +12,13 @@ re-runs its short input every step, and a table in a test all drive the same sea
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Protocol
 
+import numpy as np
 import torch
+
+from lmrec.data.batch import QueryBatch
 
 ROOT = 0
 
@@ -215,4 +218,21 @@ def generated_scores(found: list[tuple[int, float]], popularity: torch.Tensor) -
     if found:
         items, scores = zip(*found, strict=True)
         out[list(items)] = torch.tensor(scores, dtype=out.dtype)
+    return out
+
+
+def generated_ranking(
+    batch: QueryBatch,
+    popularity: torch.Tensor,
+    generate: Callable[[np.ndarray], list[tuple[int, float]]],
+) -> torch.Tensor:
+    """Scores (len(batch), n_items) of a generative model, one query at a time: ``generate`` gets
+    a history (catalog rows only, never empty) and returns its (item, log-prob) list, which
+    :func:`generated_scores` spreads over the catalog. An empty history gets popularity."""
+    n_items = len(popularity)
+    out = torch.empty(len(batch), n_items)
+    for row in range(len(batch)):
+        h = batch.history(row)
+        h = h[(h >= 0) & (h < n_items)]
+        out[row] = generated_scores(generate(h), popularity) if len(h) else torch.log1p(popularity)
     return out

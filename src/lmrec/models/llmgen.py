@@ -28,7 +28,7 @@ from lmrec.data.schema import Dataset
 from lmrec.errors import ConfigError
 from lmrec.llm.lm import DEFAULT_LM, LocalLM, answer_loss, load_lm, with_lora
 from lmrec.llm.prompts import history_messages
-from lmrec.llm.trie import Trie, constrained_beam_search, generated_scores
+from lmrec.llm.trie import Trie, constrained_beam_search, generated_ranking
 from lmrec.models.base import FitOptions, ModelConfig, Recommender
 
 
@@ -129,18 +129,13 @@ class GenerativeLLM(Recommender):
 
     def score(self, batch: QueryBatch) -> torch.Tensor:
         """The generated titles' log-probs, best first; items not generated rank after them by
-        popularity (:func:`~lmrec.llm.trie.generated_scores`). An empty history gets popularity."""
-        out = torch.empty(len(batch), self.n_items)
+        popularity (:func:`~lmrec.llm.trie.generated_ranking`). An empty history gets popularity."""
         self.lm.model.eval()
-        for r in range(len(batch)):
-            h = batch.history(r)
-            h = h[(h >= 0) & (h < self.n_items)]
-            if len(h) == 0:
-                out[r] = torch.log1p(self.popularity)
-                continue
-            k = min(self.config.beams, self.n_items - len(set(h.tolist())))
-            out[r] = generated_scores(self.generate(h, k), self.popularity)
-        return out
+
+        def generate(history: np.ndarray) -> list[tuple[int, float]]:
+            return self.generate(history, min(self.config.beams, self.n_items - len(set(history.tolist()))))
+
+        return generated_ranking(batch, self.popularity, generate)
 
     # -- persistence ----------------------------------------------------------------------------
     def state(self) -> dict[str, torch.Tensor]:

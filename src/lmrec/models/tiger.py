@@ -29,7 +29,7 @@ from lmrec.data.batch import EvalSet, QueryBatch
 from lmrec.data.schema import Dataset
 from lmrec.errors import ConfigError
 from lmrec.llm.semantic_ids import semantic_ids
-from lmrec.llm.trie import Trie, constrained_beam_search, generated_scores
+from lmrec.llm.trie import Trie, constrained_beam_search, generated_ranking
 from lmrec.models.base import FitOptions, ModelConfig, ReadsItemText, Recommender
 from lmrec.models.sequential import _length_buckets, _pad, _windows, transformer_blocks
 
@@ -197,28 +197,19 @@ class Tiger(ReadsItemText, Recommender):
         items included) rank after them, by popularity (finite). An empty history gets popularity."""
         cfg = self.config
         self.net.eval()
-        out = torch.empty(len(batch), self.n_items)
-        k = min(cfg.beams, self.n_items)
+
+        def generate(history: np.ndarray) -> list[tuple[int, float]]:
+            recent = torch.from_numpy(history[-cfg.max_len :] + 1).to(self.device)
+            ask = torch.tensor([BOS], device=self.device)  # a lone BOS asks for the next item
+            prefix = torch.cat([self.item_tokens[recent].reshape(-1), ask])
+            stepper = _DecoderStepper(self.net, prefix)
+            k = min(cfg.beams, self.n_items)
+            return constrained_beam_search(
+                stepper, self.trie, cfg.beams, k, banned=history.tolist(), max_steps=cfg.levels + 1
+            )
+
         with torch.no_grad():
-            for row in range(len(batch)):
-                h = batch.history(row)
-                h = h[(h >= 0) & (h < self.n_items)]
-                if len(h) == 0:
-                    out[row] = torch.log1p(self.popularity)
-                    continue
-                recent = torch.from_numpy(h[-cfg.max_len :] + 1).to(self.device)
-                ask = torch.tensor([BOS], device=self.device)  # a lone BOS asks for the next item
-                prefix = torch.cat([self.item_tokens[recent].reshape(-1), ask])
-                found = constrained_beam_search(
-                    _DecoderStepper(self.net, prefix),
-                    self.trie,
-                    cfg.beams,
-                    k,
-                    banned=h.tolist(),
-                    max_steps=cfg.levels + 1,
-                )
-                out[row] = generated_scores(found, self.popularity)
-        return out
+            return generated_ranking(batch, self.popularity, generate)
 
     def state(self) -> dict[str, torch.Tensor]:
         return {
