@@ -117,8 +117,7 @@ def main(argv: list[str] | None = None) -> None:
     train, valid = split.train_dataset(), split.eval_set("valid")
     full_test = split.eval_set("test")
     test = full_test.sample(args.users, seed=args.seed)  # the users `lmrec evaluate --sample` draws
-    options = FitOptions(seed=args.seed, device=args.device, cache_dir=args.cache_dir / "embeddings")
-    lm_options = FitOptions(seed=args.seed, device=args.device, cache_dir=args.cache_dir, log=print)
+    options = FitOptions(seed=args.seed, device=args.device, cache_dir=args.cache_dir, log=print)
     rows: list[dict[str, Any]] = []
     extra: dict[str, Any] = {}
     info = {
@@ -155,7 +154,7 @@ def main(argv: list[str] | None = None) -> None:
     gen_config = {"lm": args.lm, "beams": args.beams, "max_history": 10, "prompt_budget": 128}
     sft = None
     if "gen" in parts:
-        zero, zero_s = fit("llm-gen", {**gen_config, "lora_r": 0}, lm_options)
+        zero, zero_s = fit("llm-gen", {**gen_config, "lora_r": 0}, options)
         row("llm-gen zero-shot", zero, zero_s)
         histories = [test.queries.history(i) for i in range(min(args.free_users, len(test)))]
         extra["free_zero_shot"] = hallucination_rate(zero, histories)
@@ -163,7 +162,7 @@ def main(argv: list[str] | None = None) -> None:
             sft, sft_s, steps = _open_llm_gen_run(args.sft_run, args.cache_dir, train)
         else:
             sft_config = {**gen_config, "steps": args.sft_steps, "batch_size": args.sft_batch}
-            (sft, sft_s), steps = fit("llm-gen", sft_config, lm_options), args.sft_steps
+            (sft, sft_s), steps = fit("llm-gen", sft_config, options), args.sft_steps
         row(f"llm-gen LoRA ({steps} steps)", sft, sft_s)
         extra["free_lora"] = hallucination_rate(sft, histories)
         extra["sft_seconds_per_step"] = statistics.median(s["seconds"] for s in sft.history["sft"])

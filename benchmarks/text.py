@@ -57,9 +57,7 @@ def fit(model: str, overrides: dict[str, Any], train: Any, valid: Any, cache_dir
     cfg = {**BASE, **overrides, **({"epochs": 2} if smoke else {})}
     klass = model_class(model)
     t0 = time.perf_counter()
-    fitted = klass(klass.config_class.from_dict(cfg)).fit(
-        train, valid, FitOptions(seed=0, cache_dir=cache_dir / "embeddings")
-    )
+    fitted = klass(klass.config_class.from_dict(cfg)).fit(train, valid, FitOptions(seed=0, cache_dir=cache_dir))
     fitted.fit_seconds = time.perf_counter() - t0
     return fitted
 

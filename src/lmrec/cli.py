@@ -1,4 +1,5 @@
-"""The ``lmrec`` command. The only module that reads argv or the environment."""
+"""The ``lmrec`` command. The only module that reads argv or the environment (but for
+:mod:`lmrec.cache`, which reads ``$LMREC_CACHE``)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from lmrec.cache import default_cache
 from lmrec.errors import LmrecError
 
 if TYPE_CHECKING:
@@ -19,10 +21,6 @@ if TYPE_CHECKING:
 
 RERANK_DEFAULTS = {"mmr": 0.7, "dpp": 0.8, "calibration": 0.5}
 WATCH_SECONDS = 2.0  # how often `lmrec serve --watch` looks at the run
-
-
-def default_cache() -> Path:
-    return Path(os.environ.get("LMREC_CACHE", Path.home() / ".cache" / "lmrec"))
 
 
 def _say(message: str) -> None:
@@ -111,9 +109,7 @@ def _set_threads(args: argparse.Namespace) -> None:
 def _fit_options(args: argparse.Namespace, seed: int) -> FitOptions:
     from lmrec.models.base import FitOptions
 
-    return FitOptions(
-        seed=seed, device=args.device, progress=not args.quiet, log=_say, cache_dir=args.cache_dir / "embeddings"
-    )
+    return FitOptions(seed=seed, device=args.device, progress=not args.quiet, log=_say, cache_dir=args.cache_dir)
 
 
 def _report_trained(run: Run) -> None:

@@ -252,8 +252,8 @@ def train_run(
     (out / RUN_FILE).write_text(json.dumps(meta, indent=2))
     run = Run(out, meta, model, the_split)
     if len(valid):
-        report = run.evaluate("valid", sample=klass.report_users)
-        (out / "valid.json").write_text(json.dumps(report, indent=2))
+        valid_report = run.evaluate("valid", sample=klass.report_users)
+        (out / "valid.json").write_text(json.dumps(valid_report, indent=2))
     return run
 
 

@@ -24,6 +24,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from lmrec.cache import default_cache
 from lmrec.errors import ConfigError, MissingExtraError
 
 DEFAULT_LM = "smollm2"
@@ -129,15 +130,15 @@ def smollm2_gguf() -> Path:
 
 
 def load_lm(name_or_path: str = DEFAULT_LM, cache_dir: str | Path | None = None, device: str = "cpu") -> LocalLM:
-    """``"smollm2"`` (the packaged GGUF, converted once to safetensors under ``cache_dir``) or a
-    local Hugging Face model directory."""
+    """``"smollm2"`` (the packaged GGUF, converted once to safetensors under ``cache_dir``, by
+    default lmrec's cache) or a local Hugging Face model directory."""
     try:
         from transformers import AutoModelForCausalLM, AutoTokenizer
     except ImportError as e:  # pragma: no cover - depends on the environment
         raise MissingExtraError("transformers", "llm") from e
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if name_or_path == DEFAULT_LM:
-        cache = Path(cache_dir) if cache_dir is not None else Path.home() / ".cache" / "lmrec"
+        cache = Path(cache_dir) if cache_dir is not None else default_cache()
         directory = cache / "llm" / "smollm2-135m-instruct"
         if not (directory / "model.safetensors").is_file():
             gguf = smollm2_gguf()

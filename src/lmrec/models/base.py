@@ -106,7 +106,7 @@ class FitOptions:
     device: str = "cpu"
     progress: bool = False
     log: Callable[[str], None] | None = None
-    cache_dir: Path | None = None  # where text embeddings are cached
+    cache_dir: Path | None = None  # lmrec's cache: text embeddings (None: not cached), converted LMs
     text_encoder: Any = None  # a lmrec.text.TextEncoder to use instead of loading the configured one
 
     def torch_generator(self) -> torch.Generator:
@@ -281,7 +281,8 @@ class ReadsItemText:
 
         encoder = options.text_encoder or load_encoder(self.config.text_encoder, options.device)
         options.say(f"encoding {train.n_items} item texts with {encoder.name}")
-        return self.encode_items(train.catalog, encoder, options.cache_dir, options.progress)
+        embeddings = options.cache_dir / "embeddings" if options.cache_dir is not None else None
+        return self.encode_items(train.catalog, encoder, embeddings, options.progress)
 
     def encode_items(
         self, catalog: pd.DataFrame, encoder: TextEncoder, cache_dir: Path | None = None, progress: bool = False

@@ -33,6 +33,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+from lmrec.cache import default_cache
 from lmrec.errors import ConfigError, DataError, LmrecError, MissingExtraError
 
 try:
@@ -466,7 +467,7 @@ def create_app(
     """
     run_path = Path(run_dir)
     store = open_store(db_url if db_url is not None else default_store(run_path))
-    cache = Path(cache_dir) if cache_dir is not None else Path.home() / ".cache" / "lmrec"
+    cache = Path(cache_dir) if cache_dir is not None else default_cache()
     try:
         service = Service(run_path, store, cache, require_keys, ann=ann, text_encoder=text_encoder)
     except BaseException:
