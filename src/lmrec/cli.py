@@ -171,13 +171,19 @@ def cmd_retrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _one_dataset_and_split(runs: list[Run]) -> bool:
+    """Whether the runs hold the same users and split, so their metrics are over the same queries."""
+    first = runs[0]
+    return all(r.dataset.users == first.dataset.users and r.split.protocol == first.split.protocol for r in runs)
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """One run, or several side by side on the same users (they must share the dataset and split)."""
     from lmrec.evaluate.report import markdown_report
     from lmrec.runs import open_run
 
     runs = [open_run(Path(p), args.cache_dir) for p in args.run]
-    if any(r.dataset.users != runs[0].dataset.users or r.split.protocol != runs[0].split.protocol for r in runs):
+    if not _one_dataset_and_split(runs):
         raise LmrecError("the runs hold different data or splits; evaluate side by side runs of one dataset and split")
     reports = [
         run.evaluate(args.split, tuple(args.k), not args.json, _reranker(args, run), args.candidates, args.sample)
@@ -228,7 +234,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     a, b = (open_run(Path(p), args.cache_dir) for p in (args.run_a, args.run_b))
     ra, rb = a.per_user(args.split, (args.k,)), b.per_user(args.split, (args.k,))
-    if list(ra.users) != list(rb.users) or a.dataset.users != b.dataset.users:
+    if list(ra.users) != list(rb.users) or not _one_dataset_and_split([a, b]):
         raise LmrecError("the runs were evaluated on different users; compare runs of one dataset and split")
     metric = f"{args.metric}@{args.k}"
     result: dict[str, Any] = {"metric": metric, "a": str(a.directory), "b": str(b.directory)}

@@ -57,18 +57,8 @@ class TigerConfig(ModelConfig):
     text_template: str | None = None  # str.format over catalog columns; None: title, year, genres, text
 
     def validate(self) -> None:
-        for key in (
-            "levels",
-            "codebook",
-            "dim",
-            "layers",
-            "heads",
-            "inner",
-            "max_len",
-            "epochs",
-            "batch_size",
-            "valid_users",
-        ):
+        sizes = ("levels", "codebook", "dim", "layers", "heads", "inner", "max_len")
+        for key in (*sizes, "epochs", "batch_size", "valid_users"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key} must be >= 1")
         if self.beams < 1:
