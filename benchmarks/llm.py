@@ -105,10 +105,10 @@ def main(argv: list[str] | None = None) -> None:
     from lmrec.data.splits import leave_one_out
     from lmrec.llm.explain import Explainer
     from lmrec.llm.lm import load_lm
-    from lmrec.llm.rerank import LLMReranker
     from lmrec.models import FitOptions, model_class
     from lmrec.models.llmgen import hallucination_rate
     from lmrec.rerank import item_vectors_of
+    from lmrec.rerank.llm import LLMReranker
     from lmrec.rerank.similarity import EmbeddingSimilarity
 
     torch.set_num_threads(args.threads)

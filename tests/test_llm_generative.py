@@ -21,9 +21,9 @@ from lmrec.errors import ConfigError
 from lmrec.evaluate import evaluate
 from lmrec.llm.explain import Explainer
 from lmrec.llm.lm import Generation, load_lm
-from lmrec.llm.rerank import LLMReranker
 from lmrec.models import FitOptions, Recommender, model_class
 from lmrec.models.llmgen import GenerativeLLM, hallucination_rate
+from lmrec.rerank.llm import LLMReranker
 from lmrec.rerank.similarity import EmbeddingSimilarity
 from tests.llm_toy import toy_lm_dir
 
