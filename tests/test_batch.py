@@ -1,4 +1,4 @@
-"""QueryBatch and EvalSet: CSR histories, slicing, the binary matrix, padded sequences."""
+"""QueryBatch and EvalSet: CSR histories, slicing, the binary matrix, padded sequences, seen-item masking."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lmrec.data.batch import EvalSet, QueryBatch
+from lmrec.data.batch import EvalSet, QueryBatch, mask_seen
 
 
 def histories(batch: QueryBatch) -> list[list[int]]:
@@ -115,3 +115,12 @@ def test_eval_set_sample_is_a_seeded_subset_in_order() -> None:
     assert ev.sample(2, seed=3).queries.users.tolist() == two.queries.users.tolist()
     assert {tuple(ev.sample(2, seed=s).queries.users.tolist()) for s in range(20)} != {tuple(two.queries.users)}
     assert ev.sample(4) is ev and ev.sample(9) is ev
+
+
+def test_mask_seen_sets_history_items_to_minus_inf_and_ignores_unknown_ones() -> None:
+    torch = pytest.importorskip("torch")
+    b = QueryBatch.from_histories([0, 1, -1], [[2, 0], [], [-1, 3, 7]])  # 7 and -1 are outside 4 items
+    scores = torch.arange(12, dtype=torch.float32).reshape(3, 4)
+    mask_seen(scores, b)
+    inf = float("-inf")
+    assert scores.tolist() == [[inf, 1.0, inf, 3.0], [4.0, 5.0, 6.0, 7.0], [8.0, 9.0, 10.0, inf]]

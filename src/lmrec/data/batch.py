@@ -9,11 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass(frozen=True)
@@ -130,3 +133,19 @@ class EvalSet:
         tg = [self.targets(int(i)) for i in keep]
         tq = QueryBatch.from_histories(q.users[keep], tg)
         return EvalSet(QueryBatch.from_histories(q.users[keep], hist), tq.indptr, tq.items)
+
+
+def mask_seen(scores: torch.Tensor, batch: QueryBatch) -> None:
+    """Set the scores of every item in each query's history to -inf, in place.
+
+    ``scores`` is queries × items; history items outside ``[0, n_items)`` are ignored.
+    """
+    import torch  # here, not at the top: loading and splitting data does not need torch
+
+    n_items = scores.shape[1]
+    rows = np.repeat(np.arange(len(batch)), batch.lengths())
+    valid = (batch.items >= 0) & (batch.items < n_items)
+    if valid.any():
+        r = torch.from_numpy(rows[valid]).to(scores.device)
+        c = torch.from_numpy(batch.items[valid]).to(scores.device)
+        scores[r, c] = float("-inf")

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from lmrec.data.batch import EvalSet, QueryBatch
+from lmrec.data.batch import EvalSet, QueryBatch, mask_seen
 from lmrec.evaluate.metrics import ranking_metrics
 
 DEFAULT_METRICS = ("ndcg", "recall", "mrr", "hit", "precision", "map", "f1")
@@ -70,8 +70,6 @@ def evaluate(
     With a ``reranker``, the model's top ``candidates`` items are re-ranked and the metrics are
     computed on the re-ranked lists.
     """
-    from lmrec.models.base import mask_seen
-
     n, n_items = len(eval_set), model.n_items
     k_max = max(ks)
     k_rank = min(k_max, n_items)  # a catalog smaller than k leaves the tail slots empty
