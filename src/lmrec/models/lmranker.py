@@ -63,11 +63,11 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from lmrec.data.batch import EvalSet, QueryBatch
+from lmrec.data.batch import EvalSet, QueryBatch, mask_seen
 from lmrec.data.schema import Dataset
 from lmrec.errors import ConfigError, MissingExtraError
 from lmrec.llm.lm import with_lora
-from lmrec.models.base import FitOptions, ModelConfig, Recommender, mask_seen
+from lmrec.models.base import FitOptions, ModelConfig, Recommender
 
 DEFAULT_ENCODER = "minilm"
 LORA_TARGETS = ("query", "key", "value", "dense")  # BERT-style module names; attention and MLP
@@ -106,14 +106,14 @@ class LMRankerConfig(ModelConfig):
         super().__post_init__()
 
     def validate(self) -> None:
-        from lmrec.models.registry import MODELS
+        from lmrec.models.registry import MODELS, model_class
 
         if self.base == "lm-ranker" or self.base not in MODELS:
             choices = ", ".join(m for m in MODELS if m != "lm-ranker")
             raise ConfigError(f"base must be a registered model other than lm-ranker ({choices}), got {self.base!r}")
         if not isinstance(self.base_config, dict):
             raise ConfigError(f"base_config must be a dict of {self.base!r} options, got {self.base_config!r}")
-        MODELS[self.base].config_class.from_dict(self.base_config)  # unknown or bad options fail here
+        model_class(self.base).config_class.from_dict(self.base_config)  # unknown or bad options fail here
         for key in ("candidates", "history_items", "item_max_length", "batch_size"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key} must be >= 1, got {getattr(self, key)}")
