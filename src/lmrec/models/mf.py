@@ -61,7 +61,7 @@ def sample_negatives(
     return neg
 
 
-def _fold_in_mean(batch: QueryBatch, item_factors: torch.Tensor) -> torch.Tensor:
+def fold_in_mean(batch: QueryBatch, item_factors: torch.Tensor) -> torch.Tensor:
     """Mean item factor of each history: the user vector of a user the model never saw."""
     n_items = item_factors.shape[0]
     rows = np.repeat(np.arange(len(batch)), batch.lengths())
@@ -130,7 +130,7 @@ class BPR(Recommender):
     def score(self, batch: QueryBatch) -> torch.Tensor:
         with torch.no_grad():
             known = self.known_users(batch)
-            user_vecs = _fold_in_mean(batch, self.item_factors.detach())
+            user_vecs = fold_in_mean(batch, self.item_factors.detach())
             if known.any():
                 user_vecs[torch.from_numpy(known)] = self.user_factors.detach()[torch.from_numpy(batch.users[known])]
             return user_vecs @ self.item_factors.detach().T
@@ -343,7 +343,7 @@ class SVD(Recommender):
     def score(self, batch: QueryBatch) -> torch.Tensor:
         with torch.no_grad():
             known = self.known_users(batch)
-            vecs = _fold_in_mean(batch, self.item_factors.detach())
+            vecs = fold_in_mean(batch, self.item_factors.detach())
             bias = torch.zeros(len(batch))
             if known.any():
                 k, u = torch.from_numpy(known), torch.from_numpy(batch.users[known])

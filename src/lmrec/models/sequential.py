@@ -372,7 +372,7 @@ class SequentialRecommender(ReadsItemText, Recommender):
         if self.net.training:  # eval() walks every module: not on each request
             self.net.eval()
         masked = self.config.objective == "masked"
-        seq, lengths = _histories_to_inputs(batch, self.n_items, self.config.max_len, append_mask=masked)
+        seq, lengths = histories_to_inputs(batch, self.n_items, self.config.max_len, append_mask=masked)
         out = torch.empty(len(batch), self.n_items)
         with torch.no_grad():
             table = self.net.item_table()
@@ -481,7 +481,7 @@ def _pad(windows: list[np.ndarray]) -> torch.Tensor:
     return torch.from_numpy(out)
 
 
-def _histories_to_inputs(
+def histories_to_inputs(
     batch: QueryBatch, n_items: int, max_len: int, append_mask: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-padded shifted inputs (B, max_len [+1]) with each history's last ``max_len`` known

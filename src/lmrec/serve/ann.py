@@ -176,7 +176,7 @@ class DotProduct:
 
 
 def _sequential(model: Any) -> DotProduct:
-    from lmrec.models.sequential import _histories_to_inputs
+    from lmrec.models.sequential import histories_to_inputs
 
     model.net.eval()
     with torch.no_grad():
@@ -186,7 +186,7 @@ def _sequential(model: Any) -> DotProduct:
     def queries(batch: QueryBatch) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         # The same forward pass as SequentialRecommender.score, stopping before the item table.
         masked = model.config.objective == "masked"
-        seq, lengths = _histories_to_inputs(batch, model.n_items, model.config.max_len, append_mask=masked)
+        seq, lengths = histories_to_inputs(batch, model.n_items, model.config.max_len, append_mask=masked)
         out = np.zeros((len(batch), items.shape[1]), np.float32)
         with torch.no_grad():
             for s in range(0, len(batch), 512):
@@ -201,7 +201,7 @@ def _sequential(model: Any) -> DotProduct:
 
 
 def _factors(model: Any) -> DotProduct:
-    from lmrec.models.mf import ALS, SVD, _fold_in_mean
+    from lmrec.models.mf import ALS, SVD, fold_in_mean
 
     item_f = model.item_factors.detach().float().cpu()
     has_bias = isinstance(model, SVD)
@@ -218,7 +218,7 @@ def _factors(model: Any) -> DotProduct:
             if len(unknown):
                 vecs[torch.from_numpy(unknown)] = model._solve(batch.matrix(model.n_items)[unknown], item_f)
         else:
-            vecs = _fold_in_mean(batch, item_f)
+            vecs = fold_in_mean(batch, item_f)
         offsets = np.zeros(len(batch), np.float32)
         if known.any():
             vecs[torch.from_numpy(known)] = model.user_factors.detach().float().cpu()[users]
