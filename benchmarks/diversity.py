@@ -124,7 +124,7 @@ def get_model(args: argparse.Namespace, split: Any) -> tuple[Any, dict[str, Any]
         split.train_dataset(), split.eval_set("valid"), FitOptions(seed=0)
     )
     fit_s = time.perf_counter() - started
-    log = model.history
+    log = model.training_log
     print(f"sasrec: {log['epochs']} epochs (best {log['best_epoch'] + 1}) in {fit_s:.0f} s", file=sys.stderr)
     if args.save is not None:
         model.save(args.save / "model")

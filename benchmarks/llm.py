@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> None:
             (sft, sft_s), steps = fit("llm-gen", sft_config, options), args.sft_steps
         row(f"llm-gen LoRA ({steps} steps)", sft, sft_s)
         extra["free_lora"] = hallucination_rate(sft, histories)
-        extra["sft_seconds_per_step"] = statistics.median(s["seconds"] for s in sft.history["sft"])
+        extra["sft_seconds_per_step"] = sft.training_log["seconds"] / max(1, sft.training_log["steps"])
         print(f"hallucination: {extra['free_zero_shot']} / {extra['free_lora']}", file=sys.stderr, flush=True)
     titles = train.titles(list(range(train.n_items)))
     if "rerank" in parts:
@@ -213,7 +213,7 @@ def _open_llm_gen_run(directory: Path, cache_dir: Path, train: Any) -> tuple[Any
     run = open_run(directory, cache_dir)
     if run.meta["model"] != "llm-gen" or len(run.split.train_dataset().interactions) != len(train.interactions):
         raise SystemExit(f"{directory}: not an llm-gen run on ml-100k's leave-one-out split")
-    run.model.history = run.meta["training"]
+    run.model.training_log = run.meta["training"]
     return run.model, run.meta["train_seconds"], run.meta["config"]["steps"]
 
 

@@ -117,7 +117,7 @@ def fit_ranker(overrides: dict[str, Any], train: Any, valid: Any, args: argparse
     options = FitOptions(seed=args.seed, device=args.device, progress=not args.smoke, log=_say)
     t0 = time.perf_counter()
     model = LMRanker(cfg).fit(train, valid, options)
-    model.history["fit_s"] = time.perf_counter() - t0
+    model.training_log["fit_s"] = time.perf_counter() - t0
     return model
 
 
@@ -194,7 +194,7 @@ def main(argv: list[str] | None = None) -> None:
     config.update(extra)
 
     tuned = fit_ranker(config, train, valid, args)
-    _say(f"fine-tuned in {tuned.history['train_s']:.1f} s")
+    _say(f"fine-tuned in {tuned.training_log['train_s']:.1f} s")
     candidates = tuned.config.candidates
     base_test = metrics(tuned.base, test, ks=tuple(sorted({10, candidates})))
     rows: list[dict[str, Any]] = [{"model": "base", "base": tuned.config.base, "test": base_test}]
@@ -202,16 +202,16 @@ def main(argv: list[str] | None = None) -> None:
 
     def ranker_row(name: str, model: Any) -> dict[str, Any]:
         cfg: ModelConfig = model.config
-        loss = model.history["loss"]
+        loss = model.training_log["losses"]
         tenth = max(1, len(loss) // 10)
         row = {
             "model": name,
             "config": cfg.to_dict(),
             "test": metrics(model, test),
-            "fit_s": model.history["fit_s"],
-            "train_s": model.history["train_s"],
-            "item_encode_s": model.history["item_encode_s"],
-            "trained_parameters": model.history["trained_parameters"],
+            "fit_s": model.training_log["fit_s"],
+            "train_s": model.training_log["train_s"],
+            "item_encode_s": model.training_log["item_encode_s"],
+            "trained_parameters": model.training_log["trained_parameters"],
             "loss_first": float(np.mean(loss[:tenth])) if loss else float("nan"),
             "loss_last": float(np.mean(loss[-tenth:])) if loss else float("nan"),
         }

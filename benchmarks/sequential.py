@@ -88,7 +88,7 @@ def run_ours(names: list[str], split: Any, pretrain_epochs: int, max_epochs: int
         model = klass(klass.config_class.from_dict(overrides)).fit(train, valid, FitOptions(seed=0))
         fit_s = time.perf_counter() - t0
         result = evaluate(model, test)
-        log = model.history
+        log = model.training_log
         row = {
             "model": name,
             "config": overrides,

@@ -149,7 +149,7 @@ def test_early_stopping_restores_best(board: Dataset) -> None:
     split = leave_one_out(board)
     cfg = model_class("bpr").config_class.from_dict({**FAST["bpr"], "epochs": 30, "patience": 2})
     model = model_class("bpr")(cfg).fit(split.train_dataset(), split.eval_set("valid"), FitOptions(seed=0))
-    log = model.history
+    log = model.training_log
     assert len(log["valid"]) == log["epochs"]
     best = int(np.argmax(log["valid"]))
     assert log["best_epoch"] == best

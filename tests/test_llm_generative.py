@@ -81,7 +81,7 @@ def test_lora_finetuning_learns_the_next_title(toy: Path) -> None:
     data = chain(n_users=48)
     before = fit(toy, data, lora_r=0)
     after = fit(toy, data, steps=150, lr=1e-2, batch_size=8, lora_r=8)
-    assert after.history["sft"][-1]["loss"] < after.history["sft"][0]["loss"]
+    assert after.training_log["losses"][-1] < after.training_log["losses"][0]
     test = leave_one_out(data).eval_set("test")
     hr_before = evaluate(before, test, metrics=("recall",), ks=(1,)).metrics["recall@1"]
     hr_after = evaluate(after, test, metrics=("recall",), ks=(1,)).metrics["recall@1"]

@@ -42,7 +42,7 @@ def registered() -> None:
 
 def test_fit_trains_and_scores_every_item(fitted: tuple[LMRanker, Any]) -> None:
     model, split = fitted
-    assert len(model.history["loss"]) == 3 and all(np.isfinite(model.history["loss"]))
+    assert model.training_log["steps"] == 3 and all(np.isfinite(model.training_log["losses"]))
     q = split.eval_set("test").queries
     scores = model.score(q)
     assert scores.shape == (len(q), split.dataset.n_items)

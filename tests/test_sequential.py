@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -14,22 +15,36 @@ from lmrec.data.splits import leave_one_out
 from lmrec.errors import ConfigError
 from lmrec.evaluate import evaluate
 from lmrec.models import FitOptions, Recommender, model_class
-from lmrec.models.sequential import BERT4RecConfig, SASRec, SequentialConfig, _windows
+from lmrec.data.sequences import sequence_windows
+from lmrec.models.sequential import BERT4RecConfig, SASRec, SequentialConfig
 
 TINY = {"dim": 16, "inner": 32, "layers": 1, "heads": 2, "max_len": 12, "epochs": 4, "batch_size": 16, "lr": 0.01}
 
 
 def test_windows_supervise_every_transition_once() -> None:
     history = QueryBatch.from_histories([0], [list(range(10))])
-    windows = _windows(history, size=4)
+    windows = sequence_windows(history, size=4)
     pairs = [(int(w[i]), int(w[i + 1])) for w in windows for i in range(len(w) - 1)]
     assert sorted(pairs) == [(i + 1, i + 2) for i in range(9)]  # shifted ids, each transition once
     assert all(len(w) <= 4 for w in windows)
 
 
-def test_windows_keep_single_item_history() -> None:
-    windows = _windows(QueryBatch.from_histories([0, 1], [[5], []]), size=4)
-    assert [w.tolist() for w in windows] == [[6]]
+def test_windows_keep_single_item_history_only_when_asked() -> None:
+    histories = QueryBatch.from_histories([0, 1, 2], [[5], [], [1, 2]])
+    assert [w.tolist() for w in sequence_windows(histories, size=4)] == [[6], [2, 3]]  # masked items: any
+    assert [w.tolist() for w in sequence_windows(histories, size=4, min_length=2)] == [[2, 3]]  # next item
+
+
+@pytest.mark.parametrize("objective", ["causal", "masked"])
+def test_one_and_two_item_histories_train_without_nan(objective: str) -> None:
+    """Windows of one item have no next-item target; length bucketing used to put them all in one
+    batch, whose empty loss was nan. Every batch now has a target, and every loss is finite."""
+    rows = [(u, (u * 3 + k) % 7, k) for u in range(40) for k in range(1 + u % 2)]
+    data = Dataset.from_frame(pd.DataFrame(rows, columns=["user", "item", "timestamp"]))
+    cfg = SequentialConfig(objective=objective, dim=8, inner=16, layers=1, heads=1, max_len=4, epochs=3, batch_size=8)
+    model = SASRec(cfg).fit(data, None, FitOptions(seed=0))
+    assert len(model.training_log["losses"]) == 3
+    assert np.isfinite(model.training_log["losses"]).all()
 
 
 def test_config_validation() -> None:
@@ -56,7 +71,7 @@ def test_distribution_sums_to_one(name: str, board: Dataset) -> None:
 @pytest.mark.parametrize("loss", ["ce", "sampled", "gbce", "bce"])
 def test_every_loss_trains(loss: str, board: Dataset) -> None:
     model = _fit("sasrec", board, epochs=2, loss=loss, negatives=8)
-    assert np.isfinite(model.history["losses"]).all()
+    assert np.isfinite(model.training_log["losses"]).all()
 
 
 def test_history_change_changes_scores_without_retraining(board: Dataset) -> None:
@@ -68,8 +83,8 @@ def test_history_change_changes_scores_without_retraining(board: Dataset) -> Non
 
 def test_pretrain_then_finetune_logs_both_phases(board: Dataset) -> None:
     model = _fit("sasrec", board, epochs=2, pretrain_epochs=2)
-    assert len(model.history["pretrain"]["losses"]) == 2
-    assert len(model.history["losses"]) == 2
+    assert len(model.training_log["pretrain"]["losses"]) == 2
+    assert len(model.training_log["losses"]) == 2
 
 
 def test_init_from_saved_run_starts_from_its_weights(board: Dataset, tmp_path: Path) -> None:

@@ -245,7 +245,7 @@ def train_run(
         "split_sizes": the_split.sizes(),
         "seed": options.seed,
         "train_seconds": round(seconds, 3),
-        "training": model.history,
+        "training": model.training_log,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         **(extra_meta or {}),
     }
@@ -257,12 +257,40 @@ def train_run(
     return run
 
 
+_META_TYPES: dict[str, Any] = {"model": str, "data": dict, "config": dict, "seed": int, "retrain": (dict, type(None))}
+_RECIPE_TYPES: dict[str, Any] = {
+    "dataset": str, "columns": (dict, type(None)), "kcore": (int, type(None)), "min_rating": (int, float, type(None)),
+    "dedupe": bool, "split": str, "split_params": dict,
+}  # fmt: skip
+
+
 def read_meta(directory: Path) -> dict[str, Any]:
-    """The ``run.json`` of a run directory; a directory that is not a run is an error."""
+    """The ``run.json`` of a run directory; a directory that is not a run, or a ``run.json`` of another
+    shape than ``lmrec train`` writes (what each part of it must be is checked), is an error."""
     path = Path(directory)
     if not (path / RUN_FILE).is_file():
         raise LmrecError(f"{path} is not a run directory (no {RUN_FILE}); create one with `lmrec train`")
-    meta: dict[str, Any] = json.loads((path / RUN_FILE).read_text())
+    try:
+        meta = json.loads((path / RUN_FILE).read_bytes())
+    except (ValueError, RecursionError) as err:
+        raise DataError(f"{path / RUN_FILE} is not JSON ({err}); rewrite it with `lmrec train`") from None
+    data = meta.get("data") if isinstance(meta, dict) else None
+    if not isinstance(meta, dict) or not isinstance(data, dict) or "model" not in meta or "dataset" not in data:
+        wrong = ["not an object with 'model' and 'data' (an object with 'dataset')"]
+    else:
+        wrong = [
+            f"{k!r} is a {type(v).__name__}" for k, v in meta.items() if not isinstance(v, _META_TYPES.get(k, object))
+        ]
+        wrong += [f"'data.{k}' is unknown" for k in data if k not in _RECIPE_TYPES]
+        wrong += [
+            f"'data.{k}' is a {type(v).__name__}"
+            for k, v in data.items()
+            if not isinstance(v, _RECIPE_TYPES.get(k, object))
+        ]
+    if wrong:
+        raise DataError(
+            f"{path / RUN_FILE} is not a run's description: {'; '.join(wrong)}; rewrite it with `lmrec train`"
+        )
     return meta
 
 

@@ -165,8 +165,9 @@ def load_lm(name_or_path: str = DEFAULT_LM, cache_dir: str | Path | None = None,
     return LocalLM(model.eval(), tokenizer, name, device)
 
 
-def answer_loss(lm: LocalLM, examples: list[tuple[list[int], list[int]]]) -> torch.Tensor:
-    """Mean cross-entropy of the answer tokens given the prompt, for a right-padded batch."""
+def answer_loss(lm: LocalLM, examples: list[tuple[list[int], list[int]]], model: Any = None) -> torch.Tensor:
+    """Mean cross-entropy of the answer tokens given the prompt, for a right-padded batch, through
+    ``model`` (the Trainer's wrapped version of ``lm.model``; default ``lm.model``)."""
     width = max(len(p) + len(a) for p, a in examples)
     pad = int(lm.tokenizer.pad_token_id)
     ids = torch.full((len(examples), width), pad, dtype=torch.long)
@@ -177,7 +178,8 @@ def answer_loss(lm: LocalLM, examples: list[tuple[list[int], list[int]]]) -> tor
         ids[r, : len(seq)] = torch.tensor(seq)
         labels[r, len(p) : len(seq)] = torch.tensor(a)
         mask[r, : len(seq)] = 1
-    out = lm.model(input_ids=ids.to(lm.device), attention_mask=mask.to(lm.device), labels=labels.to(lm.device))
+    model = lm.model if model is None else model
+    out = model(input_ids=ids.to(lm.device), attention_mask=mask.to(lm.device), labels=labels.to(lm.device))
     return out.loss
 
 

@@ -23,15 +23,16 @@ import scipy.sparse as sp
 import torch
 from safetensors.torch import load_file, save_file
 
-from lmrec.data.batch import EvalSet, QueryBatch
+from lmrec.data.batch import EvalSet, QueryBatch, mask_seen
 from lmrec.data.schema import Dataset
 from lmrec.errors import ConfigError
-from lmrec.train.loop import fit_epochs
+from lmrec.train.trainer import Task, TrainConfig, Trainer, TrainerOptions, seeded
 
 if TYPE_CHECKING:
     from lmrec.text import TextEncoder
 
 C = TypeVar("C", bound="ModelConfig")
+R = TypeVar("R", bound="Recommender")
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "weights.safetensors"
 
@@ -108,6 +109,9 @@ class FitOptions:
     log: Callable[[str], None] | None = None
     cache_dir: Path | None = None  # lmrec's cache: text embeddings (None: not cached), converted LMs
     text_encoder: Any = None  # a lmrec.text.TextEncoder to use instead of loading the configured one
+    checkpoint_dir: Path | None = None  # the Trainer writes a checkpoint here after every epoch
+    resume: bool = False  # continue from the checkpoint in checkpoint_dir
+    stop_after: int | None = None  # stop each training phase after this many epochs (resume later)
 
     def torch_generator(self) -> torch.Generator:
         return torch.Generator(device="cpu").manual_seed(self.seed)
@@ -122,13 +126,17 @@ class FitOptions:
 
 class Recommender(ABC):
     """Base of every model. Subclasses set ``name`` and ``config_class`` and implement
-    ``fit``, ``score``, ``state`` and ``load_state``."""
+    ``_fit``, ``score``, ``state`` and ``load_state``. A torch model's ``_fit`` builds a
+    :class:`~lmrec.train.trainer.Task` and hands it to :meth:`_train`: models say what they learn,
+    the one Trainer decides how."""
 
     name: ClassVar[str]
     config_class: ClassVar[type[ModelConfig]]
     # The validation report written after training reads this many random users (None: all);
     # set by models that take seconds per user.
     report_users: ClassVar[int | None] = None
+    # Devices the model can train and score on: models that are not torch modules run on the CPU.
+    devices: ClassVar[tuple[str, ...]] = ("cpu",)
 
     def __init__(self, config: ModelConfig | None = None) -> None:
         self.config = config if config is not None else self.config_class()
@@ -137,12 +145,26 @@ class Recommender(ABC):
         self.n_users = 0
         self.n_items = 0
         self.device = torch.device("cpu")
-        self.history: dict[str, Any] = {}  # training log: losses, validation scores, seconds
+        self.training_log: dict[str, Any] = {}  # losses and validation scores per epoch, seconds
 
     # -- the contract -----------------------------------------------------------------------------
+    def fit(self: R, train: Dataset, valid: EvalSet | None = None, options: FitOptions | None = None) -> R:
+        """Learn from ``train.interactions``; ``valid`` is used for early stopping where it applies.
+        Torch's global random state (weight init, dropout) is seeded for the fit and restored after."""
+        options = options or FitOptions()
+        device = torch.device(options.device)
+        if device.type not in self.devices:
+            raise ConfigError(f"{self.name} runs on {' or '.join(self.devices)}, not on {options.device!r}")
+        if len(train.interactions) == 0:
+            raise ConfigError("no training interactions")
+        self.n_users, self.n_items, self.device = train.n_users, train.n_items, device
+        with seeded(options.seed):
+            self._fit(train, valid if valid is not None and len(valid) else None, options)
+        return self
+
     @abstractmethod
-    def fit(self, train: Dataset, valid: EvalSet | None = None, options: FitOptions | None = None) -> Recommender:
-        """Learn from ``train.interactions``; ``valid`` is used for early stopping where it applies."""
+    def _fit(self, train: Dataset, valid: EvalSet | None, options: FitOptions) -> None:
+        """The model's own part of :meth:`fit` (sizes and device are set, the seed is in place)."""
 
     @abstractmethod
     def score(self, batch: QueryBatch) -> torch.Tensor:
@@ -157,41 +179,34 @@ class Recommender(ABC):
         """Inverse of :meth:`state`."""
 
     # -- shared behaviour -------------------------------------------------------------------------
-    def _start_fit(self, train: Dataset, options: FitOptions | None) -> FitOptions:
-        options = options or FitOptions()
-        self.n_users, self.n_items = train.n_users, train.n_items
-        self.device = torch.device(options.device)
-        torch.manual_seed(options.seed)
-        if len(train.interactions) == 0:
-            raise ConfigError("no training interactions")
-        return options
-
-    def _run_epochs(
+    def _train(
         self,
-        run_epoch: Callable[[int], float],
-        *,
-        epochs: int,
-        patience: int,
+        task: Task,
+        config: TrainConfig,
         options: FitOptions,
-        desc: str,
+        generator: torch.Generator,
+        *,
         valid: EvalSet | None = None,
         validate: Callable[[], float] | None = None,
+        total_steps: int | None = None,
+        phase: str = "train",
     ) -> dict[str, Any]:
-        """The training loop with this model's weights as snapshots: early stopping on validation
-        NDCG@10 (or on ``validate``), the best epoch's weights restored. Returns the training log."""
-        if validate is None and valid is not None and len(valid):
+        """Train ``task`` with the one :class:`~lmrec.train.trainer.Trainer`: early stopping on
+        validation NDCG@10 (or on ``validate``), the best epoch's weights restored. ``phase`` names
+        the checkpoint of a model that trains in several phases. Returns the training log."""
+        from lmrec.train.validation import validation_ndcg
+
+        if validate is None and valid is not None:
             validate = lambda: validation_ndcg(self, valid)  # noqa: E731
-        log = fit_epochs(
-            run_epoch,
-            epochs=epochs,
-            validate=validate,
-            snapshot=self.state,
-            restore=self.load_state,
-            patience=patience,
+        trainer_options = TrainerOptions(
+            device=options.device,
             progress=options.progress,
-            desc=desc,
+            log=options.log,
+            checkpoint_dir=options.checkpoint_dir / phase if options.checkpoint_dir is not None else None,
+            resume=options.resume,
+            stop_after=options.stop_after,
         )
-        return log.as_dict()
+        return Trainer(config, trainer_options).fit(task, generator, validate, total_steps)
 
     def known_users(self, batch: QueryBatch) -> np.ndarray:
         """Mask of batch rows whose user the model learned an embedding for."""
@@ -242,17 +257,6 @@ class Recommender(ABC):
         return model
 
 
-def mask_seen(scores: torch.Tensor, batch: QueryBatch) -> None:
-    """Set the scores of every item in each query's history to -inf, in place."""
-    n_items = scores.shape[1]
-    rows = np.repeat(np.arange(len(batch)), batch.lengths())
-    valid = (batch.items >= 0) & (batch.items < n_items)
-    if valid.any():
-        r = torch.from_numpy(rows[valid]).to(scores.device)
-        c = torch.from_numpy(batch.items[valid]).to(scores.device)
-        scores[r, c] = float("-inf")
-
-
 def interaction_matrix(train: Dataset) -> sp.csr_matrix:
     """Binary users × items matrix of the training interactions (repeats count once)."""
     users = train.interactions["user"].to_numpy()
@@ -261,13 +265,6 @@ def interaction_matrix(train: Dataset) -> sp.csr_matrix:
     x.sum_duplicates()
     x.data[:] = 1.0
     return x
-
-
-def validation_ndcg(model: Recommender, valid: EvalSet, k: int = 10) -> float:
-    """NDCG@k on the validation set: the number early stopping maximises."""
-    from lmrec.evaluate.evaluator import evaluate
-
-    return evaluate(model, valid, ks=(k,), metrics=("ndcg",)).metrics[f"ndcg@{k}"]
 
 
 class ReadsItemText:

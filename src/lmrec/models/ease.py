@@ -33,8 +33,7 @@ class EASE(Recommender):
     config_class = EASEConfig
     config: EASEConfig
 
-    def fit(self, train: Dataset, valid: EvalSet | None = None, options: FitOptions | None = None) -> EASE:
-        self._start_fit(train, options)
+    def _fit(self, train: Dataset, valid: EvalSet | None, options: FitOptions) -> None:
         if self.n_items > MAX_ITEMS:
             raise ConfigError(f"ease needs a dense {self.n_items}² matrix; use itemknn for catalogs this large")
         x = interaction_matrix(train)
@@ -44,7 +43,6 @@ class EASE(Recommender):
         b = -p / p.diagonal()
         b.fill_diagonal_(0.0)
         self.weights = b.float()
-        return self
 
     def score(self, batch: QueryBatch) -> torch.Tensor:
         return torch.from_numpy(batch.matrix(self.n_items) @ self.weights.numpy())

@@ -36,8 +36,7 @@ class ItemKNN(Recommender):
     config_class = ItemKNNConfig
     config: ItemKNNConfig
 
-    def fit(self, train: Dataset, valid: EvalSet | None = None, options: FitOptions | None = None) -> ItemKNN:
-        self._start_fit(train, options)
+    def _fit(self, train: Dataset, valid: EvalSet | None, options: FitOptions) -> None:
         x = interaction_matrix(train)
         norms = np.sqrt(np.asarray(x.sum(axis=0)).ravel())
         co = (x.T @ x).tocsc().astype(np.float32)
@@ -47,7 +46,6 @@ class ItemKNN(Recommender):
         coo = co.tocoo()
         coo.data = coo.data / (norms[coo.row] * norms[coo.col] + self.config.shrink + 1e-12)
         self.similarity = _top_k_per_column(coo.tocsc(), self.config.k)
-        return self
 
     def score(self, batch: QueryBatch) -> torch.Tensor:
         return torch.from_numpy((batch.matrix(self.n_items) @ self.similarity).toarray())

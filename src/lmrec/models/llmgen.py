@@ -16,12 +16,13 @@ again from the same place.
 from __future__ import annotations
 
 import re
-import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from lmrec.data.batch import EvalSet, QueryBatch
 from lmrec.data.schema import Dataset
@@ -30,6 +31,7 @@ from lmrec.llm.lm import DEFAULT_LM, LocalLM, answer_loss, load_lm, with_lora
 from lmrec.llm.prompts import history_messages
 from lmrec.llm.trie import Trie, constrained_beam_search, generated_ranking
 from lmrec.models.base import FitOptions, ModelConfig, Recommender
+from lmrec.train.trainer import TrainConfig, numpy_rng, step_rounds
 
 
 @dataclass
@@ -61,8 +63,9 @@ class GenerativeLLM(Recommender):
     report_users = 100  # seconds per user on a CPU: the after-training report reads a sample
     generated_tokens = 0  # tokens decoded by generate(), summed over beams (for cost reports)
 
-    def fit(self, train: Dataset, valid: EvalSet | None = None, options: FitOptions | None = None) -> GenerativeLLM:
-        options = self._start_fit(train, options)
+    devices = ("cpu", "cuda", "mps")
+
+    def _fit(self, train: Dataset, valid: EvalSet | None, options: FitOptions) -> None:
         cfg = self.config
         self.lm = load_lm(cfg.lm, options.cache_dir, options.device)
         titles = train.titles(list(range(train.n_items)))
@@ -70,8 +73,7 @@ class GenerativeLLM(Recommender):
         if cfg.lora_r > 0:
             self.lm.model = with_lora(self.lm.model, cfg.lora_r, cfg.lora_alpha)
         self.popularity = torch.from_numpy(train.item_popularity().astype(np.float32))
-        self.history = {"sft": self._finetune(train, options) if cfg.lora_r > 0 and cfg.steps > 0 else []}
-        return self
+        self.training_log = self._finetune(train, options) if cfg.lora_r > 0 and cfg.steps > 0 else {}
 
     def _set_titles(self, sequences: list[list[int]]) -> None:
         """Title tokens per item; the prompts read them back as text, the trie as tokens. Items are
@@ -85,35 +87,14 @@ class GenerativeLLM(Recommender):
         return history_messages(titles, lambda s: len(self.lm.encode(s)), budget=self.config.prompt_budget)
 
     # -- fine-tuning ----------------------------------------------------------------------------
-    def _finetune(self, train: Dataset, options: FitOptions) -> list[dict[str, float]]:
+    def _finetune(self, train: Dataset, options: FitOptions) -> dict[str, Any]:
         """``steps`` steps of next-title SFT on (history prefix → next title), loss on the answer only."""
-        cfg, lm = self.config, self.lm
-        histories = QueryBatch.from_interactions(train.interactions, np.arange(train.n_users))
-        users = [u for u in range(len(histories)) if len(histories.history(u)) >= 2]
-        if not users:
-            raise ConfigError("llm-gen needs users with at least two training interactions")
-        rng = options.rng()
-        params = [p for p in lm.model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=cfg.lr)
-        lm.model.train()
-        log = []
-        for step in range(cfg.steps):
-            started = time.perf_counter()
-            examples = []
-            for u in rng.choice(users, size=cfg.batch_size):
-                h = histories.history(int(u))
-                t = int(rng.integers(1, len(h)))
-                prompt = lm.prompt_ids(self._messages(h[:t]))
-                answer = [*lm.encode(self.titles[int(h[t])])[: cfg.max_title_tokens], lm.eos_id]
-                examples.append((prompt, answer))
-            loss = answer_loss(lm, examples)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            log.append({"step": step, "loss": loss.item(), "seconds": time.perf_counter() - started})
-            if step % 10 == 0 or step == cfg.steps - 1:
-                options.say(f"sft step {step + 1}/{cfg.steps} loss {loss.item():.3f}")
-        lm.model.eval()
+        cfg = self.config
+        task = TitleTask(self, QueryBatch.from_interactions(train.interactions, np.arange(train.n_users)))
+        rounds = step_rounds(cfg.steps)
+        config = TrainConfig(epochs=len(rounds), lr=cfg.lr, desc="llm-gen sft")
+        log = self._train(task, config, options, options.torch_generator(), total_steps=cfg.steps)
+        self.lm.model.eval()
         return log
 
     # -- generation -----------------------------------------------------------------------------
@@ -236,3 +217,33 @@ def _title_trie(sequences: list[list[int]], end: int) -> tuple[Trie, np.ndarray]
             first.setdefault(tuple(s), row)
     rows = np.array(sorted(first.values()), dtype=np.int64)
     return Trie([sequences[r] for r in rows], end_token=end), rows
+
+
+class TitleTask:
+    """Next-title SFT for the Trainer: batches of (prompt from a random history prefix, the next
+    item's title + end of sequence), ten steps an "epoch"; the loss is on the answer tokens only."""
+
+    def __init__(self, model: GenerativeLLM, histories: QueryBatch) -> None:
+        self.model, self.module, self.histories = model, model.lm.model, histories
+        self.users = [u for u in range(len(histories)) if len(histories.history(u)) >= 2]
+        if not self.users:
+            raise ConfigError("llm-gen needs users with at least two training interactions")
+        self.rounds = step_rounds(model.config.steps)
+
+    def batches(self, epoch: int, gen: torch.Generator) -> Iterator[list[tuple[list[int], list[int]]]]:
+        model, lm, cfg = self.model, self.model.lm, self.model.config
+        rng = numpy_rng(gen)
+        for _ in range(self.rounds[epoch]):
+            examples = []
+            for u in rng.choice(self.users, size=cfg.batch_size):
+                h = self.histories.history(int(u))
+                t = int(rng.integers(1, len(h)))
+                prompt = lm.prompt_ids(model._messages(h[:t]))
+                answer = [*lm.encode(model.titles[int(h[t])])[: cfg.max_title_tokens], lm.eos_id]
+                examples.append((prompt, answer))
+            yield examples
+
+    def loss(
+        self, module: nn.Module, examples: list[tuple[list[int], list[int]]], gen: torch.Generator
+    ) -> torch.Tensor:
+        return answer_loss(self.model.lm, examples, module)

@@ -55,19 +55,23 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 from torch.nn import functional as F
 
 from lmrec.data.batch import EvalSet, QueryBatch, mask_seen
 from lmrec.data.schema import Dataset
+from lmrec.data.sequences import pad_right
 from lmrec.errors import ConfigError, MissingExtraError
 from lmrec.llm.lm import with_lora
 from lmrec.models.base import FitOptions, ModelConfig, Recommender
+from lmrec.train.trainer import TrainConfig, numpy_rng, step_rounds
 
 DEFAULT_ENCODER = "minilm"
 LORA_TARGETS = ("query", "key", "value", "dense")  # BERT-style module names; attention and MLP
@@ -166,16 +170,6 @@ def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return F.normalize(pooled, dim=-1)
 
 
-def _pad(sequences: list[np.ndarray], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(1, max((len(s) for s in sequences), default=1))
-    ids = np.full((len(sequences), width), pad, dtype=np.int64)
-    mask = np.zeros((len(sequences), width), dtype=np.int64)
-    for row, s in enumerate(sequences):
-        ids[row, : len(s)] = s
-        mask[row, : len(s)] = 1
-    return torch.from_numpy(ids), torch.from_numpy(mask)
-
-
 def _zscore(x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     """Standardise each row over its ``valid`` entries."""
     w = valid.to(x.dtype)
@@ -198,11 +192,12 @@ class LMRanker(Recommender):
     base: Recommender
 
     # -- fit --------------------------------------------------------------------------------------
-    def fit(self, train: Dataset, valid: EvalSet | None = None, options: FitOptions | None = None) -> LMRanker:
+    devices = ("cpu", "cuda", "mps")
+
+    def _fit(self, train: Dataset, valid: EvalSet | None, options: FitOptions) -> None:
         from lmrec.models.registry import model_class
         from lmrec.text import item_texts
 
-        options = self._start_fit(train, options)
         cfg = self.config
         t0 = time.perf_counter()
         klass = model_class(cfg.base)
@@ -219,12 +214,12 @@ class LMRanker(Recommender):
         self.encoder.to(self.device)
 
         t1 = time.perf_counter()
-        losses = self._train(train, options) if cfg.steps > 0 else []
+        log = self._finetune(train, options) if cfg.steps > 0 else {}
         train_s = time.perf_counter() - t1
         t2 = time.perf_counter()
         self.item_vectors = self._encode_items()
-        self.history = {
-            "loss": losses,
+        self.training_log = {
+            **log,
             "steps": cfg.steps,
             "base_fit_s": base_s,
             "train_s": train_s,
@@ -232,7 +227,6 @@ class LMRanker(Recommender):
             "trained_parameters": sum(p.numel() for p in self.encoder.parameters() if p.requires_grad),
         }
         options.say(f"lm-ranker: base {cfg.base} {base_s:.1f} s, {cfg.steps} steps {train_s:.1f} s")
-        return self
 
     def _build_encoder(self) -> None:
         self.encoder = load_backbone(self.config.encoder)
@@ -267,43 +261,21 @@ class LMRanker(Recommender):
         table, lengths = self.item_tokens.numpy(), self.item_lengths.numpy()
         self._pieces = [table[i, : lengths[i]] for i in range(len(table))]
 
-    def _train(self, train: Dataset, options: FitOptions) -> list[float]:
-        from tqdm.auto import tqdm
-
+    def _finetune(self, train: Dataset, options: FitOptions) -> dict[str, Any]:
+        """``steps`` steps of contrastive fine-tuning: AdamW, linear warm-up over a tenth of the
+        steps then linear decay, gradients clipped at norm 1."""
         cfg = self.config
-        rng = options.rng()
-        histories = QueryBatch.from_interactions(train.interactions, np.arange(self.n_users))
-        eligible = np.flatnonzero(histories.lengths() >= 2)
-        if len(eligible) == 0:
-            raise ConfigError("lm-ranker needs users with at least two training interactions")
-        seen = [set(histories.history(int(u)).tolist()) for u in range(self.n_users)]
-        params = [p for p in self.encoder.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
-        warmup = max(1, cfg.steps // 10)
-
-        def schedule(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / warmup
-            return max(0.0, (cfg.steps - step) / max(1, cfg.steps - warmup))
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-        self.encoder.train()
-        losses = []
-        for _ in tqdm(range(cfg.steps), desc="lm-ranker", disable=not options.progress):
-            users = rng.choice(eligible, size=cfg.batch_size)
-            cuts = [int(rng.integers(1, len(histories.history(int(u))))) for u in users]
-            prefixes = [histories.history(int(u))[:t] for u, t in zip(users, cuts, strict=True)]
-            positives = np.array([histories.history(int(u))[t] for u, t in zip(users, cuts, strict=True)])
-            negatives = self._negatives(users, prefixes, seen, rng)
-            loss = self._loss(prefixes, positives, negatives, [seen[int(u)] for u in users])
-            optimizer.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            optimizer.step()
-            scheduler.step()
-            losses.append(float(loss.item()))
-        self.encoder.eval()
-        return losses
+        config = TrainConfig(
+            epochs=len(step_rounds(cfg.steps)),
+            lr=cfg.lr,
+            weight_decay=cfg.weight_decay,
+            warmup=max(1, cfg.steps // 10),
+            schedule="linear",
+            clip=1.0,
+            desc="lm-ranker",
+        )
+        task = RankerTask(self, QueryBatch.from_interactions(train.interactions, np.arange(self.n_users)))
+        return self._train(task, config, options, options.torch_generator(), total_steps=cfg.steps)
 
     def _negatives(
         self, users: np.ndarray, prefixes: list[np.ndarray], seen: list[set[int]], rng: np.random.Generator
@@ -387,7 +359,7 @@ class LMRanker(Recommender):
 
     def _encode(self, sequences: list[np.ndarray]) -> torch.Tensor:
         """Unit vectors of token-id sequences (each already wrapped in CLS/SEP): (N, d)."""
-        ids, mask = _pad(sequences, int(self.special[2]))
+        ids, mask = pad_right(sequences, int(self.special[2]))
         ids, mask = ids.to(self.device), mask.to(self.device)
         hidden = self.encoder(input_ids=ids, attention_mask=mask).last_hidden_state
         return mean_pool(hidden, mask)
@@ -501,3 +473,29 @@ class LMRanker(Recommender):
 
 
 __all__ = ["LMRanker", "LMRankerConfig", "encoder_path", "mean_pool"]
+
+
+class RankerTask:
+    """The LM ranker's fine-tuning for the Trainer: batches of random history prefixes, each with
+    its next item and hard (base model) plus random negatives; ten steps an "epoch"."""
+
+    def __init__(self, model: LMRanker, histories: QueryBatch) -> None:
+        self.model, self.module, self.histories = model, model.encoder, histories
+        self.eligible = np.flatnonzero(histories.lengths() >= 2)
+        if len(self.eligible) == 0:
+            raise ConfigError("lm-ranker needs users with at least two training interactions")
+        self.seen = [set(histories.history(int(u)).tolist()) for u in range(len(histories))]
+        self.rounds = step_rounds(model.config.steps)
+
+    def batches(self, epoch: int, gen: torch.Generator) -> Iterator[tuple[Any, ...]]:
+        h, rng = self.histories, numpy_rng(gen)
+        for _ in range(self.rounds[epoch]):
+            users = rng.choice(self.eligible, size=self.model.config.batch_size)
+            cuts = [int(rng.integers(1, len(h.history(int(u))))) for u in users]
+            prefixes = [h.history(int(u))[:t] for u, t in zip(users, cuts, strict=True)]
+            positives = np.array([h.history(int(u))[t] for u, t in zip(users, cuts, strict=True)])
+            negatives = self.model._negatives(users, prefixes, self.seen, rng)
+            yield prefixes, positives, negatives, [self.seen[int(u)] for u in users]
+
+    def loss(self, module: nn.Module, batch: tuple[Any, ...], gen: torch.Generator) -> torch.Tensor:
+        return self.model._loss(*batch)  # the encoder is called through the model's own helpers

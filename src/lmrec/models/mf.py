@@ -7,6 +7,7 @@ items, ALS solves its least-squares problem for the new user exactly.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,8 +19,9 @@ from lmrec.data.batch import EvalSet, QueryBatch
 from lmrec.data.schema import Dataset
 from lmrec.errors import ConfigError
 from lmrec.models.base import FitOptions, ModelConfig, Recommender, interaction_matrix
-from lmrec.train.loop import minibatches
+from lmrec.train.loop import fit_epochs, minibatches
 from lmrec.train.losses import bpr_loss, mse_loss
+from lmrec.train.trainer import TrainConfig
 
 
 def _check_positive(model: str, **values: float) -> None:
@@ -75,6 +77,39 @@ def fold_in_mean(batch: QueryBatch, item_factors: torch.Tensor) -> torch.Tensor:
     return out
 
 
+class Factors(nn.Module):
+    """User and item factors (BPR), plus a global mean and user and item biases (SVD)."""
+
+    global_mean: torch.Tensor
+
+    def __init__(self, n_users: int, n_items: int, dim: int, gen: torch.Generator, biases: bool = False) -> None:
+        super().__init__()
+        self.user_factors = nn.Parameter(torch.randn(n_users, dim, generator=gen) * 0.01)
+        self.item_factors = nn.Parameter(torch.randn(n_items, dim, generator=gen) * 0.01)
+        if biases:
+            self.user_bias = nn.Parameter(torch.zeros(n_users))
+            self.item_bias = nn.Parameter(torch.zeros(n_items))
+            self.register_buffer("global_mean", torch.zeros(()))
+
+    def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """p_u · q_i for aligned (user, item) pairs (plus the biases when the model has them)."""
+        dot = (self.user_factors[users] * self.item_factors[items]).sum(-1)
+        if not hasattr(self, "user_bias"):
+            return dot
+        return self.global_mean + self.user_bias[users] + self.item_bias[items] + dot
+
+
+class PairTask:
+    """Training rows (user, item[, rating]) in shuffled minibatches, for the Trainer."""
+
+    def __init__(self, module: nn.Module, columns: tuple[torch.Tensor, ...], batch_size: int) -> None:
+        self.module, self.columns, self.batch_size = module, columns, batch_size
+
+    def batches(self, epoch: int, gen: torch.Generator) -> Iterator[tuple[torch.Tensor, ...]]:
+        for idx in minibatches(len(self.columns[0]), self.batch_size, gen):
+            yield tuple(c[idx] for c in self.columns)
+
+
 # ---------------------------------------------------------------------------------------------
 # BPR
 
@@ -99,33 +134,24 @@ class BPR(Recommender):
     config_class = BPRConfig
     config: BPRConfig
 
-    def fit(self, train: Dataset, valid: EvalSet | None = None, options: FitOptions | None = None) -> BPR:
-        options = self._start_fit(train, options)
+    devices = ("cpu", "cuda", "mps")
+
+    def _fit(self, train: Dataset, valid: EvalSet | None, options: FitOptions) -> None:
         cfg, gen = self.config, options.torch_generator()
-        self.user_factors = nn.Parameter(torch.randn(self.n_users, cfg.dim, generator=gen) * 0.01)
-        self.item_factors = nn.Parameter(torch.randn(self.n_items, cfg.dim, generator=gen) * 0.01)
-        optimizer = torch.optim.Adam([self.user_factors, self.item_factors], lr=cfg.lr)
+        self.net = Factors(self.n_users, self.n_items, cfg.dim, gen)
         users, items = _training_pairs(train)
-        positives = PositiveSet(train)
+        task = BPRTask(self.net, (users, items), cfg.batch_size, PositiveSet(train), cfg.reg)
+        config = TrainConfig(epochs=cfg.epochs, lr=cfg.lr, optimizer="adam", patience=cfg.patience, desc="bpr")
+        self.training_log = self._train(task, config, options, gen, valid=valid)
+        self.net.cpu()
 
-        def run_epoch(epoch: int) -> float:
-            total = 0.0
-            for idx in minibatches(len(users), cfg.batch_size, gen):
-                u, i = users[idx], items[idx]
-                j = sample_negatives(u, positives, gen)[:, 0]
-                pu, qi, qj = self.user_factors[u], self.item_factors[i], self.item_factors[j]
-                loss = bpr_loss((pu * qi).sum(1), (pu * qj).sum(1))
-                loss = loss + cfg.reg * (pu.pow(2).sum() + qi.pow(2).sum() + qj.pow(2).sum()) / len(u)
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-                total += loss.item() * len(u)
-            return total / len(users)
+    @property
+    def user_factors(self) -> torch.Tensor:
+        return self.net.user_factors.detach()
 
-        self.history = self._run_epochs(
-            run_epoch, epochs=cfg.epochs, patience=cfg.patience, options=options, desc="bpr", valid=valid
-        )
-        return self
+    @property
+    def item_factors(self) -> torch.Tensor:
+        return self.net.item_factors.detach()
 
     def score(self, batch: QueryBatch) -> torch.Tensor:
         with torch.no_grad():
@@ -136,11 +162,29 @@ class BPR(Recommender):
             return user_vecs @ self.item_factors.detach().T
 
     def state(self) -> dict[str, torch.Tensor]:
-        return {"user_factors": self.user_factors.data, "item_factors": self.item_factors.data}
+        return dict(self.net.state_dict())
 
     def load_state(self, tensors: dict[str, torch.Tensor]) -> None:
-        self.user_factors = nn.Parameter(tensors["user_factors"].clone())
-        self.item_factors = nn.Parameter(tensors["item_factors"].clone())
+        self.net = Factors(self.n_users, self.n_items, tensors["user_factors"].shape[1], torch.Generator())
+        self.net.load_state_dict(tensors)
+
+
+class BPRTask(PairTask):
+    """BPR's loss: −log σ(p_u·q_i − p_u·q_j) for a sampled unobserved j, with L2 on the rows used."""
+
+    def __init__(
+        self, module: Factors, columns: tuple[torch.Tensor, ...], batch_size: int, positives: PositiveSet, reg: float
+    ) -> None:
+        super().__init__(module, columns, batch_size)
+        self.factors, self.positives, self.reg = module, positives, reg
+
+    def loss(self, module: nn.Module, batch: tuple[torch.Tensor, ...], gen: torch.Generator) -> torch.Tensor:
+        u, i = batch
+        j = sample_negatives(u.cpu(), self.positives, gen)[:, 0].to(u.device)
+        f = self.factors
+        pu, qi, qj = f.user_factors[u], f.item_factors[i], f.item_factors[j]
+        loss = bpr_loss((pu * qi).sum(1), (pu * qj).sum(1))
+        return loss + self.reg * (pu.pow(2).sum() + qi.pow(2).sum() + qj.pow(2).sum()) / len(u)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -167,8 +211,9 @@ class ALS(Recommender):
     config_class = ALSConfig
     config: ALSConfig
 
-    def fit(self, train: Dataset, valid: EvalSet | None = None, options: FitOptions | None = None) -> ALS:
-        options = self._start_fit(train, options)
+    def _fit(self, train: Dataset, valid: EvalSet | None, options: FitOptions) -> None:
+        from lmrec.train.validation import validation_ndcg
+
         cfg, gen = self.config, options.torch_generator()
         x = interaction_matrix(train)
         xt = x.T.tocsr()
@@ -180,10 +225,17 @@ class ALS(Recommender):
             self.item_factors = self._solve(xt, self.user_factors)
             return 0.0
 
-        self.history = self._run_epochs(
-            run_epoch, epochs=cfg.iterations, patience=3, options=options, desc="als", valid=valid
-        )
-        return self
+        # closed-form solves, no gradients: the iterations need early stopping, not the Trainer
+        self.training_log = fit_epochs(
+            run_epoch,
+            epochs=cfg.iterations,
+            validate=(lambda: validation_ndcg(self, valid)) if valid is not None else None,
+            snapshot=self.state,
+            restore=self.load_state,
+            patience=3,
+            progress=options.progress,
+            desc="als",
+        ).as_dict()
 
     def _solve(self, x: sp.csr_matrix, fixed: torch.Tensor) -> torch.Tensor:
         """Least squares for each row r of x: (FᵀF + α F_rᵀF_r + λI) p_r = (1 + α) F_rᵀ1.
@@ -268,8 +320,9 @@ class SVD(Recommender):
     config_class = SVDConfig
     config: SVDConfig
 
-    def fit(self, train: Dataset, valid: EvalSet | None = None, options: FitOptions | None = None) -> SVD:
-        options = self._start_fit(train, options)
+    devices = ("cpu", "cuda", "mps")
+
+    def _fit(self, train: Dataset, valid: EvalSet | None, options: FitOptions) -> None:
         cfg, gen = self.config, options.torch_generator()
         users, items = _training_pairs(train)
         explicit = train.has_ratings
@@ -280,53 +333,28 @@ class SVD(Recommender):
         n_hold = int(len(users) * cfg.holdout)
         perm = torch.randperm(len(users), generator=gen)
         hold, fit_idx = perm[:n_hold], perm[n_hold:]
-        positives = PositiveSet(train)
 
-        self.global_mean = torch.tensor(float(ratings[fit_idx].mean()) if explicit else 0.5)
-        self.user_bias = nn.Parameter(torch.zeros(self.n_users))
-        self.item_bias = nn.Parameter(torch.zeros(self.n_items))
-        self.user_factors = nn.Parameter(torch.randn(self.n_users, cfg.dim, generator=gen) * 0.01)
-        self.item_factors = nn.Parameter(torch.randn(self.n_items, cfg.dim, generator=gen) * 0.01)
-        params = [self.user_bias, self.item_bias, self.user_factors, self.item_factors]
-        optimizer = torch.optim.Adam(params, lr=cfg.lr)
+        self.net = Factors(self.n_users, self.n_items, cfg.dim, gen, biases=True)
+        self.net.global_mean.fill_(float(ratings[fit_idx].mean()) if explicit else 0.5)
+        columns = (users[fit_idx], items[fit_idx], ratings[fit_idx])
+        task = SVDTask(self.net, columns, cfg.batch_size, None if explicit else PositiveSet(train), cfg.reg)
+        held = (users[hold].to(self.device), items[hold].to(self.device), ratings[hold].to(self.device))
 
-        def run_epoch(epoch: int) -> float:
-            total = 0.0
-            for idx in minibatches(len(fit_idx), cfg.batch_size, gen):
-                rows = fit_idx[idx]
-                u, i, r = users[rows], items[rows], ratings[rows]
-                if not explicit:  # implicit data: add sampled zeros
-                    j = sample_negatives(u, positives, gen)[:, 0]
-                    u, i, r = torch.cat([u, u]), torch.cat([i, j]), torch.cat([r, torch.zeros_like(r)])
-                pred = self._predict(u, i)
-                loss = mse_loss(pred, r)
-                pu, qi = self.user_factors[u], self.item_factors[i]
-                penalty = pu.pow(2).sum() + qi.pow(2).sum() + self.user_bias[u].pow(2).sum()
-                loss = loss + cfg.reg * (penalty + self.item_bias[i].pow(2).sum()) / len(u)
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-                total += loss.item() * len(u)
-            return total / max(1, len(fit_idx))
-
-        def holdout_score() -> float:  # negative RMSE: the loop maximises
+        def holdout_score() -> float:  # negative RMSE: the Trainer maximises
             with torch.no_grad():
-                err = self._predict(users[hold], items[hold]) - ratings[hold]
+                err = self.net(held[0], held[1]) - held[2]
             return -float(err.pow(2).mean().sqrt())
 
-        self.history = self._run_epochs(
-            run_epoch,
-            epochs=cfg.epochs,
-            patience=cfg.patience,
-            options=options,
-            desc="svd",
-            validate=holdout_score if n_hold > 0 else None,
-        )
-        return self
+        config = TrainConfig(epochs=cfg.epochs, lr=cfg.lr, optimizer="adam", patience=cfg.patience, desc="svd")
+        self.training_log = self._train(task, config, options, gen, validate=holdout_score if n_hold > 0 else None)
+        self.net.cpu()
+
+    @property
+    def global_mean(self) -> torch.Tensor:
+        return self.net.global_mean
 
     def _predict(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-        dot = (self.user_factors[users] * self.item_factors[items]).sum(1)
-        return self.global_mean + self.user_bias[users] + self.item_bias[items] + dot
+        return self.net(users, items).detach()
 
     def predict(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
         """Predicted ratings for (user, item) row pairs; unknown users get μ + b_i."""
@@ -334,7 +362,7 @@ class SVD(Recommender):
         known = (users >= 0) & (users < self.n_users)
         with torch.no_grad():
             i = torch.from_numpy(items)
-            out = self.global_mean + self.item_bias[i]
+            out = self.global_mean + self.net.item_bias.detach()[i]
             if known.any():
                 k = torch.from_numpy(known)
                 out[k] = self._predict(torch.from_numpy(users[known]), i[k])
@@ -343,25 +371,45 @@ class SVD(Recommender):
     def score(self, batch: QueryBatch) -> torch.Tensor:
         with torch.no_grad():
             known = self.known_users(batch)
-            vecs = fold_in_mean(batch, self.item_factors.detach())
+            vecs = fold_in_mean(batch, self.net.item_factors.detach())
             bias = torch.zeros(len(batch))
             if known.any():
                 k, u = torch.from_numpy(known), torch.from_numpy(batch.users[known])
-                vecs[k] = self.user_factors.detach()[u]
-                bias[k] = self.user_bias.detach()[u]
-            base = self.global_mean + bias.unsqueeze(1) + self.item_bias.detach().unsqueeze(0)
-            return base + vecs @ self.item_factors.detach().T
+                vecs[k] = self.net.user_factors.detach()[u]
+                bias[k] = self.net.user_bias.detach()[u]
+            base = self.global_mean + bias.unsqueeze(1) + self.net.item_bias.detach().unsqueeze(0)
+            return base + vecs @ self.net.item_factors.detach().T
 
     def state(self) -> dict[str, torch.Tensor]:
-        return {
-            "global_mean": self.global_mean.reshape(1),
-            "user_bias": self.user_bias.data,
-            "item_bias": self.item_bias.data,
-            "user_factors": self.user_factors.data,
-            "item_factors": self.item_factors.data,
-        }
+        return {k: v.reshape(1) if k == "global_mean" else v for k, v in self.net.state_dict().items()}
 
     def load_state(self, tensors: dict[str, torch.Tensor]) -> None:
-        self.global_mean = tensors["global_mean"].reshape(())
-        for key in ("user_bias", "item_bias", "user_factors", "item_factors"):
-            setattr(self, key, nn.Parameter(tensors[key].clone()))
+        dim = tensors["user_factors"].shape[1]
+        self.net = Factors(self.n_users, self.n_items, dim, torch.Generator(), biases=True)
+        self.net.load_state_dict({k: v.reshape(()) if k == "global_mean" else v for k, v in tensors.items()})
+
+
+class SVDTask(PairTask):
+    """Squared error of the predicted rating, with L2 on the rows used; on implicit data every
+    interaction is a 1 and one sampled unobserved item per interaction a 0."""
+
+    def __init__(
+        self,
+        module: Factors,
+        columns: tuple[torch.Tensor, ...],
+        batch_size: int,
+        positives: PositiveSet | None,
+        reg: float,
+    ) -> None:
+        super().__init__(module, columns, batch_size)
+        self.factors, self.positives, self.reg = module, positives, reg
+
+    def loss(self, module: nn.Module, batch: tuple[torch.Tensor, ...], gen: torch.Generator) -> torch.Tensor:
+        u, i, r = batch
+        if self.positives is not None:  # implicit data: add sampled zeros
+            j = sample_negatives(u.cpu(), self.positives, gen)[:, 0].to(u.device)
+            u, i, r = torch.cat([u, u]), torch.cat([i, j]), torch.cat([r, torch.zeros_like(r)])
+        f = self.factors
+        loss = mse_loss(module(u, i), r)
+        penalty = f.user_factors[u].pow(2).sum() + f.item_factors[i].pow(2).sum() + f.user_bias[u].pow(2).sum()
+        return loss + self.reg * (penalty + f.item_bias[i].pow(2).sum()) / len(u)

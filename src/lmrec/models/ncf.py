@@ -8,6 +8,7 @@ mean user embedding: NeuMF has no principled fold-in, so use an item-based model
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,9 +19,9 @@ from lmrec.data.batch import EvalSet, QueryBatch
 from lmrec.data.schema import Dataset
 from lmrec.errors import ConfigError
 from lmrec.models.base import FitOptions, ModelConfig, Recommender
-from lmrec.models.mf import PositiveSet, sample_negatives
-from lmrec.train.loop import minibatches
+from lmrec.models.mf import PairTask, PositiveSet, sample_negatives
 from lmrec.train.losses import bce_loss
+from lmrec.train.trainer import TrainConfig
 
 
 @dataclass
@@ -76,36 +77,24 @@ class NCF(Recommender):
     config_class = NCFConfig
     config: NCFConfig
 
-    def fit(self, train: Dataset, valid: EvalSet | None = None, options: FitOptions | None = None) -> NCF:
-        options = self._start_fit(train, options)
+    devices = ("cpu", "cuda", "mps")
+
+    def _fit(self, train: Dataset, valid: EvalSet | None, options: FitOptions) -> None:
         cfg, gen = self.config, options.torch_generator()
         self.net = NeuMF(self.n_users, self.n_items, cfg)
-        optimizer = torch.optim.Adam(self.net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         inter = train.interactions
         users, items = torch.tensor(inter["user"].to_numpy()), torch.tensor(inter["item"].to_numpy())
-        positives = PositiveSet(train)
-
-        def run_epoch(epoch: int) -> float:
-            self.net.train()
-            total = 0.0
-            for idx in minibatches(len(users), cfg.batch_size, gen):
-                u, i = users[idx], items[idx]
-                neg = sample_negatives(u, positives, gen, cfg.negatives)
-                all_u = torch.cat([u, u.repeat_interleave(cfg.negatives)])
-                all_i = torch.cat([i, neg.reshape(-1)])
-                labels = torch.cat([torch.ones(len(u)), torch.zeros(neg.numel())])
-                loss = bce_loss(self.net(all_u, all_i), labels)
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-                total += loss.item() * len(u)
-            self.net.set_mean_user(self.n_users)
-            return total / len(users)
-
-        self.history = self._run_epochs(
-            run_epoch, epochs=cfg.epochs, patience=cfg.patience, options=options, desc="ncf", valid=valid
+        task = NCFTask(self.net, (users, items), cfg.batch_size, PositiveSet(train), cfg.negatives, self.n_users)
+        config = TrainConfig(
+            epochs=cfg.epochs,
+            lr=cfg.lr,
+            weight_decay=cfg.weight_decay,
+            optimizer="adam",
+            patience=cfg.patience,
+            desc="ncf",
         )
-        return self
+        self.training_log = self._train(task, config, options, gen, valid=valid)
+        self.net.cpu()
 
     def score(self, batch: QueryBatch) -> torch.Tensor:
         self.net.eval()
@@ -128,3 +117,31 @@ class NCF(Recommender):
         if not hasattr(self, "net"):
             self.net = NeuMF(self.n_users, self.n_items, self.config)
         self.net.load_state_dict({k: v.clone() for k, v in tensors.items()})
+
+
+class NCFTask(PairTask):
+    """Binary cross-entropy of each training pair against ``negatives`` sampled unobserved items."""
+
+    def __init__(
+        self,
+        module: NeuMF,
+        columns: tuple[torch.Tensor, ...],
+        batch_size: int,
+        positives: PositiveSet,
+        negatives: int,
+        n_users: int,
+    ) -> None:
+        super().__init__(module, columns, batch_size)
+        self.net, self.positives, self.negatives, self.n_users = module, positives, negatives, n_users
+
+    def batches(self, epoch: int, gen: torch.Generator) -> Iterator[tuple[torch.Tensor, ...]]:
+        yield from super().batches(epoch, gen)
+        self.net.set_mean_user(self.n_users)  # after the epoch's last step: the row unknown users get
+
+    def loss(self, module: nn.Module, batch: tuple[torch.Tensor, ...], gen: torch.Generator) -> torch.Tensor:
+        u, i = batch
+        neg = sample_negatives(u.cpu(), self.positives, gen, self.negatives).to(u.device)
+        all_u = torch.cat([u, u.repeat_interleave(self.negatives)])
+        all_i = torch.cat([i, neg.reshape(-1)])
+        labels = torch.cat([torch.ones(len(u)), torch.zeros(neg.numel())]).to(u.device)
+        return bce_loss(module(all_u, all_i), labels)

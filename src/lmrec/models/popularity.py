@@ -21,11 +21,9 @@ class Popularity(Recommender):
     name = "pop"
     config_class = PopularityConfig
 
-    def fit(self, train: Dataset, valid: EvalSet | None = None, options: FitOptions | None = None) -> Popularity:
-        self._start_fit(train, options)
+    def _fit(self, train: Dataset, valid: EvalSet | None, options: FitOptions) -> None:
         counts = np.bincount(train.interactions["item"].to_numpy(), minlength=self.n_items)
         self.counts = torch.from_numpy(counts.astype(np.float32))
-        return self
 
     def score(self, batch: QueryBatch) -> torch.Tensor:
         return self.counts.unsqueeze(0).expand(len(batch), -1).clone()

@@ -25,9 +25,9 @@ a target once), windows of similar length are batched together so little compute
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -35,12 +35,11 @@ from torch import nn
 
 from lmrec.data.batch import EvalSet, QueryBatch
 from lmrec.data.schema import Dataset
+from lmrec.data.sequences import length_buckets, pad_right, sequence_windows
 from lmrec.errors import ConfigError
 from lmrec.models.base import FitOptions, ModelConfig, ReadsItemText, Recommender
 from lmrec.train.losses import bce_one_negative, gbce_loss, sampled_softmax_loss, softmax_ce
-
-if TYPE_CHECKING:
-    pass
+from lmrec.train.trainer import TrainConfig
 
 OBJECTIVES = ("causal", "masked")
 LOSSES = ("ce", "sampled", "gbce", "bce")
@@ -203,10 +202,9 @@ class SequentialRecommender(ReadsItemText, Recommender):
 
     config: SequentialConfig
 
-    def fit(
-        self, train: Dataset, valid: EvalSet | None = None, options: FitOptions | None = None
-    ) -> SequentialRecommender:
-        options = self._start_fit(train, options)
+    devices = ("cpu", "cuda", "mps")
+
+    def _fit(self, train: Dataset, valid: EvalSet | None, options: FitOptions) -> None:
         cfg = self.config
         text = self._text_vectors(train, options) if cfg.item_repr != "id" else None
         self.net = SequenceEncoder(self.n_items, cfg, 0 if text is None else text.shape[1]).to(self.device)
@@ -222,12 +220,28 @@ class SequentialRecommender(ReadsItemText, Recommender):
         self.net.mark_trained(~self.unseen)
         self.category_vectors = _unit_category_vectors(train) if cfg.diversity_weight > 0 else None
         gen = options.torch_generator()
-        self.history = {}
+        self.training_log = {}
         if cfg.pretrain_epochs > 0:
-            log = self._train(histories, "masked", cfg.pretrain_epochs, None, gen, options, "pretrain")
-            self.history["pretrain"] = log
-        self.history.update(self._train(histories, cfg.objective, cfg.epochs, valid, gen, options, cfg.objective))
-        return self
+            task = SequenceTask(self, histories, "masked")
+            pretrain = self._train(
+                task, self._train_config(cfg.pretrain_epochs, "pretrain"), options, gen, phase="pretrain"
+            )
+            self.training_log["pretrain"] = pretrain
+        task = SequenceTask(self, histories, cfg.objective)
+        config = self._train_config(cfg.epochs, cfg.objective)
+        self.training_log.update(self._train(task, config, options, gen, valid=valid, phase=cfg.objective))
+
+    def _train_config(self, epochs: int, desc: str) -> TrainConfig:
+        cfg = self.config
+        return TrainConfig(
+            epochs=epochs,
+            lr=cfg.lr,
+            weight_decay=cfg.weight_decay,
+            patience=cfg.patience,
+            amp=cfg.amp,
+            compile=cfg.compile,
+            desc=desc,
+        )
 
     @property
     def scores_new_items(self) -> bool:
@@ -280,51 +294,6 @@ class SequentialRecommender(ReadsItemText, Recommender):
             raise ConfigError(f"init_from {path}: the saved model has other dimensions ({mismatched[:3]})")
         self.net.load_state_dict(theirs, strict=False)
 
-    def _train(
-        self,
-        histories: QueryBatch,
-        objective: str,
-        epochs: int,
-        valid: EvalSet | None,
-        gen: torch.Generator,
-        options: FitOptions,
-        desc: str,
-    ) -> dict:
-        cfg = self.config
-        causal = objective == "causal"
-        windows = _windows(histories, cfg.max_len + 1 if causal else cfg.max_len)
-        optimizer = torch.optim.AdamW(self.net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        forward = torch.compile(self.net) if cfg.compile else self.net
-        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.amp)
-
-        def run_epoch(epoch: int) -> float:
-            self.net.train()
-            total, count = 0.0, 0
-            for batch in _length_buckets(windows, cfg.batch_size, gen):
-                seq = _pad(batch).to(self.device)
-                with autocast:
-                    table = self.net.item_table(self._id_drop(gen))
-                    if causal:
-                        inputs, targets = seq[:, :-1], seq[:, 1:]
-                        hidden = forward(inputs, causal=True, table=table)
-                    else:
-                        inputs, targets = self._mask(seq, gen)
-                        hidden = forward(inputs, causal=False, table=table)
-                    keep = targets > 0
-                    loss = self._loss(hidden[keep], targets[keep] - 1, gen, table)
-                    if cfg.item_repr == "aligned":
-                        loss = loss + self.net.alignment_loss()
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-                total += loss.item() * int(keep.sum())
-                count += int(keep.sum())
-            return total / max(1, count)
-
-        return self._run_epochs(
-            run_epoch, epochs=epochs, patience=cfg.patience, options=options, desc=desc, valid=valid
-        )
-
     def _id_drop(self, gen: torch.Generator) -> torch.Tensor | None:
         """Which fused rows this training step reads from text alone (None: no ID dropout)."""
         if self.config.item_repr != "fused" or self.config.id_dropout == 0:
@@ -341,6 +310,7 @@ class SequentialRecommender(ReadsItemText, Recommender):
         last = torch.zeros_like(real)
         last[torch.arange(len(seq), device=seq.device), (lengths - 1).clamp(min=0)] = True
         masked = torch.where(last_only.unsqueeze(1), last, draw) & real
+        masked |= last & real & ~masked.any(1, keepdim=True)  # every sequence has a target
         inputs = seq.masked_fill(masked, self.n_items + 1)
         targets = seq.masked_fill(~masked, 0)
         return inputs, targets
@@ -407,6 +377,39 @@ class SequentialRecommender(ReadsItemText, Recommender):
         self.net.mark_trained(~self.unseen)
 
 
+class SequenceTask:
+    """One training phase of a sequential model, for the Trainer: windows of each history batched
+    by length; the loss of the objective (next item at every position, or masked items) over the
+    supervised positions, plus the alignment term for ``item_repr=aligned``."""
+
+    def __init__(self, model: SequentialRecommender, histories: QueryBatch, objective: str) -> None:
+        self.model, self.module, self.causal = model, model.net, objective == "causal"
+        cfg = model.config
+        # next-item windows hold max_len inputs and one more target; a lone item has no target
+        size, shortest = (cfg.max_len + 1, 2) if self.causal else (cfg.max_len, 1)
+        self.windows = sequence_windows(histories, size, min_length=shortest)
+        if not self.windows:
+            raise ConfigError(f"{model.name}: no training sequence has a target (every history has one item?)")
+
+    def batches(self, epoch: int, gen: torch.Generator) -> Iterator[torch.Tensor]:
+        for batch in length_buckets(self.windows, self.model.config.batch_size, gen):
+            yield pad_right(batch)[0]
+
+    def loss(self, module: nn.Module, seq: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        model, net = self.model, self.model.net
+        table = net.item_table(model._id_drop(gen))
+        if self.causal:
+            inputs, targets = seq[:, :-1], seq[:, 1:]
+        else:
+            inputs, targets = model._mask(seq, gen)
+        hidden = module(inputs, causal=self.causal, table=table)
+        keep = targets > 0
+        loss = model._loss(hidden[keep], targets[keep] - 1, gen, table)
+        if model.config.item_repr == "aligned":
+            loss = loss + net.alignment_loss()
+        return loss
+
+
 class SASRec(SequentialRecommender):
     name = "sasrec"
     config_class = SequentialConfig
@@ -442,45 +445,7 @@ def _unit_category_vectors(train: Dataset) -> torch.Tensor:
     return torch.nn.functional.normalize(torch.from_numpy(matrix), dim=1)
 
 
-# -- batching helpers -----------------------------------------------------------------------------
-def _windows(histories: QueryBatch, size: int) -> list[np.ndarray]:
-    """Cut each history into windows of at most ``size`` items, from the end backwards.
-
-    Consecutive windows overlap by one item so that, for next-item training, every transition
-    (a → b) is supervised exactly once. Items are shifted by one (0 is padding).
-    """
-    out = []
-    stride = max(1, size - 1)
-    for i in range(len(histories)):
-        h = histories.history(i) + 1
-        end = len(h)
-        while end > 1 or (end == 1 and len(h) == 1):
-            start = max(0, end - size)
-            out.append(h[start:end])
-            if start == 0:
-                break
-            end = start + (size - stride)
-    return out
-
-
-def _length_buckets(windows: list[np.ndarray], batch_size: int, gen: torch.Generator) -> list[list[np.ndarray]]:
-    """Batches of windows of similar length, in random order; ties broken randomly each epoch."""
-    jitter = torch.rand(len(windows), generator=gen).numpy()
-    lengths = np.array([len(w) for w in windows])
-    order = np.lexsort((jitter, lengths))
-    batches = [[windows[i] for i in order[s : s + batch_size]] for s in range(0, len(order), batch_size)]
-    perm = torch.randperm(len(batches), generator=gen).tolist()
-    return [batches[p] for p in perm]
-
-
-def _pad(windows: list[np.ndarray]) -> torch.Tensor:
-    width = max(len(w) for w in windows)
-    out = np.zeros((len(windows), width), dtype=np.int64)
-    for row, w in enumerate(windows):
-        out[row, : len(w)] = w
-    return torch.from_numpy(out)
-
-
+# -- inference inputs ------------------------------------------------------------------------------
 def histories_to_inputs(
     batch: QueryBatch, n_items: int, max_len: int, append_mask: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:

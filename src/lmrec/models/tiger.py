@@ -19,6 +19,7 @@ asks for the next item. Tokens are one per (position in the code, code value), p
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,11 +28,13 @@ from torch import nn
 
 from lmrec.data.batch import EvalSet, QueryBatch
 from lmrec.data.schema import Dataset
+from lmrec.data.sequences import length_buckets, pad_right, sequence_windows
 from lmrec.errors import ConfigError
 from lmrec.llm.semantic_ids import semantic_ids
 from lmrec.llm.trie import Trie, constrained_beam_search, generated_ranking
 from lmrec.models.base import FitOptions, ModelConfig, ReadsItemText, Recommender
-from lmrec.models.sequential import _length_buckets, _pad, _windows, transformer_blocks
+from lmrec.models.sequential import transformer_blocks
+from lmrec.train.trainer import TrainConfig
 
 PAD, BOS, FIRST_CODE = 0, 1, 2  # token ids; code tokens start at FIRST_CODE
 
@@ -128,8 +131,9 @@ class Tiger(ReadsItemText, Recommender):
     config_class = TigerConfig
     config: TigerConfig
 
-    def fit(self, train: Dataset, valid: EvalSet | None = None, options: FitOptions | None = None) -> Tiger:
-        options = self._start_fit(train, options)
+    devices = ("cpu", "cuda", "mps")
+
+    def _fit(self, train: Dataset, valid: EvalSet | None, options: FitOptions) -> None:
         cfg = self.config
         vectors = self._text_vectors(train, options)
         codes = semantic_ids(vectors, cfg.levels, cfg.codebook, seed=options.seed)
@@ -138,35 +142,13 @@ class Tiger(ReadsItemText, Recommender):
         self.net = CodeDecoder(self.vocab, self.n_positions, cfg).to(self.device)
         options.say(f"tiger: {self.n_items} items as {cfg.levels + 1}-token codes over {self.vocab} tokens")
         histories = QueryBatch.from_interactions(train.interactions, np.arange(self.n_users))
-        windows = [w for w in _windows(histories, cfg.max_len + 1) if len(w) > 1]  # one item: nothing to predict
-        optimizer = torch.optim.AdamW(self.net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        gen = options.torch_generator()
-        per_item = cfg.levels + 2
-
-        def run_epoch(epoch: int) -> float:
-            self.net.train()
-            total, count = 0.0, 0
-            for batch in _length_buckets(windows, cfg.batch_size, gen):
-                items = _pad(batch).to(self.device)  # (B, W) shifted item ids, 0 = padding
-                seq = self.item_tokens[items].reshape(len(batch), -1)
-                inputs, targets = seq[:, :-1], seq[:, 1:]
-                keep = targets >= FIRST_CODE
-                keep[:, : per_item - 1] = False  # the first item of a window is context only
-                hidden = self.net(inputs)
-                loss = nn.functional.cross_entropy(self.net.logits(hidden[keep]), targets[keep])
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-                n = int(keep.sum())
-                total, count = total + loss.item() * n, count + n
-            return total / max(1, count)
-
+        task = CodeTask(self, sequence_windows(histories, cfg.max_len + 1, min_length=2))
         if valid is not None:
             valid = valid.sample(cfg.valid_users, seed=options.seed)
-        self.history = self._run_epochs(
-            run_epoch, epochs=cfg.epochs, patience=cfg.patience, options=options, desc="tiger", valid=valid
+        config = TrainConfig(
+            epochs=cfg.epochs, lr=cfg.lr, weight_decay=cfg.weight_decay, patience=cfg.patience, desc="tiger"
         )
-        return self
+        self.training_log = self._train(task, config, options, options.torch_generator(), valid=valid)
 
     def _set_codes(self, codes: torch.Tensor) -> None:
         """Derive the token vocabulary, the per-item token rows and the catalog trie from the codes."""
@@ -215,3 +197,23 @@ class Tiger(ReadsItemText, Recommender):
         if not hasattr(self, "net"):
             self.net = CodeDecoder(self.vocab, self.n_positions, self.config).to(self.device)
         self.net.load_state_dict({k[4:]: v.clone() for k, v in tensors.items() if k.startswith("net.")})
+
+
+class CodeTask:
+    """TIGER's training, for the Trainer: windows of items written as code tokens; cross-entropy
+    on every code token of every item after the first (the first is context only)."""
+
+    def __init__(self, model: Tiger, windows: list[np.ndarray]) -> None:
+        self.model, self.module, self.windows = model, model.net, windows
+
+    def batches(self, epoch: int, gen: torch.Generator) -> Iterator[torch.Tensor]:
+        for batch in length_buckets(self.windows, self.model.config.batch_size, gen):
+            yield pad_right(batch)[0]  # (B, W) shifted item ids, 0 = padding
+
+    def loss(self, module: nn.Module, items: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        seq = self.model.item_tokens[items].reshape(len(items), -1)
+        inputs, targets = seq[:, :-1], seq[:, 1:]
+        keep = targets >= FIRST_CODE
+        keep[:, : self.model.config.levels + 1] = False  # the first item of a window is context only
+        hidden = module(inputs)
+        return nn.functional.cross_entropy(self.model.net.logits(hidden[keep]), targets[keep])

@@ -1,0 +1,363 @@
+"""The one training loop.
+
+A model says *what* it trains — a :class:`Task`: the ``nn.Module`` whose parameters move, the
+batches of one epoch, and the loss of one batch — and the :class:`Trainer` decides *how*: the
+optimizer and its parameter groups, warm-up and schedule, device, bf16 autocast and
+``torch.compile``, gradient clipping and accumulation, early stopping on a validation number with
+the best weights restored, progress, and checkpoints (weights, optimizer state, step, random
+state) from which a stopped run resumes to the same result as an uninterrupted one.
+
+The seams other features plug into, so that none of them writes its own loop:
+
+* a :class:`Strategy` wraps the module and optimizer and picks each process's batches
+  (:mod:`lmrec.train.distributed` for DDP; DP-SGD hands module, optimizer and batches to Opacus);
+* ``extra_losses`` add named terms to a task's loss (distillation, alignment, diversity);
+* a task's loss may be a dict of named terms (multi-task): they are summed and logged one by one.
+
+Read it top to bottom: :meth:`Trainer.fit` is the loop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from tqdm.auto import tqdm
+
+from lmrec.errors import ConfigError
+from lmrec.train.loop import EarlyStopping, TrainLog
+
+OPTIMIZERS = ("adamw", "adam")
+SCHEDULES = ("constant", "cosine", "linear")
+CHECKPOINT_WEIGHTS = "checkpoint.safetensors"
+CHECKPOINT_STATE = "checkpoint.json"
+
+LossValue = torch.Tensor | Mapping[str, torch.Tensor]
+
+
+class Task(Protocol):
+    """What a model hands the Trainer."""
+
+    @property
+    def module(self) -> nn.Module:
+        """Everything that is optimised (and snapshotted for the best epoch)."""
+        ...
+
+    def batches(self, epoch: int, generator: torch.Generator) -> Iterable[Any]:
+        """The training batches of one epoch, drawn with ``generator``."""
+        ...
+
+    def loss(self, module: nn.Module, batch: Any, generator: torch.Generator) -> LossValue:
+        """The loss of one batch, computed through ``module`` (the wrapped, compiled or
+        distributed version of :attr:`module`): one tensor, or named terms that are summed."""
+        ...
+
+
+class Strategy:
+    """How the module, the optimizer and the batches are wrapped. This one, for one process,
+    changes nothing; the distributed and the differentially private ones override it."""
+
+    is_main = True  # the process that validates, logs and writes checkpoints
+
+    def prepare(self, module: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[nn.Module, torch.optim.Optimizer]:
+        return module, optimizer
+
+    def batches(self, batches: Iterable[Any]) -> Iterable[Any]:
+        """This process's share of an epoch's batches."""
+        return batches
+
+    def agree(self, value: float) -> float:
+        """A number every process must act on alike (the validation score): the main one's."""
+        return value
+
+
+@dataclass
+class TrainConfig:
+    """How to train. Models fill it from their own config; the CLI's ``--set`` reaches it there."""
+
+    epochs: int = 1
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    optimizer: str = "adamw"
+    warmup: int = 0  # optimizer steps of linear warm-up
+    schedule: str = "constant"  # after warm-up: "constant", "cosine" or "linear" decay to 0 at the last step
+    clip: float | None = None  # max gradient norm
+    accumulate: int = 1  # batches per optimizer step
+    amp: bool = False  # bf16 autocast (worth it on GPUs; usually slower on CPUs)
+    compile: bool = False  # torch.compile the module
+    patience: int = 5  # validations without improvement before stopping
+    eval_every: int = 1  # epochs between validations
+    desc: str = "train"  # progress-bar label
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if self.schedule not in SCHEDULES:
+            raise ConfigError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        if self.epochs < 1 or self.accumulate < 1 or self.eval_every < 1 or self.warmup < 0 or self.lr <= 0:
+            raise ConfigError("need epochs, accumulate, eval_every >= 1, warmup >= 0 and lr > 0")
+        if self.clip is not None and self.clip <= 0:
+            raise ConfigError("clip must be > 0 (or None)")
+
+
+@dataclass
+class TrainerOptions:
+    """Where the run lives and what it may use; from :class:`~lmrec.models.base.FitOptions`."""
+
+    device: str = "cpu"
+    progress: bool = False
+    log: Callable[[str], None] | None = None
+    checkpoint_dir: Path | None = None  # written after every epoch when set
+    resume: bool = False  # continue from the checkpoint in checkpoint_dir
+    stop_after: int | None = None  # stop (as if interrupted) after this many epochs: for resume tests
+    strategy: Strategy = field(default_factory=Strategy)
+
+
+@dataclass
+class _State:
+    """What the loop carries from epoch to epoch (all of it checkpointed)."""
+
+    epoch: int = 0  # epochs done
+    step: int = 0  # optimizer steps done
+    log: TrainLog = field(default_factory=TrainLog)
+    stopper: EarlyStopping = field(default_factory=EarlyStopping)
+    best: dict[str, torch.Tensor] | None = None
+
+
+class Trainer:
+    def __init__(
+        self,
+        config: TrainConfig,
+        options: TrainerOptions | None = None,
+        *,
+        extra_losses: Mapping[str, Callable[[nn.Module, Any], torch.Tensor]] | None = None,
+        param_groups: Callable[[nn.Module], list[dict[str, Any]]] | None = None,
+    ) -> None:
+        self.config, self.options = config, options or TrainerOptions()
+        self.extra_losses = dict(extra_losses or {})
+        self.param_groups = param_groups
+        self.device = torch.device(self.options.device)
+
+    # -- the loop ---------------------------------------------------------------------------------
+    def fit(
+        self,
+        task: Task,
+        generator: torch.Generator,
+        validate: Callable[[], float] | None = None,
+        total_steps: int | None = None,
+    ) -> dict[str, Any]:
+        """Train ``task`` for up to ``config.epochs`` epochs; with ``validate`` (a number to
+        maximise) stop early and restore the best epoch's weights. ``total_steps`` (optimizer steps
+        of the whole run, when the task knows it) lets a decaying schedule reach zero at the end.
+        Returns the training log."""
+        cfg, opts = self.config, self.options
+        module = task.module.to(self.device)
+        optimizer = self._optimizer(module)
+        forward, optimizer = opts.strategy.prepare(module, optimizer)
+        if cfg.compile:
+            forward = torch.compile(forward)  # type: ignore[assignment]
+        state = _State(stopper=EarlyStopping(cfg.patience))
+        if opts.resume:
+            state = self._load_checkpoint(module, optimizer, generator, state)
+        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.amp)
+        bar = tqdm(total=cfg.epochs, initial=state.epoch, disable=not opts.progress, desc=cfg.desc, unit="epoch")
+        start = time.perf_counter() - state.log.seconds
+        while state.epoch < cfg.epochs and not state.stopper.should_stop:
+            if opts.stop_after is not None and state.epoch >= opts.stop_after:
+                break
+            t0 = time.perf_counter()
+            module.train()
+            losses = []
+            for batch in opts.strategy.batches(task.batches(state.epoch, generator)):
+                with autocast:
+                    loss = self._loss(task, forward, _to_device(batch, self.device), generator)
+                (loss / cfg.accumulate).backward()
+                losses.append(float(loss.detach()))
+                if not math.isfinite(losses[-1]):
+                    raise ConfigError(
+                        f"{cfg.desc}: the loss is {losses[-1]} at epoch {state.epoch + 1}, batch {len(losses)}"
+                    )
+                if len(losses) % cfg.accumulate == 0:
+                    self._step(module, optimizer, state.step, total_steps)
+                    state.step += 1
+            if not losses:
+                raise ConfigError(f"{cfg.desc}: an epoch without a training batch (too little data?)")
+            if len(losses) % cfg.accumulate:  # a last, partial accumulation
+                self._step(module, optimizer, state.step, total_steps)
+                state.step += 1
+            state.log.losses.append(sum(losses) / len(losses))
+            state.log.epoch_seconds.append(time.perf_counter() - t0)
+            postfix = {"loss": f"{state.log.losses[-1]:.4f}"}
+            if validate is not None and ((state.epoch + 1) % cfg.eval_every == 0 or state.epoch + 1 == cfg.epochs):
+                module.eval()
+                value = opts.strategy.agree(float(validate()))
+                state.log.valid.append(value)
+                postfix["valid"] = f"{value:.4f}"
+                if state.stopper.update(value, state.epoch):
+                    state.best = {k: v.detach().clone() for k, v in learned(module).items()}
+            state.epoch += 1
+            state.log.seconds = time.perf_counter() - start
+            bar.update(1)
+            bar.set_postfix(postfix)
+            self._say(f"{cfg.desc} epoch {state.epoch}: " + " ".join(f"{k} {v}" for k, v in postfix.items()))
+            if opts.checkpoint_dir is not None and opts.strategy.is_main:
+                self._save_checkpoint(module, optimizer, generator, state)
+        bar.close()
+        if state.best is not None:
+            module.load_state_dict(state.best, strict=False)
+        module.eval()
+        state.log.best_epoch = state.stopper.best_epoch if validate is not None else len(state.log.losses) - 1
+        return {**state.log.as_dict(), "steps": state.step}
+
+    # -- pieces of the loop -----------------------------------------------------------------------
+    def _loss(self, task: Task, module: nn.Module, batch: Any, generator: torch.Generator) -> torch.Tensor:
+        value = task.loss(module, batch, generator)
+        terms = dict(value) if isinstance(value, Mapping) else {"loss": value}
+        for name, extra in self.extra_losses.items():
+            terms[name] = extra(module, batch)
+        return sum(terms.values(), torch.zeros((), device=self.device))
+
+    def _optimizer(self, module: nn.Module) -> torch.optim.Optimizer:
+        cfg = self.config
+        groups = self.param_groups(module) if self.param_groups else [{"params": self._trainable(module)}]
+        klass = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+        return klass(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+    @staticmethod
+    def _trainable(module: nn.Module) -> list[nn.Parameter]:
+        return [p for p in module.parameters() if p.requires_grad]
+
+    def _step(self, module: nn.Module, optimizer: torch.optim.Optimizer, step: int, total: int | None) -> None:
+        cfg = self.config
+        if cfg.clip is not None:
+            torch.nn.utils.clip_grad_norm_(self._trainable(module), cfg.clip)
+        factor = lr_factor(step, cfg.warmup, cfg.schedule, total)
+        for group in optimizer.param_groups:
+            group["lr"] = group.setdefault("base_lr", group["lr"]) * factor
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    def _say(self, message: str) -> None:
+        if self.options.log is not None and self.options.strategy.is_main:
+            self.options.log(message)
+
+    # -- checkpoints ------------------------------------------------------------------------------
+    def _save_checkpoint(
+        self, module: nn.Module, optimizer: torch.optim.Optimizer, generator: torch.Generator, state: _State
+    ) -> None:
+        """Weights, optimizer moments, best weights and random states as safetensors; the rest JSON.
+        Written to temporary names and renamed, so a kill mid-write leaves the last good one."""
+        directory = self.options.checkpoint_dir
+        assert directory is not None
+        directory.mkdir(parents=True, exist_ok=True)
+        tensors = {f"module.{k}": v for k, v in learned(module).items()}
+        tensors.update({f"best.{k}": v for k, v in (state.best or {}).items()})
+        opt = optimizer.state_dict()
+        for index, moments in opt["state"].items():
+            tensors.update({f"optim.{index}.{k}": torch.as_tensor(v) for k, v in moments.items()})
+        tensors["rng.generator"] = generator.get_state()
+        tensors["rng.torch"] = torch.get_rng_state()
+        meta = {
+            "epoch": state.epoch,
+            "step": state.step,
+            "log": asdict(state.log),
+            "stopper": asdict(state.stopper),
+            "param_groups": opt["param_groups"],
+            "config": asdict(self.config),
+        }
+        tmp = directory / (CHECKPOINT_WEIGHTS + ".tmp")
+        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp)
+        tmp.replace(directory / CHECKPOINT_WEIGHTS)
+        tmp_meta = directory / (CHECKPOINT_STATE + ".tmp")
+        tmp_meta.write_text(json.dumps(meta, indent=1))
+        tmp_meta.replace(directory / CHECKPOINT_STATE)
+
+    def _load_checkpoint(
+        self, module: nn.Module, optimizer: torch.optim.Optimizer, generator: torch.Generator, state: _State
+    ) -> _State:
+        directory = self.options.checkpoint_dir
+        if directory is None or not (directory / CHECKPOINT_STATE).is_file():
+            raise ConfigError(f"nothing to resume: no checkpoint in {directory}")
+        meta = json.loads((directory / CHECKPOINT_STATE).read_text())
+        tensors = load_file(directory / CHECKPOINT_WEIGHTS)
+        module.load_state_dict(_prefixed(tensors, "module."), strict=False)
+        moments: dict[int, dict[str, torch.Tensor]] = {}
+        for key, value in _prefixed(tensors, "optim.").items():
+            index, name = key.split(".", 1)
+            moments.setdefault(int(index), {})[name] = value
+        optimizer.load_state_dict({"state": moments, "param_groups": meta["param_groups"]})
+        generator.set_state(tensors["rng.generator"])
+        torch.set_rng_state(tensors["rng.torch"])
+        best = _prefixed(tensors, "best.") or None
+        return _State(
+            epoch=meta["epoch"],
+            step=meta["step"],
+            log=TrainLog(**meta["log"]),
+            stopper=EarlyStopping(**meta["stopper"]),
+            best=best,
+        )
+
+
+def learned(module: nn.Module) -> dict[str, torch.Tensor]:
+    """What training changes: the trainable parameters and the buffers. Frozen weights (a
+    language model's base under LoRA) are rebuilt from their source, so snapshots and
+    checkpoints leave them out."""
+    out: dict[str, torch.Tensor] = {name: p for name, p in module.named_parameters() if p.requires_grad}
+    out.update(dict(module.named_buffers()))
+    return out
+
+
+def lr_factor(step: int, warmup: int, schedule: str, total: int | None) -> float:
+    """The learning-rate multiplier at optimizer step ``step``: linear warm-up over ``warmup``
+    steps, then constant, or cosine / linear decay to 0 at step ``total`` (constant when unknown)."""
+    if step < warmup:
+        return (step + 1) / warmup
+    if schedule == "constant" or total is None or total <= warmup:
+        return 1.0
+    progress = min(1.0, (step - warmup) / (total - warmup))
+    return 0.5 * (1 + math.cos(math.pi * progress)) if schedule == "cosine" else 1.0 - progress
+
+
+@contextlib.contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """Run a block with torch's global random state (weight init, dropout) seeded, and put the
+    caller's state back afterwards: the same seed gives the same model, and nothing leaks."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
+def step_rounds(steps: int, size: int = 10) -> list[int]:
+    """A run counted in optimizer steps (LLM fine-tuning) as "epochs" of ``size`` steps, the last
+    one shorter: the log gets a loss and the checkpoint a save every ``size`` steps."""
+    return [min(size, steps - start) for start in range(0, steps, size)]
+
+
+def numpy_rng(generator: torch.Generator) -> np.random.Generator:
+    """A numpy generator drawn from ``generator`` (for tasks that sample with numpy), so that
+    the Trainer's one checkpointed generator decides every draw."""
+    return np.random.default_rng(int(torch.randint(0, 2**62, (1,), generator=generator)))
+
+
+def _to_device(batch: Any, device: torch.device) -> Any:
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, tuple | list):
+        return type(batch)(_to_device(b, device) for b in batch)
+    if isinstance(batch, dict):
+        return {k: _to_device(v, device) for k, v in batch.items()}
+    return batch
+
+
+def _prefixed(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
