@@ -131,8 +131,8 @@ def test_llm_reranker_finetuning_lowers_its_loss(toy: Path) -> None:
     train = leave_one_out(data).train_dataset()
     base = model_class("pop")().fit(train)
     reranker = LLMReranker(load_lm(str(toy)), [f"Film {i}" for i in range(N_ITEMS)], candidates=4, permutations=1)
-    losses = reranker.finetune(train, base, steps=30, lr=1e-2)
-    assert np.mean(losses[-5:]) < np.mean(losses[:5])
+    losses = reranker.finetune(train, base, steps=30, lr=1e-2)  # mean loss of each 10 steps
+    assert len(losses) == 3 and losses[-1] < losses[0]
 
 
 # -- explanations ---------------------------------------------------------------------------------

@@ -17,16 +17,19 @@ from __future__ import annotations
 
 import string
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from lmrec.data.batch import QueryBatch
 from lmrec.data.schema import Dataset
 from lmrec.errors import ConfigError
 from lmrec.llm.lm import LocalLM, answer_loss, with_lora
 from lmrec.llm.prompts import scrub_pii
+from lmrec.train.trainer import TrainConfig, Trainer, TrainerOptions, numpy_rng, step_rounds
 
 LABELS = string.ascii_uppercase
 SYSTEM = "You are a recommender system. You pick the item a user is most likely to choose next."
@@ -116,35 +119,48 @@ class LLMReranker:
         """LoRA-tune the LLM to answer with the letter of each user's true next item, shown among
         the base model's candidates for the history before it (in a random order)."""
 
-        histories = QueryBatch.from_interactions(train.interactions, np.arange(train.n_users))
-        users = [u for u in range(len(histories)) if len(histories.history(u)) >= 2]
-        if not users:
-            raise ConfigError("fine-tuning needs users with at least two training interactions")
-        rng = np.random.default_rng(seed)
         if not any("lora_" in n for n, _ in self.lm.model.named_parameters()):
             self.lm.model = with_lora(self.lm.model, lora_r, 2 * lora_r)
-        params = [p for p in self.lm.model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=lr)
-        self.lm.model.train()
-        losses = []
-        for _ in range(steps):
+        histories = QueryBatch.from_interactions(train.interactions, np.arange(train.n_users))
+        task = LetterTask(self, base, histories, steps, batch_size)
+        config = TrainConfig(epochs=len(task.rounds), lr=lr, desc="llm re-ranker")
+        trainer = Trainer(config, TrainerOptions(device=str(self.lm.device)))
+        log = trainer.fit(task, torch.Generator().manual_seed(seed), total_steps=steps)
+        self.lm.model.eval()
+        return list(log["losses"])
+
+
+class LetterTask:
+    """The re-ranker's fine-tuning for the Trainer: the base model's candidates for a history
+    prefix, the true next item among them in a random order; the loss is on its letter only."""
+
+    def __init__(self, reranker: LLMReranker, base: Any, histories: QueryBatch, steps: int, batch_size: int) -> None:
+        self.reranker, self.base, self.histories, self.batch_size = reranker, base, histories, batch_size
+        self.module = reranker.lm.model
+        self.users = [u for u in range(len(histories)) if len(histories.history(u)) >= 2]
+        if not self.users:
+            raise ConfigError("fine-tuning needs users with at least two training interactions")
+        self.rounds = step_rounds(steps)
+
+    def batches(self, epoch: int, gen: torch.Generator) -> Iterator[list[tuple[list[int], list[int]]]]:
+        rr, rng, n = self.reranker, numpy_rng(gen), self.reranker.candidates
+        for _ in range(self.rounds[epoch]):
             examples = []
-            for u in rng.choice(users, size=batch_size):
-                h = histories.history(int(u))
+            for u in rng.choice(self.users, size=self.batch_size):
+                h = self.histories.history(int(u))
                 t = int(rng.integers(1, len(h)))
                 prefix, target = h[:t], int(h[t])
-                top, _ = base.recommend(QueryBatch.from_histories([-1], [prefix]), k=self.candidates)
-                cands = [*[int(i) for i in top[0] if i >= 0 and i != target][: self.candidates - 1], target]
+                top, _ = self.base.recommend(QueryBatch.from_histories([-1], [prefix]), k=n)
+                cands = [*[int(i) for i in top[0] if i >= 0 and i != target][: n - 1], target]
                 cands = [cands[j] for j in rng.permutation(len(cands))]
-                prompt = self.lm.prompt_ids(self.messages(prefix, cands))
-                examples.append((prompt, [self.label_ids[cands.index(target)]]))
-            loss = answer_loss(self.lm, examples)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            losses.append(loss.item())
-        self.lm.model.eval()
-        return losses
+                prompt = rr.lm.prompt_ids(rr.messages(prefix, cands))
+                examples.append((prompt, [rr.label_ids[cands.index(target)]]))
+            yield examples
+
+    def loss(
+        self, module: nn.Module, examples: list[tuple[list[int], list[int]]], gen: torch.Generator
+    ) -> torch.Tensor:
+        return answer_loss(self.reranker.lm, examples, module)
 
 
 def _single_token(lm: LocalLM, label: str) -> int:
