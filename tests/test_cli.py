@@ -8,6 +8,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
+from safetensors.torch import load_file
 
 from lmrec.cli import main
 
@@ -70,6 +72,21 @@ def cli(runs: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> Cli:
 
 
 # -- train, evaluate, recommend, compare ---------------------------------------------------------
+
+
+def test_a_stopped_run_resumes_to_the_uninterrupted_result(runs: dict[str, Path], cli: Cli, tmp_path: Path) -> None:
+    tiny = ["--set", "dim=8", "--set", "inner=16", "--set", "layers=1", "--set", "heads=1", "--set", "max_len=6"]
+    args = ["train", "--dataset", str(runs["data"]), "--model", "sasrec", *tiny, "--set", "epochs=4", "--quiet"]
+    assert cli(*args, "--out", str(tmp_path / "whole"))[0] == 0
+    assert cli(*args, "--out", str(tmp_path / "part"), "--stop-after", "2")[0] == 0
+    assert json.loads((tmp_path / "part" / "run.json").read_text())["training"]["epochs"] == 2
+    code, _, err = cli("train", "--resume", str(tmp_path / "part"), "--quiet")
+    assert code == 0, err
+    whole, part = (load_file(tmp_path / name / "model" / "weights.safetensors") for name in ("whole", "part"))
+    assert all(torch.equal(whole[k], part[k]) for k in whole)
+    assert json.loads((tmp_path / "part" / "run.json").read_text())["training"]["epochs"] == 4
+    code, _, err = cli("train", "--resume", str(tmp_path / "nowhere"))
+    assert code == 2 and "nothing to resume" in err
 
 
 def test_train_writes_a_run_directory_with_the_override(runs: dict[str, Path]) -> None:

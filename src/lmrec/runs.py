@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,7 @@ from lmrec.models.registry import model_class
 from lmrec.rerank import item_vectors_of
 
 RUN_FILE = "run.json"
+TRAIN_FILE = "train.json"  # what `lmrec train` was asked, written before training starts
 
 
 @dataclass
@@ -219,10 +220,17 @@ def train_run(
 ) -> Run:
     """Load, filter, split, fit with early stopping on validation, save everything under ``out``.
 
-    ``extra_meta`` is added to ``run.json`` (``lmrec retrain`` records there what it added)."""
+    What was asked is written first (``train.json``) and the Trainer checkpoints every epoch under
+    ``out/checkpoint``, so a stopped run continues with :func:`resume_run`. ``extra_meta`` is added
+    to ``run.json`` (``lmrec retrain`` records there what it added)."""
     klass = model_class(model_name)
     config = klass.config_class.from_dict(overrides)
     recipe = recipe.resolved()
+    out.mkdir(parents=True, exist_ok=True)
+    request = {"model": model_name, "overrides": overrides, "data": asdict(recipe), "seed": options.seed}
+    if not options.resume:
+        (out / TRAIN_FILE).write_text(json.dumps({**request, "extra_meta": extra_meta}, indent=2))
+    options = replace(options, checkpoint_dir=out / "checkpoint")
     the_split, reports = recipe.make_split(cache_dir)
     for report in reports:
         options.say(str(report))
@@ -232,7 +240,6 @@ def train_run(
     started = time.perf_counter()
     model = klass(config).fit(train, valid if len(valid) else None, options)
     seconds = time.perf_counter() - started
-    out.mkdir(parents=True, exist_ok=True)
     model.save(out / "model")
     the_split.dataset.users.save(out / "users.json")
     the_split.dataset.items.save(out / "items.json")
@@ -262,6 +269,18 @@ _RECIPE_TYPES: dict[str, Any] = {
     "dataset": str, "columns": (dict, type(None)), "kcore": (int, type(None)), "min_rating": (int, float, type(None)),
     "dedupe": bool, "split": str, "split_params": dict,
 }  # fmt: skip
+
+
+def resume_run(out: Path, cache_dir: Path, options: FitOptions) -> Run:
+    """Continue a run that stopped before it finished (killed, or ``stop_after``) from its last
+    checkpoint: the same data, model, config and seed, to the same result as an uninterrupted run."""
+    path = Path(out)
+    if not (path / TRAIN_FILE).is_file():
+        raise LmrecError(f"{path}: nothing to resume (no {TRAIN_FILE}); start it with `lmrec train --out {path}`")
+    asked = json.loads((path / TRAIN_FILE).read_text())
+    options = replace(options, seed=int(asked["seed"]), resume=True)
+    recipe = DataRecipe(**asked["data"])
+    return train_run(recipe, asked["model"], asked["overrides"], path, cache_dir, options, asked.get("extra_meta"))
 
 
 def read_meta(directory: Path) -> dict[str, Any]:
