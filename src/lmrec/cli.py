@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from lmrec.cache import default_cache
-from lmrec.errors import LmrecError
+from lmrec.errors import ConfigError, LmrecError
 
 if TYPE_CHECKING:
     from lmrec.models.base import FitOptions
@@ -109,7 +109,14 @@ def _set_threads(args: argparse.Namespace) -> None:
 def _fit_options(args: argparse.Namespace, seed: int) -> FitOptions:
     from lmrec.models.base import FitOptions
 
-    return FitOptions(seed=seed, device=args.device, progress=not args.quiet, log=_say, cache_dir=args.cache_dir)
+    return FitOptions(
+        seed=seed,
+        device=args.device,
+        progress=not args.quiet,
+        log=_say,
+        cache_dir=args.cache_dir,
+        stop_after=getattr(args, "stop_after", None),
+    )
 
 
 def _report_trained(run: Run) -> None:
@@ -121,9 +128,17 @@ def _report_trained(run: Run) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from lmrec.runs import DataRecipe, train_run
+    from lmrec.runs import DataRecipe, resume_run, train_run
 
     _set_threads(args)
+    if args.resume:
+        if args.dataset or args.model or args.out:
+            raise ConfigError("--resume RUN continues RUN as it was started: no --dataset, --model or --out")
+        run = resume_run(Path(args.resume), args.cache_dir, _fit_options(args, args.seed))
+        _report_trained(run)
+        return 0
+    if not (args.dataset and args.model and args.out):
+        raise ConfigError("lmrec train needs --dataset, --model and --out (or --resume RUN)")
     split_params = _parse_sets(args.split_param)
     recipe = DataRecipe(
         dataset=args.dataset,
@@ -313,11 +328,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_datasets)
 
     p = sub.add_parser("train", help="train a model and save a run directory")
-    p.add_argument("--dataset", required=True, help="registered name (ml-100k) or a file/directory")
-    p.add_argument("--model", required=True)
+    p.add_argument("--dataset", help="registered name (ml-100k) or a file/directory")
+    p.add_argument("--model")
     p.add_argument("--config", help="YAML file of model options")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="model option override")
-    p.add_argument("--out", required=True, help="run directory to create")
+    p.add_argument("--out", help="run directory to create (checkpointed every epoch)")
+    p.add_argument("--resume", metavar="RUN", help="continue a stopped run from its last checkpoint")
+    p.add_argument("--stop-after", type=_positive, metavar="EPOCHS", help="stop after this many epochs (then --resume)")
     p.add_argument(
         "--column",
         action="append",
