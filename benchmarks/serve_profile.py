@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> None:
     from lmrec.data.batch import QueryBatch
     from lmrec.runs import open_run
     from lmrec.serve.state import LiveState
-    from lmrec.serve.store import open_store
+    from lmrec.serve.stores import open_store
 
     torch.set_num_threads(args.threads)
     run = open_run(args.run, args.cache_dir)

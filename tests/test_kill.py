@@ -30,7 +30,7 @@ import httpx
 
 from lmrec.models.base import FitOptions
 from lmrec.runs import DataRecipe, train_run
-from lmrec.serve.store import open_store
+from lmrec.serve.stores import open_store
 
 pytest_plugins = ["tests.pg"]
 

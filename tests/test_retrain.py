@@ -31,7 +31,8 @@ from lmrec.models.base import FitOptions
 from lmrec.runs import DataRecipe, open_run, read_meta, train_run
 from lmrec.serve import create_app
 from lmrec.serve.retrain import default_store, retrain, retrain_data
-from lmrec.serve.store import Event, EventStore, Item, open_store
+from lmrec.serve.store import Event, EventStore, Item
+from lmrec.serve.stores import open_store
 
 N_USERS, N_ITEMS, PER_USER = 30, 20, 8
 NEW_ITEM = Item("i99", "Brand New", {"genres": "Low|Even", "description": "never seen before", "price": 3})

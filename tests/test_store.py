@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from lmrec.errors import ConfigError, DataError
-from lmrec.serve.store import Event, EventStore, Item, SQLiteStore, open_store
+from lmrec.serve.store import Event, EventStore, Item, SQLiteStore
+from lmrec.serve.stores import open_store
 
 pytest_plugins = ["tests.pg"]
 
@@ -82,7 +83,13 @@ def test_missing_timestamp_means_now_and_ties_keep_arrival_order(store: EventSto
     assert events[0].timestamp == events[0].received_at
 
 
-def test_a_failed_batch_stores_nothing(store: EventStore, backend: Backend) -> None:
+def test_a_failed_batch_stores_nothing(store: EventStore, backend: Backend, monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(DataError, match="event 1: item must be a string"):  # refused before the database
+        store.add_events([Event("u", "ok"), Event("u", None)])  # type: ignore[arg-type]
+    assert store.count_events() == 0
+    # Past the check, the database refuses the NULL and rolls the whole batch back.
+    module = sys.modules[type(store).__module__]
+    monkeypatch.setattr(module, "check_events", lambda events: None)
     with pytest.raises(backend.integrity_error):
         store.add_events([Event("u", "ok"), Event("u", None)])  # type: ignore[arg-type]
     assert store.count_events() == 0
@@ -101,7 +108,7 @@ def test_events_survive_reopening_and_a_kill(backend: Backend) -> None:
     open_store(backend.url).close()  # the tables exist before the child starts
     # A child process writes, then dies without closing anything (SIGKILL-like os._exit).
     code = (
-        "import os, sys; from lmrec.serve.store import open_store, Event;"
+        "import os, sys; from lmrec.serve.stores import open_store; from lmrec.serve.store import Event;"
         f"s = open_store({backend.url!r}); n = s.add_events([Event('u', 'i1'), Event('u', 'i2')]);"
         "print(n, flush=True); os._exit(9)"
     )

@@ -13,14 +13,16 @@ from pathlib import Path
 import pytest
 
 from lmrec.errors import ConfigError, MissingExtraError
-from lmrec.serve.store import Event, StoreUnavailable, open_store
+from lmrec.serve.store import Event, StoreUnavailable
+from lmrec.serve.stores import open_store
 
 pytest_plugins = ["tests.pg"]
 
 WRITER = """
 import sys, time
 from pathlib import Path
-from lmrec.serve.store import Event, open_store
+from lmrec.serve.store import Event
+from lmrec.serve.stores import open_store
 url, name, go = sys.argv[1], sys.argv[2], Path(sys.argv[3])
 print("ready", flush=True)
 while not go.exists():
@@ -83,7 +85,10 @@ def test_a_store_sees_what_another_process_wrote(pg_url: str) -> None:
     store = open_store(pg_url)
     try:
         assert store.history("x") == []
-        code = f"from lmrec.serve.store import open_store, Event; open_store({pg_url!r}).add_events([Event('x', 'i')])"
+        code = (
+            "from lmrec.serve.store import Event; from lmrec.serve.stores import open_store; "
+            f"open_store({pg_url!r}).add_events([Event('x', 'i')])"
+        )
         subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
         assert store.history("x") == ["i"]  # the same instance: it keeps no copy of what it read
     finally:

@@ -157,7 +157,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_retrain(args: argparse.Namespace) -> int:
     from lmrec.serve.retrain import ReloadFailed, default_store, reload_service, retrain
-    from lmrec.serve.store import open_store, redact_url
+    from lmrec.serve.store import redact_url
+    from lmrec.serve.stores import open_store
 
     _set_threads(args)
     run_dir, out = Path(args.run), Path(args.out)
@@ -292,7 +293,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_keys(args: argparse.Namespace) -> int:
     import time
 
-    from lmrec.serve.store import open_store
+    from lmrec.serve.stores import open_store
 
     store = open_store(args.db)
     try:

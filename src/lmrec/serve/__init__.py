@@ -9,7 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lmrec.serve.store import SCOPES, ApiKey, Event, EventStore, Item, SQLiteStore, open_store
+from lmrec.serve.store import SCOPES, ApiKey, Event, EventStore, Item, SQLiteStore
+from lmrec.serve.stores import open_store
 
 if TYPE_CHECKING:
     from fastapi import FastAPI

@@ -14,9 +14,17 @@ Endpoints (OpenAPI docs at ``/docs``)::
     DELETE /admin/keys/{key_id}  admin   revoke a key
     GET    /health, /metrics, /  public  liveness, Prometheus text, the demo page
 
-Every client mistake is a 4xx with a JSON body ``{"detail": "..."}``: malformed JSON is 400,
-a missing or wrong key 401, a missing scope 403, an unknown user or item 404 (path) or 422
-(body), a body over the size limit 413, anything that fails validation 422.
+Every client mistake is a 4xx with a JSON body ``{"detail": "..."}``: malformed JSON or an ambiguous
+key (two ``Authorization`` headers, two different keys) is 400, a missing or wrong key or an
+``Authorization`` scheme other than Bearer 401, a missing scope 403, an unknown user or item 404
+(path) or 422 (body), a body over the size limit 413, anything that fails validation 422 — an ID
+that breaks the one ID rule (:func:`lmrec.serve.store.id_problem`: 1 to 256 printable characters,
+no ``/``), a text the store cannot hold (a lone surrogate, NUL), a timestamp outside 1970 to 9999.
+Messages quote what was sent cut short (:func:`lmrec.serve.store.brief`), and so does the access log.
+
+Every response says it may not be framed (``X-Frame-Options``, CSP ``frame-ancestors``); the demo
+page carries a Content-Security-Policy that lets it run only scripts and styles from this server
+(plus any inline script, by its SHA-256, computed from the page when the app is created).
 
 Several service processes may share one database: every ``/recommend`` reads the user's events
 from the store, so an event written through one process is seen by the next request to any.
@@ -24,7 +32,11 @@ from the store, so an event written through one process is seen by the next requ
 
 from __future__ import annotations
 
+import base64
+import copy
+import hashlib
 import logging
+import re
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping, Sequence
@@ -37,10 +49,13 @@ from lmrec.cache import default_cache
 from lmrec.errors import ConfigError, DataError, LmrecError, MissingExtraError
 
 try:
-    from fastapi import Body, Depends, FastAPI, HTTPException, Query, Request
+    from fastapi import Body, Depends, FastAPI, HTTPException, Query, Request, Security
+    from fastapi import Path as PathParam
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
-    from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+    from fastapi.security import APIKeyHeader, HTTPBearer
+    from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+    from pydantic_core import PydanticCustomError
 except ImportError as exc:  # pragma: no cover - exercised by a test that hides fastapi
     raise MissingExtraError("fastapi", "serve") from exc
 
@@ -50,7 +65,21 @@ from lmrec.serve.auth import AuthError, authorize, key_from_headers
 from lmrec.serve.metrics import Metrics
 from lmrec.serve.retrain import default_store
 from lmrec.serve.state import LiveState, NotFound, RerankSpec
-from lmrec.serve.store import SCOPES, Event, EventStore, Item, StoreUnavailable, check_scopes, open_store
+from lmrec.serve.store import (
+    MAX_ID,
+    MAX_TIMESTAMP,
+    SCOPES,
+    Event,
+    EventStore,
+    Item,
+    StoreUnavailable,
+    brief,
+    check_scopes,
+    fields_problem,
+    id_problem,
+    text_problem,
+)
+from lmrec.serve.stores import open_store
 from lmrec.text.encoders import TextEncoder
 
 MAX_BODY_BYTES = 1 << 20
@@ -71,7 +100,37 @@ def _raw_id(value: Any) -> Any:
     return value
 
 
-RawId = Annotated[str, BeforeValidator(_raw_id), Field(min_length=1, max_length=256)]
+def _valid_id(value: str) -> str:
+    problem = id_problem(value)
+    if problem:
+        raise PydanticCustomError("invalid_id", "an ID {problem}", {"problem": problem})
+    return value
+
+
+def _valid_name(value: str) -> str:
+    problem = id_problem(value, 32)
+    if problem:
+        raise PydanticCustomError("invalid_name", "a name {problem}", {"problem": problem})
+    return value
+
+
+def _valid_text(value: str) -> str:
+    problem = text_problem(value)
+    if problem:
+        raise PydanticCustomError("invalid_text", "a text {problem}", {"problem": problem})
+    return value
+
+
+_ID_RULE = f"1 to {MAX_ID} printable characters, no '/', not '.' or '..'"
+RawId = Annotated[
+    str,
+    BeforeValidator(_raw_id),
+    Field(min_length=1, max_length=MAX_ID, description=_ID_RULE),
+    AfterValidator(_valid_id),
+]
+# An ID in a URL path: the same rule (a longer path is refused before anything reads or echoes it).
+PathId = Annotated[str, PathParam(min_length=1, max_length=MAX_ID, description=_ID_RULE), AfterValidator(_valid_id)]
+Text = Annotated[str, AfterValidator(_valid_text)]
 
 
 class _Strict(BaseModel):
@@ -136,9 +195,15 @@ class RecommendResponse(BaseModel):
 class FeedbackEvent(_Strict):
     user: RawId
     item: RawId
-    type: str = Field("click", min_length=1, max_length=32, description="click, view, purchase, rating, ...")
+    type: Annotated[str, AfterValidator(_valid_name)] = Field(
+        "click", min_length=1, max_length=32, description="click, view, purchase, rating, ..."
+    )
     timestamp: float | None = Field(
-        None, ge=0, allow_inf_nan=False, description="seconds since the epoch; default: when it arrives"
+        None,
+        ge=0,
+        le=MAX_TIMESTAMP,
+        allow_inf_nan=False,
+        description="seconds since the epoch (up to the end of year 9999); default: when it arrives",
     )
 
 
@@ -151,7 +216,14 @@ class ItemIn(BaseModel):
 
     model_config = ConfigDict(extra="allow")
     item: RawId
-    title: str | None = Field(None, max_length=1000)
+    title: Text | None = Field(None, max_length=1000)
+
+    @model_validator(mode="after")
+    def _storable_fields(self) -> ItemIn:
+        problem = fields_problem(self.model_extra or {})
+        if problem:
+            raise PydanticCustomError("invalid_fields", "the item's fields {problem}", {"problem": problem})
+        return self
 
 
 class ItemOut(BaseModel):
@@ -186,7 +258,7 @@ class HistoryResponse(BaseModel):
 
 
 class ReloadRequest(_Strict):
-    run: str | None = Field(None, description="a run directory; default: the one being served")
+    run: Text | None = Field(None, max_length=4096, description="a run directory; default: the one being served")
 
 
 class ServingInfo(BaseModel):
@@ -318,15 +390,22 @@ def _service(request: Request) -> Service:
     return service
 
 
+# Declared in OpenAPI (so /docs can send a key); the check itself reads the raw headers (auth.py).
+_BEARER = HTTPBearer(auto_error=False, description="Authorization: Bearer <key>")
+_API_KEY = APIKeyHeader(name="X-API-Key", auto_error=False, description="the key in an X-API-Key header")
+
+
 def _need(scope: str) -> Any:
     """A dependency that lets a request through only with a key carrying ``scope``."""
 
-    def check(request: Request) -> None:
+    def check(
+        request: Request, _bearer: Annotated[Any, Security(_BEARER)], _api_key: Annotated[Any, Security(_API_KEY)]
+    ) -> None:
         service = _service(request)
         if not service.require_keys:
             return
         try:
-            authorize(service.store, key_from_headers(request.headers), scope)
+            authorize(service.store, key_from_headers(request.headers.items()), scope)
         except AuthError as err:
             headers = {"WWW-Authenticate": "Bearer"} if err.status == 401 else None
             raise HTTPException(err.status, err.message, headers=headers) from None
@@ -403,7 +482,76 @@ class RequestMetrics:
             self.metrics.observe(scope["method"], route, status, time.perf_counter() - started)
 
 
+class SecurityHeaders:
+    """No response may be framed by another site, or have its type sniffed; a response that sets no
+    Content-Security-Policy of its own (the JSON API, /docs) gets one that says only that."""
+
+    HEADERS = ((b"x-frame-options", b"DENY"), (b"x-content-type-options", b"nosniff"))
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                names = {name.lower() for name, _ in headers}
+                headers += [(k, v) for k, v in self.HEADERS if k not in names]
+                if b"content-security-policy" not in names:
+                    headers.append((b"content-security-policy", b"frame-ancestors 'none'"))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+_INLINE_SCRIPT = re.compile(r"<script\b(?![^>]*\bsrc\s*=)[^>]*>(.*?)</script\s*>", re.IGNORECASE | re.DOTALL)
+_INLINE_STYLE = re.compile(r"<style\b[^>]*>(.*?)</style\s*>", re.IGNORECASE | re.DOTALL)
+_STYLE_ATTRIBUTE = re.compile(r"<[^>]*\sstyle\s*=", re.IGNORECASE)
+
+
+def _sha256_source(text: str) -> str:
+    # A browser hashes an inline block's text as parsed: UTF-8, with line breaks normalised to LF.
+    digest = hashlib.sha256(text.replace("\r\n", "\n").replace("\r", "\n").encode("utf-8")).digest()
+    return f"'sha256-{base64.b64encode(digest).decode()}'"
+
+
+def page_csp(page: str) -> str:
+    """The demo page's Content-Security-Policy: scripts, styles, images and requests from this server
+    only, no plugins, no framing. Inline ``<script>`` and ``<style>`` blocks of ``page`` are allowed by
+    their hashes, so the page may keep or drop them without this policy breaking it; inline ``style=``
+    attributes cannot be hashed (without 'unsafe-hashes'), so a page that has them gets 'unsafe-inline'
+    styles (and then no style hashes, which would switch 'unsafe-inline' off)."""
+    scripts = " ".join(dict.fromkeys(_sha256_source(m) for m in _INLINE_SCRIPT.findall(page)))
+    if _STYLE_ATTRIBUTE.search(page):
+        styles = "'unsafe-inline'"
+    else:
+        styles = " ".join(dict.fromkeys(_sha256_source(m) for m in _INLINE_STYLE.findall(page)))
+    return "; ".join(
+        [
+            "default-src 'self'",
+            f"script-src 'self' {scripts}".strip(),
+            f"style-src 'self' {styles}".strip(),
+            "img-src 'self' data:",
+            "connect-src 'self'",
+            "object-src 'none'",
+            "base-uri 'none'",
+            "form-action 'self'",
+            "frame-ancestors 'none'",
+        ]
+    )
+
+
 # -- errors ------------------------------------------------------------------------------------------
+def _sendable(text: str) -> str:
+    """``text`` that a JSON response can carry: anything UTF-8 cannot encode is escaped."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     errors = exc.errors()
@@ -440,7 +588,7 @@ def _lmrec_error(request: Request, exc: Exception) -> JSONResponse:
         status = 503
     else:
         status = 400
-    return JSONResponse({"detail": str(exc)}, status_code=status)
+    return JSONResponse({"detail": _sendable(str(exc))}, status_code=status)
 
 
 # -- the app -----------------------------------------------------------------------------------------
@@ -474,6 +622,7 @@ def create_app(
         store.close()
         raise
     page = resources.files("lmrec.serve").joinpath("static/index.html").read_text(encoding="utf-8")
+    page_headers = {"Content-Security-Policy": page_csp(page), "Referrer-Policy": "no-referrer"}
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -497,6 +646,7 @@ def create_app(
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(LmrecError, _lmrec_error)
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
+    app.add_middleware(SecurityHeaders)
     app.add_middleware(RequestMetrics, metrics=service.metrics)  # added last: outermost
 
     @app.post("/recommend", response_model=RecommendResponse, dependencies=[_need("read")])
@@ -526,7 +676,7 @@ def create_app(
         return UpsertResponse(upserted=service.store.upsert_items(items))
 
     @app.get("/items/{item}", response_model=ItemOut, dependencies=[_need("read")])
-    def get_item(item: str) -> dict[str, Any]:
+    def get_item(item: PathId) -> dict[str, Any]:
         return service.live.item_info(item)
 
     @app.get("/users", response_model=UserList, dependencies=[_need("read")])
@@ -535,12 +685,12 @@ def create_app(
         return UserList(users=ids[:limit], total=len(ids))
 
     @app.get("/users/{user}/history", response_model=HistoryResponse, dependencies=[_need("read")])
-    def history(user: str, limit: Annotated[int, Query(ge=1, le=10_000)] = 100) -> HistoryResponse:
+    def history(user: PathId, limit: Annotated[int, Query(ge=1, le=10_000)] = 100) -> HistoryResponse:
         live = service.live
         hist = live.history(user)
         known = live.known_user(user)
         if not known and not hist.events:
-            raise NotFound(f"unknown user {user!r}: no history in the run and no feedback")
+            raise NotFound(f"unknown user {brief(user)}: no history in the run and no feedback")
         entries: list[tuple[str, Literal["dataset", "feedback"], str | None, float | None]]
         entries = [(raw, "dataset", None, None) for raw in hist.dataset_items]
         entries += [(e.item, "feedback", e.type, e.timestamp) for e in hist.events]
@@ -560,8 +710,10 @@ def create_app(
     def reload(body: Annotated[ReloadRequest | None, Body()] = None) -> ServingInfo:
         try:
             service.reload(body.run if body else None)
-        except (LmrecError, OSError, KeyError, ValueError) as err:
-            raise HTTPException(400, f"reload failed, still serving {service.live.version}: {err}") from None
+        except Exception as err:  # whatever is wrong with that directory, the old state keeps serving
+            logging.getLogger("uvicorn.error").warning("reload failed", exc_info=not isinstance(err, LmrecError))
+            detail = f"reload failed, still serving {service.live.version}: {_sendable(str(err)) or type(err).__name__}"
+            raise HTTPException(400, detail) from None
         return service.info()
 
     @app.post("/admin/keys", status_code=201, response_model=KeyCreated, dependencies=[_need("admin")])
@@ -577,9 +729,9 @@ def create_app(
         ]
 
     @app.delete("/admin/keys/{key_id}", status_code=204, dependencies=[_need("admin")])
-    def revoke_key(key_id: str) -> None:
+    def revoke_key(key_id: Annotated[str, PathParam(min_length=1, max_length=64), AfterValidator(_valid_id)]) -> None:
         if not service.store.revoke_key(key_id):
-            raise NotFound(f"no active key {key_id!r}")
+            raise NotFound(f"no active key {brief(key_id)}")
 
     @app.get("/health", response_model=Health)
     def health() -> Health:
@@ -606,7 +758,7 @@ def create_app(
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def index() -> HTMLResponse:
-        return HTMLResponse(page)
+        return HTMLResponse(page, headers=page_headers)
 
     return app
 
@@ -628,7 +780,35 @@ def serve(
     except ImportError as exc:
         raise MissingExtraError("uvicorn", "serve") from exc
     app = create_app(run_dir, db_url, cache_dir, require_keys=require_keys, ann=ann, watch=watch)
-    uvicorn.run(app, host=host, port=port, access_log=access_log)
+    uvicorn.run(app, host=host, port=port, access_log=access_log, log_config=log_config())
+
+
+MAX_LOGGED_PATH = 200  # characters of a request's path and query in the access log
+
+
+class BriefAccessLog(logging.Filter):
+    """Cut the request path in uvicorn's access log lines to ``MAX_LOGGED_PATH`` characters, so a
+    client cannot write a 16 KiB ID into the log with every request."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(
+                f"{a[:MAX_LOGGED_PATH]}...({len(a)} characters)"
+                if isinstance(a, str) and len(a) > MAX_LOGGED_PATH
+                else a
+                for a in record.args
+            )
+        return True
+
+
+def log_config() -> dict[str, Any]:
+    """uvicorn's logging configuration, with :class:`BriefAccessLog` on the access log."""
+    from uvicorn.config import LOGGING_CONFIG
+
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config.setdefault("filters", {})["brief_paths"] = {"()": BriefAccessLog}
+    config["handlers"]["access"].setdefault("filters", []).append("brief_paths")
+    return config
 
 
 __all__ = ["SCOPES", "create_app", "serve"]

@@ -28,6 +28,8 @@ from lmrec.serve.store import (
     EventStore,
     Item,
     StoreUnavailable,
+    check_events,
+    check_items,
     key_id_of,
     key_matches,
     new_key,
@@ -174,6 +176,7 @@ class PostgresStore(EventStore):
 
     # -- events ---------------------------------------------------------------------------------
     def add_events(self, events: Sequence[Event]) -> int:
+        check_events(events)
         now = time.time()
         rows = [(e.user, e.item, e.type, now if e.timestamp is None else float(e.timestamp), now) for e in events]
         with self._transaction() as conn, conn.cursor() as cur:
@@ -203,6 +206,7 @@ class PostgresStore(EventStore):
 
     # -- items ----------------------------------------------------------------------------------
     def upsert_items(self, items: Sequence[Item]) -> int:
+        check_items(items)
         rows = [(it.item, it.title, json.dumps(it.fields)) for it in items]
         with self._transaction() as conn, conn.cursor() as cur:
             # One statement per row, as in SQLite: a later duplicate in the batch wins. The time is

@@ -37,7 +37,7 @@ from lmrec.data.schema import Dataset, Vocab
 from lmrec.errors import ConfigError, LmrecError
 from lmrec.models.base import FitOptions
 from lmrec.runs import RUN_FILE, DataRecipe, Run, read_meta, run_dataset, run_version, train_run
-from lmrec.serve.store import EventStore, Item
+from lmrec.serve.store import EventStore, Item, trained_through
 
 DATA_DIR = "data"
 TABLES = ("interactions", "items", "users")
@@ -129,12 +129,6 @@ def retrain(
     config = {**meta["config"], **(overrides or {})}
     options = replace(options, seed=int(meta["seed"]))
     return train_run(recipe, str(meta["model"]), config, out, cache_dir, options, extra_meta={"retrain": data.info})
-
-
-def trained_through(meta: dict[str, Any], store: EventStore) -> int:
-    """The id of the last event of ``store`` that a run was trained on (0: none of them)."""
-    info = meta.get("retrain") or {}
-    return int(info.get("last_event_id", 0)) if info.get("store") == store.location else 0
 
 
 def default_store(run_dir: Path) -> str:

@@ -42,8 +42,7 @@ from lmrec.evaluate.evaluator import Reranker
 from lmrec.models.sequential import SequentialRecommender
 from lmrec.rerank import RERANKERS, SIMILARITIES, item_vectors_of, make_reranker
 from lmrec.runs import Run, open_run, run_version
-from lmrec.serve.retrain import trained_through
-from lmrec.serve.store import Event, EventStore, Item
+from lmrec.serve.store import Event, EventStore, Item, brief, trained_through
 from lmrec.text.encoders import TextEncoder
 
 MAX_RERANKERS = 64  # built re-rankers kept per state; a λ slider has a few dozen positions
@@ -225,7 +224,7 @@ class LiveState:
         ds = self.run.dataset
         stored: Item | None = self.store.get_item(item)
         if item not in ds.items and stored is None:
-            raise NotFound(f"unknown item {item!r}")
+            raise NotFound(f"unknown item {brief(item)}")
         fields: dict[str, Any] = {}
         title = item
         if item in ds.items:
@@ -272,14 +271,16 @@ class LiveState:
         extra = list(history or [])
         unknown = self.unknown_items(extra)
         if unknown:
-            raise DataError(f"unknown item id(s) {unknown[:10]} in history")
+            raise DataError(f"unknown item id(s) {', '.join(brief(i) for i in unknown[:10])} in history")
         if user is None and not extra:
             raise DataError("give a user, a history, or both")
         ds = self.run.dataset
         served = self.served()
         rows = self.history(user).rows if user is not None else np.zeros(0, np.int64)
         if user is not None and len(rows) == 0 and not self.known_user(user) and not extra:
-            raise NotFound(f"unknown user {user!r} with no history: send a history, or feedback for this user first")
+            raise NotFound(
+                f"unknown user {brief(user)} with no history: send a history, or feedback for this user first"
+            )
         reranker = self.reranker(rerank) if rerank is not None else None
         rows = np.concatenate([rows, served.items.rows(extra)]).astype(np.int64)
         user_row = ds.users.row(user) if user is not None and user in ds.users else -1

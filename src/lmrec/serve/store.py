@@ -2,9 +2,17 @@
 
 One interface (:class:`EventStore`) and two implementations: the default on the standard
 library's sqlite3 (:class:`SQLiteStore`: one file, WAL journal, ``synchronous=FULL`` so a write the
-service has acknowledged survives a crash or a kill), and :class:`lmrec.serve.pgstore.PostgresStore`
-(``pip install 'lmrec[postgres]'``) for several service processes or machines sharing one database.
-:func:`open_store` picks the implementation from a URL.
+service has acknowledged survives a crash or a kill; created readable by its owner only), and
+:class:`lmrec.serve.pgstore.PostgresStore` (``pip install 'lmrec[postgres]'``) for several service
+processes or machines sharing one database. :func:`lmrec.serve.stores.open_store` picks the
+implementation from a URL (it lives there so that this module never refers to the PostgreSQL one).
+
+What may be stored is one rule for every writer (the service checks it at its boundary, the stores
+again): an ID (:func:`id_problem`) is 1 to 256 printable characters without ``/`` (so it can be read
+back as one URL path segment) and is not ``.`` or ``..``; a text (:func:`text_problem`: a title, a
+field) is any string that UTF-8 and both databases can hold (no lone surrogate, no NUL); item fields
+are JSON values with finite numbers, nested at most ``MAX_DEPTH`` deep; a timestamp is finite, from
+0 (1970) to ``MAX_TIMESTAMP`` (the end of year 9999).
 
 API keys look like ``lmr_<key id>_<secret>``. Only the SHA-256 of the whole key is stored; the
 plaintext is returned once by :meth:`EventStore.create_key` and never again. The secret has 256
@@ -13,9 +21,12 @@ bits of entropy, so a plain (fast) hash is enough: there is nothing to brute-for
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import json
+import math
+import os
 import secrets
 import sqlite3
 import threading
@@ -27,10 +38,114 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lmrec.errors import ConfigError, DataError, LmrecError
+from lmrec.errors import DataError, LmrecError
 
 SCOPES = ("read", "write", "admin")
 KEY_PREFIX = "lmr"
+MAX_ID = 256  # characters in a user or item ID
+MAX_DEPTH = 16  # nesting of an item's fields (a list in a dict in a list ...)
+MAX_TIMESTAMP = 253402300799.0  # 9999-12-31T23:59:59Z, in seconds since the epoch
+
+
+# -- what may be stored ---------------------------------------------------------------------------
+def id_problem(value: object, limit: int = MAX_ID) -> str | None:
+    """Why ``value`` cannot be an ID, or None when it can: the one rule for every ID the service takes.
+
+    An ID is 1 to ``limit`` printable characters (:meth:`str.isprintable`: no control, format,
+    surrogate, private-use or unassigned code point, no space other than U+0020), without ``/``, and
+    not ``.`` or ``..`` — so that every ID can be sent back as one segment of a URL path.
+    """
+    if not isinstance(value, str):
+        return "must be a string"
+    if not value:
+        return "must not be empty"
+    if len(value) > limit:
+        return f"must be at most {limit} characters (got {len(value)})"
+    if "/" in value:
+        return "must not contain '/'"
+    if value in (".", ".."):
+        return f"must not be {value!r}"
+    if not value.isprintable():
+        at = next(i for i, c in enumerate(value) if not c.isprintable())
+        return f"must be printable characters (U+{ord(value[at]):04X} at position {at} is not)"
+    return None
+
+
+def text_problem(value: str) -> str | None:
+    """Why a text (a title, an item field) cannot be stored, or None: no lone surrogate, no NUL."""
+    if "\x00" in value:
+        return f"must not contain NUL (U+0000, at position {value.index(chr(0))})"
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as err:
+        return f"must be valid Unicode (a lone surrogate U+{ord(value[err.start]):04X} at position {err.start})"
+    return None
+
+
+def fields_problem(value: Any, depth: int = 0) -> str | None:
+    """Why an item's fields (a JSON value) cannot be stored and read back, or None."""
+    if depth > MAX_DEPTH:
+        return f"nest deeper than {MAX_DEPTH} levels"
+    if value is None or isinstance(value, bool | int):
+        return None
+    if isinstance(value, float):
+        return None if math.isfinite(value) else f"hold a number that is not finite ({value})"
+    if isinstance(value, str):
+        return text_problem(value)
+    if isinstance(value, list | tuple):
+        return next((p for v in value if (p := fields_problem(v, depth + 1))), None)
+    if isinstance(value, dict):
+        for k, v in value.items():
+            problem = text_problem(k) if isinstance(k, str) else "have a key that is not a string"
+            if problem or (problem := fields_problem(v, depth + 1)):
+                return problem
+        return None
+    return f"hold a {type(value).__name__}, which is not JSON"
+
+
+def timestamp_problem(value: float) -> str | None:
+    """Why ``value`` cannot be an event's time, or None."""
+    if not (math.isfinite(value) and 0.0 <= value <= MAX_TIMESTAMP):
+        return f"must be seconds since the epoch from 0 to {MAX_TIMESTAMP:.0f} (year 9999), got {value!r}"
+    return None
+
+
+def brief(value: str, limit: int = 64) -> str:
+    """``value`` as a quoted literal for a message or a log, cut to about ``limit`` characters."""
+    return repr(value) if len(value) <= limit else repr(value[:limit]) + f"... ({len(value)} characters)"
+
+
+def check_events(events: Sequence[Event]) -> None:
+    """Raise :class:`DataError` for the first event the store may not hold."""
+    for n, e in enumerate(events):
+        for name, problem in (
+            ("user", id_problem(e.user)),
+            ("item", id_problem(e.item)),
+            ("type", id_problem(e.type, 32)),
+            ("timestamp", None if e.timestamp is None else timestamp_problem(float(e.timestamp))),
+        ):
+            if problem:
+                raise DataError(f"event {n}: {name} {problem}")
+
+
+def check_items(items: Sequence[Item]) -> None:
+    """Raise :class:`DataError` for the first item the store may not hold."""
+    for n, it in enumerate(items):
+        problem = id_problem(it.item)
+        if problem:
+            raise DataError(f"item {n}: item {problem}")
+        if it.title is not None and (problem := text_problem(it.title)):
+            raise DataError(f"item {n} ({it.item!r}): title {problem}")
+        if problem := fields_problem(it.fields):
+            raise DataError(f"item {n} ({it.item!r}): fields {problem}")
+
+
+def trained_through(meta: dict[str, Any], store: EventStore) -> int:
+    """The id of the last event of ``store`` that a run (its ``run.json``) was trained on (0: none)."""
+    info = meta.get("retrain")
+    if not isinstance(info, dict) or info.get("store") != store.location:
+        return 0
+    return int(info.get("last_event_id", 0))
 
 
 class StoreUnavailable(LmrecError):
@@ -141,29 +256,6 @@ class EventStore(ABC):
     def close(self) -> None: ...
 
 
-def open_store(url: str | Path) -> EventStore:
-    """Open (creating tables if needed) the store at ``url``.
-
-    ``sqlite:///path`` or a plain file path: a SQLite file. ``postgresql://user@host:port/db``
-    (or ``postgres://``): a PostgreSQL database, which needs ``pip install 'lmrec[postgres]'``.
-    """
-    text = str(url)
-    if text.startswith(("postgresql://", "postgres://")):
-        from lmrec.serve.pgstore import PostgresStore  # psycopg is an extra: imported only when asked for
-
-        return PostgresStore(text)
-    if text.startswith("sqlite:///"):
-        text = text[len("sqlite:///") :]
-    elif "://" in text:
-        raise ConfigError(
-            f"unsupported store URL {redact_url(text)!r}; use sqlite:///path/to/events.db, a file path, "
-            "or postgresql://user@host:port/db"
-        )
-    if not text:
-        raise ConfigError("empty store path")
-    return SQLiteStore(Path(text))
-
-
 def redact_url(url: str) -> str:
     """``url`` with any password replaced by ``***``, for messages and logs."""
     scheme, sep, rest = url.partition("://")
@@ -237,6 +329,13 @@ CREATE TABLE IF NOT EXISTS api_keys (
 """
 
 
+def _create_private(path: Path) -> None:
+    """Create the database file, if it is new, readable and writable by its owner only (0600): it
+    holds every user's history. SQLite gives its ``-wal`` and ``-shm`` files the database's mode."""
+    with contextlib.suppress(FileExistsError):  # an existing store keeps the mode its owner gave it
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600))
+
+
 class SQLiteStore(EventStore):
     """The default store: one SQLite file, one connection guarded by a lock.
 
@@ -249,6 +348,7 @@ class SQLiteStore(EventStore):
         self.path = Path(path)
         self._location = str(self.path.resolve())  # now: a symlinked run directory may later point elsewhere
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        _create_private(self.path)
         self._lock = threading.Lock()
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30.0)
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -283,6 +383,7 @@ class SQLiteStore(EventStore):
 
     # -- events ---------------------------------------------------------------------------------
     def add_events(self, events: Sequence[Event]) -> int:
+        check_events(events)
         now = time.time()
         rows = [(e.user, e.item, e.type, now if e.timestamp is None else float(e.timestamp), now) for e in events]
         with self._transaction() as db:
@@ -314,6 +415,7 @@ class SQLiteStore(EventStore):
 
     # -- items ----------------------------------------------------------------------------------
     def upsert_items(self, items: Sequence[Item]) -> int:
+        check_items(items)
         now = time.time()
         rows = [(it.item, it.title, json.dumps(it.fields), now) for it in items]
         with self._transaction() as db:
