@@ -262,6 +262,19 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    """One self-contained HTML page: metrics with intervals, paired tests, breakdowns, curves, timings."""
+    from lmrec.report import write_report
+    from lmrec.runs import open_run
+
+    runs = [open_run(Path(p), args.cache_dir) for p in args.run]
+    if not _one_dataset_and_split(runs):
+        raise LmrecError("the runs hold different data or splits; report on runs of one dataset and split")
+    out = write_report(runs, Path(args.out), args.split, tuple(args.k), args.sample)
+    _say(f"wrote {out} ({out.stat().st_size // 1024} KiB): open it in a browser")
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from lmrec.serve import open_store, serve
     from lmrec.serve.retrain import default_store
@@ -400,6 +413,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--k", type=_positive, default=10)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("report", help="one HTML report of one or more runs (needs lmrec[plot])")
+    p.add_argument("--run", required=True, nargs="+", help="runs of one dataset and split; the first is the baseline")
+    p.add_argument("--out", required=True, help="the HTML file to write")
+    p.add_argument("--split", default="test", choices=["valid", "test"])
+    p.add_argument("--k", type=_positive, nargs="+", default=[10])
+    p.add_argument("--sample", type=_positive, help="report on that many random users (seed 0), for slow models")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("serve", help="run the recommendation service (needs lmrec[serve])")
     p.add_argument("--run", required=True)
