@@ -92,6 +92,29 @@ def test_score_shape_and_finite(name: str, fitted: dict) -> None:
 
 
 @pytest.mark.parametrize("name", sorted(FAST))
+def test_vectors_protocol_agrees_with_score(name: str, fitted: dict) -> None:
+    """Where a model has vectors, query · item + offset is its score (rows marked exact); and
+    every model scores given candidates as ``score`` does."""
+    model, split = fitted[name]
+    q = QueryBatch.from_histories([0, -1, 5], [[0, 2], [1, 3, 5], []])
+    scores = model.score(q).float()
+    items = model.item_embeddings()
+    if items is not None:
+        queries = model.query_embeddings(q)
+        assert items.shape[0] == split.dataset.n_items and queries.vectors.shape == (3, items.shape[1])
+        dot = queries.vectors @ items.T + queries.offsets.unsqueeze(1)
+        exact = queries.exact.numpy()
+        assert exact[:2].all()  # histories to read: a dot product
+        assert torch.allclose(dot[exact], scores[exact], atol=1e-4)
+    candidates = np.array([[3, 0, -1], [7, 1, 2], [4, 4, 4]])
+    got = model.score_candidates(q, candidates)
+    want = torch.where(
+        torch.from_numpy(candidates >= 0), scores.gather(1, torch.from_numpy(candidates.clip(0))), -torch.inf
+    )
+    assert torch.allclose(got, want, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", sorted(FAST))
 def test_recommend_excludes_seen(name: str, fitted: dict) -> None:
     model, split = fitted[name]
     q = _queries(split)

@@ -208,6 +208,33 @@ class Recommender(ABC):
         )
         return Trainer(config, trainer_options).fit(task, generator, validate, total_steps)
 
+    # -- vectors: what re-rankers, the ANN index, compression and the service ask of a model ------
+    def item_embeddings(self) -> torch.Tensor | None:
+        """(n_items, d) item vectors that :meth:`query_embeddings` scores by dot product, or None
+        for a model that does not score that way (EASE, item-kNN, NCF, generators)."""
+        return None
+
+    def query_embeddings(self, batch: QueryBatch) -> Queries:
+        """The batch's query vectors: ``score = vectors @ item_embeddings().T + offsets`` on rows
+        where ``exact`` is true (other rows, e.g. empty histories, are scored by :meth:`score`)."""
+        raise ConfigError(f"{self.name} does not score by a dot product of query and item vectors")
+
+    def score_candidates(self, batch: QueryBatch, items: np.ndarray) -> torch.Tensor:
+        """Scores of given item rows (B, k) for each query; entries of -1 score -inf."""
+        scores = self.score(batch).float()
+        rows = torch.from_numpy(np.clip(items, 0, None))
+        return torch.where(torch.from_numpy(items >= 0), scores.gather(1, rows), float("-inf"))
+
+    @property
+    def scores_new_items(self) -> bool:
+        """Whether items unknown at training time can be scored from their text (``with_new_items``)."""
+        return False
+
+    def with_new_items(self: R, vectors: np.ndarray) -> R:
+        """A copy that also scores ``len(vectors)`` new items (rows ``n_items`` onwards) from their
+        text embeddings; only models whose :attr:`scores_new_items` is true can."""
+        raise ConfigError(f"{self.name} cannot score items from their text")
+
     def known_users(self, batch: QueryBatch) -> np.ndarray:
         """Mask of batch rows whose user the model learned an embedding for."""
         return (batch.users >= 0) & (batch.users < self.n_users)
@@ -257,6 +284,49 @@ class Recommender(ABC):
         return model
 
 
+@dataclass(frozen=True)
+class Queries:
+    """Query vectors of a batch, for dot-product scoring (:meth:`Recommender.query_embeddings`)."""
+
+    vectors: torch.Tensor  # (B, d), CPU float32
+    offsets: torch.Tensor  # (B,) added to every item's score (a user bias, a global mean)
+    exact: torch.Tensor  # (B,) bool: rows the dot product scores exactly as ``score`` does
+
+
+class DotProductModel(Recommender):
+    """A model that scores by query · item vectors: ``score`` is written once, from
+    :meth:`query_embeddings` and :meth:`item_embeddings`; rows the dot product cannot score
+    (:attr:`Queries.exact` false) get :meth:`fallback_scores`."""
+
+    @abstractmethod
+    def item_embeddings(self) -> torch.Tensor: ...
+
+    @abstractmethod
+    def query_embeddings(self, batch: QueryBatch) -> Queries: ...
+
+    def fallback_scores(self, batch: QueryBatch) -> torch.Tensor:
+        raise NotImplementedError(f"{self.name}: every query is a dot product")
+
+    def score(self, batch: QueryBatch) -> torch.Tensor:
+        with torch.no_grad():
+            q = self.query_embeddings(batch)
+            out = q.vectors @ self.item_embeddings().T + q.offsets.unsqueeze(1)
+            if not bool(q.exact.all()):
+                rest = np.flatnonzero(~q.exact.numpy())
+                sub = QueryBatch.from_histories(batch.users[rest], [batch.history(int(r)) for r in rest])
+                out[torch.from_numpy(rest)] = self.fallback_scores(sub)
+        return out
+
+    def score_candidates(self, batch: QueryBatch, items: np.ndarray) -> torch.Tensor:
+        q = self.query_embeddings(batch)
+        if not bool(q.exact.all()):
+            return super().score_candidates(batch, items)
+        with torch.no_grad():
+            emb = self.item_embeddings()[torch.from_numpy(np.clip(items, 0, None))]  # (B, k, d)
+            scores = torch.einsum("bd,bkd->bk", q.vectors, emb) + q.offsets.unsqueeze(1)
+        return torch.where(torch.from_numpy(items >= 0), scores, float("-inf"))
+
+
 def interaction_matrix(train: Dataset) -> sp.csr_matrix:
     """Binary users × items matrix of the training interactions (repeats count once)."""
     users = train.interactions["user"].to_numpy()
@@ -273,10 +343,14 @@ class ReadsItemText:
 
     config: Any
 
-    def _text_vectors(self, train: Dataset, options: FitOptions) -> np.ndarray:
+    def text_encoder(self, device: str = "cpu") -> TextEncoder:
+        """The sentence encoder this model's config names (loaded from local files)."""
         from lmrec.text import load_encoder
 
-        encoder = options.text_encoder or load_encoder(self.config.text_encoder, options.device)
+        return load_encoder(self.config.text_encoder, device)
+
+    def _text_vectors(self, train: Dataset, options: FitOptions) -> np.ndarray:
+        encoder = options.text_encoder or self.text_encoder(options.device)
         options.say(f"encoding {train.n_items} item texts with {encoder.name}")
         embeddings = options.cache_dir / "embeddings" if options.cache_dir is not None else None
         return self.encode_items(train.catalog, encoder, embeddings, options.progress)

@@ -18,7 +18,7 @@ from torch import nn
 from lmrec.data.batch import EvalSet, QueryBatch
 from lmrec.data.schema import Dataset
 from lmrec.errors import ConfigError
-from lmrec.models.base import FitOptions, ModelConfig, Recommender, interaction_matrix
+from lmrec.models.base import DotProductModel, FitOptions, ModelConfig, Queries, interaction_matrix
 from lmrec.train.loop import fit_epochs, minibatches
 from lmrec.train.losses import bpr_loss, mse_loss
 from lmrec.train.trainer import TrainConfig
@@ -127,7 +127,7 @@ class BPRConfig(ModelConfig):
         _check_positive("bpr", dim=self.dim, epochs=self.epochs, batch_size=self.batch_size, lr=self.lr)
 
 
-class BPR(Recommender):
+class BPR(DotProductModel):
     """Matrix factorisation trained with the BPR pairwise loss and uniform negatives."""
 
     name = "bpr"
@@ -153,13 +153,17 @@ class BPR(Recommender):
     def item_factors(self) -> torch.Tensor:
         return self.net.item_factors.detach()
 
-    def score(self, batch: QueryBatch) -> torch.Tensor:
+    def item_embeddings(self) -> torch.Tensor:
+        return self.item_factors.cpu()
+
+    def query_embeddings(self, batch: QueryBatch) -> Queries:
+        """Known users: their factor; others: the mean factor of their history's items."""
         with torch.no_grad():
+            vecs = fold_in_mean(batch, self.item_factors.cpu())
             known = self.known_users(batch)
-            user_vecs = fold_in_mean(batch, self.item_factors.detach())
             if known.any():
-                user_vecs[torch.from_numpy(known)] = self.user_factors.detach()[torch.from_numpy(batch.users[known])]
-            return user_vecs @ self.item_factors.detach().T
+                vecs[torch.from_numpy(known)] = self.user_factors.cpu()[torch.from_numpy(batch.users[known])]
+        return Queries(vecs, torch.zeros(len(batch)), torch.ones(len(batch), dtype=torch.bool))
 
     def state(self) -> dict[str, torch.Tensor]:
         return dict(self.net.state_dict())
@@ -204,7 +208,7 @@ class ALSConfig(ModelConfig):
             raise ConfigError("als: alpha must be >= 0")
 
 
-class ALS(Recommender):
+class ALS(DotProductModel):
     """Implicit-feedback ALS (Hu, Koren & Volinsky 2008), exact batched solves per user and item."""
 
     name = "als"
@@ -271,7 +275,11 @@ class ALS(Recommender):
         result[torch.from_numpy(order)] = out
         return result
 
-    def score(self, batch: QueryBatch) -> torch.Tensor:
+    def item_embeddings(self) -> torch.Tensor:
+        return self.item_factors
+
+    def query_embeddings(self, batch: QueryBatch) -> Queries:
+        """Known users: their factor; others: their least-squares solve against the item factors."""
         known = self.known_users(batch)
         user_vecs = torch.empty(len(batch), self.config.dim)
         if known.any():
@@ -280,7 +288,7 @@ class ALS(Recommender):
             unknown = np.flatnonzero(~known)
             new = batch.matrix(self.n_items)[unknown]
             user_vecs[torch.from_numpy(unknown)] = self._solve(new, self.item_factors)
-        return user_vecs @ self.item_factors.T
+        return Queries(user_vecs, torch.zeros(len(batch)), torch.ones(len(batch), dtype=torch.bool))
 
     def state(self) -> dict[str, torch.Tensor]:
         return {"user_factors": self.user_factors, "item_factors": self.item_factors}
@@ -309,7 +317,7 @@ class SVDConfig(ModelConfig):
             raise ConfigError("svd: holdout must be in [0, 0.5)")
 
 
-class SVD(Recommender):
+class SVD(DotProductModel):
     """Biased matrix factorisation r̂ = μ + b_u + b_i + p_u·q_i with squared loss (Koren 2009).
 
     Trained on explicit ratings; on data without ratings every interaction is a 1 and one sampled
@@ -368,17 +376,24 @@ class SVD(Recommender):
                 out[k] = self._predict(torch.from_numpy(users[known]), i[k])
         return out.numpy()
 
-    def score(self, batch: QueryBatch) -> torch.Tensor:
+    def item_embeddings(self) -> torch.Tensor:
+        """[q_i, b_i]: with the query [p_u, 1] and the offset μ + b_u, the dot product is r̂."""
+        net = self.net
+        return torch.cat([net.item_factors, net.item_bias.unsqueeze(1)], 1).detach().cpu()
+
+    def query_embeddings(self, batch: QueryBatch) -> Queries:
+        """[p_u, 1] and μ + b_u for known users; an unknown user's history mean factor and μ."""
+        net = self.net
         with torch.no_grad():
             known = self.known_users(batch)
-            vecs = fold_in_mean(batch, self.net.item_factors.detach())
-            bias = torch.zeros(len(batch))
+            vecs = fold_in_mean(batch, net.item_factors.detach().cpu())
+            offsets = torch.full((len(batch),), float(net.global_mean))
             if known.any():
                 k, u = torch.from_numpy(known), torch.from_numpy(batch.users[known])
-                vecs[k] = self.net.user_factors.detach()[u]
-                bias[k] = self.net.user_bias.detach()[u]
-            base = self.global_mean + bias.unsqueeze(1) + self.net.item_bias.detach().unsqueeze(0)
-            return base + vecs @ self.net.item_factors.detach().T
+                vecs[k] = net.user_factors.detach().cpu()[u]
+                offsets[k] += net.user_bias.detach().cpu()[u]
+        vecs = torch.cat([vecs, torch.ones(len(batch), 1)], 1)
+        return Queries(vecs, offsets, torch.ones(len(batch), dtype=torch.bool))
 
     def state(self) -> dict[str, torch.Tensor]:
         return {k: v.reshape(1) if k == "global_mean" else v for k, v in self.net.state_dict().items()}

@@ -37,7 +37,7 @@ from lmrec.data.batch import EvalSet, QueryBatch
 from lmrec.data.schema import Dataset
 from lmrec.data.sequences import length_buckets, pad_right, sequence_windows
 from lmrec.errors import ConfigError
-from lmrec.models.base import FitOptions, ModelConfig, ReadsItemText, Recommender
+from lmrec.models.base import DotProductModel, FitOptions, ModelConfig, Queries, ReadsItemText, Recommender
 from lmrec.train.losses import bce_one_negative, gbce_loss, sampled_softmax_loss, softmax_ce
 from lmrec.train.trainer import TrainConfig
 
@@ -184,6 +184,15 @@ class SequenceEncoder(nn.Module):
             h = self.blocks(x, src_key_padding_mask=seq == 0)
         return self.final_norm(h)
 
+    def encode(
+        self, seq: torch.Tensor, lengths: torch.Tensor, causal: bool = True, table: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Tensors only (exportable): (B, L) right-padded shifted ids and their (B,) lengths → the
+        (B, dim) hidden state at each sequence's last position, the query vector."""
+        width = max(1, int(lengths.max())) if not torch.jit.is_tracing() and len(lengths) else seq.shape[1]
+        hidden = self(seq[:, :width], causal=causal, table=table)
+        return hidden[torch.arange(len(seq), device=seq.device), (lengths - 1).clamp(min=0)]
+
     def logits(self, hidden: torch.Tensor, table: torch.Tensor | None = None) -> torch.Tensor:
         """Scores of every catalog item (rows 1..n of the item table): (..., n_items)."""
         table = self.item_table() if table is None else table
@@ -197,7 +206,7 @@ class SequenceEncoder(nn.Module):
         return torch.einsum("nd,nkd->nk", hidden, emb)
 
 
-class SequentialRecommender(ReadsItemText, Recommender):
+class SequentialRecommender(ReadsItemText, DotProductModel):
     """Shared fit/score glue of ``sasrec`` and ``bert4rec``."""
 
     config: SequentialConfig
@@ -337,25 +346,29 @@ class SequentialRecommender(ReadsItemText, Recommender):
         return sampled_softmax_loss(pos_logits, neg_logits)
 
     # -- inference --------------------------------------------------------------------------------
-    def score(self, batch: QueryBatch) -> torch.Tensor:
-        """Logits over the catalog for the item after each history (one forward pass)."""
+    def item_embeddings(self) -> torch.Tensor:
+        """The rows the encoder scores with (ID, text, fused or aligned), without pad and mask."""
+        with torch.no_grad():
+            return self.net.item_table()[1 : self.n_items + 1].detach().float().cpu()
+
+    def query_embeddings(self, batch: QueryBatch) -> Queries:
+        """The encoder's last hidden state after each history (one forward pass per 512 queries);
+        an empty history has none (``exact`` false: it is scored by popularity)."""
         if self.net.training:  # eval() walks every module: not on each request
             self.net.eval()
         masked = self.config.objective == "masked"
         seq, lengths = histories_to_inputs(batch, self.n_items, self.config.max_len, append_mask=masked)
-        out = torch.empty(len(batch), self.n_items)
+        out = torch.empty(len(batch), self.config.dim)
         with torch.no_grad():
             table = self.net.item_table()
             for s in range(0, len(batch), 512):
-                part, n = seq[s : s + 512].to(self.device), lengths[s : s + 512]
-                width = max(1, int(n.max()))
-                hidden = self.net(part[:, :width], causal=not masked, table=table)
-                last = hidden[torch.arange(len(part)), (n - 1).clamp(min=0).to(self.device)]
-                out[s : s + len(part)] = self.net.logits(last, table).float().cpu()
-        empty = lengths == 0
-        if empty.any():  # nothing to read: fall back to training popularity
-            out[empty] = torch.log1p(self.popularity).unsqueeze(0)
-        return out
+                part, n = seq[s : s + 512].to(self.device), lengths[s : s + 512].to(self.device)
+                out[s : s + len(part)] = self.net.encode(part, n, causal=not masked, table=table).float().cpu()
+        return Queries(out, torch.zeros(len(batch)), lengths > 0)
+
+    def fallback_scores(self, batch: QueryBatch) -> torch.Tensor:
+        """Nothing to read: training popularity."""
+        return torch.log1p(self.popularity).unsqueeze(0).expand(len(batch), -1)
 
     def distribution(self, history: list[int] | np.ndarray, temperature: float = 1.0) -> torch.Tensor:
         """p(next item | history) over the catalog: a softmax of the logits at ``temperature``."""

@@ -13,6 +13,8 @@ Each one follows :class:`lmrec.evaluate.evaluator.Reranker`, so it plugs into
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from lmrec.data.schema import Dataset
 from lmrec.errors import ConfigError
 from lmrec.rerank.calibration import Calibrated
@@ -41,11 +43,14 @@ __all__ = [
     "make_similarity",
 ]
 
+if TYPE_CHECKING:
+    from lmrec.models.base import Recommender
+
 RERANKERS = ("mmr", "dpp", "calibration")
 SIMILARITIES = ("genre", "embedding", "cooccurrence")
 
 
-def make_similarity(name: str, dataset: Dataset, model: object | None = None) -> ItemSimilarity:
+def make_similarity(name: str, dataset: Dataset, model: Recommender | None = None) -> ItemSimilarity:
     """An item similarity by name: ``genre`` (catalog categories), ``embedding`` (the model's
     learned item embeddings) or ``cooccurrence`` (``dataset``'s interactions — pass the training
     part so test interactions do not leak)."""
@@ -53,11 +58,11 @@ def make_similarity(name: str, dataset: Dataset, model: object | None = None) ->
         return CategorySimilarity.from_catalog(dataset)
     if name == "embedding":
         vectors = None if model is None else item_vectors_of(model)
-        if vectors is None:
+        if model is None or vectors is None:
             raise ConfigError(
                 f"{type(model).__name__} has no learned item embeddings; use the genre or cooccurrence similarity"
             )
-        return EmbeddingSimilarity(vectors, name=f"{getattr(model, 'name', type(model).__name__)} item embeddings")
+        return EmbeddingSimilarity(vectors, name=f"{model.name} item embeddings")
     if name == "cooccurrence":
         return CooccurrenceSimilarity.from_interactions(dataset)
     raise ConfigError(f"unknown similarity {name!r}; choose one of {', '.join(SIMILARITIES)}")
@@ -68,7 +73,7 @@ def make_reranker(
     value: float,
     dataset: Dataset,
     *,
-    model: object | None = None,
+    model: Recommender | None = None,
     similarity_name: str = "genre",
 ) -> MMR | DPP | Calibrated:
     """A re-ranker by name with its one trade-off ``value``: MMR's λ, DPP's θ or calibration's λ.

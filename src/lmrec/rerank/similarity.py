@@ -20,7 +20,7 @@ and columns.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
@@ -28,6 +28,9 @@ from scipy import sparse
 
 from lmrec.data.schema import Dataset
 from lmrec.errors import DataError
+
+if TYPE_CHECKING:
+    from lmrec.models.base import Recommender
 
 __all__ = [
     "CategorySimilarity",
@@ -220,21 +223,8 @@ class CooccurrenceSimilarity(_SparseSimilarity):
         return f"CooccurrenceSimilarity({self.metric}, {self.n_items} items × {self.matrix.shape[1]} users)"
 
 
-def item_vectors_of(model: object) -> np.ndarray | None:
-    """A model's learned item embeddings as (n_items, d) float32, or None if it has none.
-
-    Sequential models (SASRec, BERT4Rec, text-SASRec): the item table they score with (ID, text or
-    fused rows) without the padding and mask rows. Matrix factorisation (BPR, ALS, SVD): ``item_factors``.
-    """
-    import torch
-
-    n_items = int(getattr(model, "n_items", 0))
-    net = getattr(model, "net", None)
-    if callable(getattr(net, "item_table", None)) and n_items > 0:  # text and fused items included
-        with torch.no_grad():
-            table = net.item_table()  # type: ignore[union-attr]
-        return table[1 : n_items + 1].detach().float().cpu().numpy()
-    factors = getattr(model, "item_factors", None)
-    if isinstance(factors, torch.Tensor) and factors.dim() == 2:
-        return factors.detach().float().cpu().numpy()
-    return None
+def item_vectors_of(model: Recommender) -> np.ndarray | None:
+    """A model's learned item embeddings (its vectors protocol) as (n_items, d) float32, or None
+    if it has none: sequential models' item table (ID, text or fused rows), factor models' items."""
+    items = model.item_embeddings()
+    return None if items is None else items.detach().float().cpu().numpy()

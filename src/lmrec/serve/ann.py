@@ -24,10 +24,10 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
-import torch
 
 from lmrec.data.batch import QueryBatch
 from lmrec.errors import ConfigError, MissingExtraError
+from lmrec.models.base import Recommender
 
 IndexKind = Literal["exact", "hnsw", "ivf"]
 KINDS: tuple[str, ...] = ("exact", "hnsw", "ivf")
@@ -163,74 +163,18 @@ class DotProduct:
     queries: Callable[[QueryBatch], tuple[np.ndarray, np.ndarray, np.ndarray]]
 
     @classmethod
-    def of(cls, model: object) -> DotProduct | None:
-        """The dot-product form of ``model``, or None for a model that does not score that way."""
-        from lmrec.models.mf import ALS, BPR, SVD
-        from lmrec.models.sequential import SequentialRecommender
+    def of(cls, model: Recommender) -> DotProduct | None:
+        """The dot-product form of ``model`` (its vectors protocol), or None for a model that
+        does not score that way."""
+        items = model.item_embeddings()
+        if items is None:
+            return None
 
-        if isinstance(model, SequentialRecommender):
-            return _sequential(model)
-        if isinstance(model, BPR | ALS | SVD):
-            return _factors(model)
-        return None
+        def queries(batch: QueryBatch) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+            q = model.query_embeddings(batch)
+            return q.vectors.detach().float().numpy(), q.offsets.detach().float().numpy(), q.exact.numpy()
 
-
-def _sequential(model: Any) -> DotProduct:
-    from lmrec.models.sequential import histories_to_inputs
-
-    model.net.eval()
-    with torch.no_grad():
-        table = model.net.item_table()
-        items = table[1 : model.n_items + 1].float().cpu().numpy()
-
-    def queries(batch: QueryBatch) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        # The same forward pass as SequentialRecommender.score, stopping before the item table.
-        masked = model.config.objective == "masked"
-        seq, lengths = histories_to_inputs(batch, model.n_items, model.config.max_len, append_mask=masked)
-        out = np.zeros((len(batch), items.shape[1]), np.float32)
-        with torch.no_grad():
-            for s in range(0, len(batch), 512):
-                part, n = seq[s : s + 512].to(model.device), lengths[s : s + 512]
-                width = max(1, int(n.max()))
-                hidden = model.net(part[:, :width], causal=not masked, table=table)
-                last = hidden[torch.arange(len(part)), (n - 1).clamp(min=0).to(model.device)]
-                out[s : s + len(part)] = last.float().cpu().numpy()
-        return out, np.zeros(len(batch), np.float32), lengths.numpy() > 0
-
-    return DotProduct(np.ascontiguousarray(items), queries)
-
-
-def _factors(model: Any) -> DotProduct:
-    from lmrec.models.mf import ALS, SVD, fold_in_mean
-
-    item_f = model.item_factors.detach().float().cpu()
-    has_bias = isinstance(model, SVD)
-    items = item_f.numpy()
-    if has_bias:  # score = μ + b_u + b_i + p·q  →  [p, 1]·[q, b_i] + (μ + b_u)
-        items = np.hstack([items, model.item_bias.detach().float().cpu().numpy()[:, None]])
-
-    def queries(batch: QueryBatch) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        known = model.known_users(batch)
-        users = torch.from_numpy(batch.users[known])
-        if isinstance(model, ALS):
-            vecs = torch.empty(len(batch), item_f.shape[1])
-            unknown = np.flatnonzero(~known)
-            if len(unknown):
-                vecs[torch.from_numpy(unknown)] = model._solve(batch.matrix(model.n_items)[unknown], item_f)
-        else:
-            vecs = fold_in_mean(batch, item_f)
-        offsets = np.zeros(len(batch), np.float32)
-        if known.any():
-            vecs[torch.from_numpy(known)] = model.user_factors.detach().float().cpu()[users]
-        out = vecs.numpy().astype(np.float32)
-        if has_bias:
-            out = np.hstack([out, np.ones((len(batch), 1), np.float32)])
-            offsets += float(model.global_mean)
-            if known.any():
-                offsets[known] += model.user_bias.detach().float().cpu().numpy()[batch.users[known]]
-        return out, offsets, np.ones(len(batch), dtype=bool)
-
-    return DotProduct(np.ascontiguousarray(items, dtype=np.float32), queries)
+        return cls(np.ascontiguousarray(items.detach().float().numpy()), queries)
 
 
 # -- a model's top-k through an index ---------------------------------------------------------------------
@@ -245,7 +189,7 @@ class ANNRecommender:
         self.model, self.form, self.index = model, form, index
 
     @classmethod
-    def for_model(cls, model: object, kind: IndexKind = "hnsw", **params: Any) -> ANNRecommender | None:
+    def for_model(cls, model: Recommender, kind: IndexKind = "hnsw", **params: Any) -> ANNRecommender | None:
         """An index over ``model``'s items, or None when the model is not a dot product."""
         form = DotProduct.of(model)
         if form is None:

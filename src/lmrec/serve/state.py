@@ -39,7 +39,7 @@ from lmrec.data.batch import QueryBatch
 from lmrec.data.schema import Dataset, Vocab
 from lmrec.errors import DataError
 from lmrec.evaluate.evaluator import Reranker
-from lmrec.models.sequential import SequentialRecommender
+from lmrec.models.base import ReadsItemText
 from lmrec.rerank import RERANKERS, SIMILARITIES, item_vectors_of, make_reranker
 from lmrec.runs import Run, open_run, run_version
 from lmrec.serve.store import Event, EventStore, Item, brief, trained_through
@@ -160,7 +160,7 @@ class LiveState:
     def served(self) -> Served:
         """The current model and item rows, grown first by any item the store has that it can now score."""
         current, base = self._served, self.run.model
-        if not (isinstance(base, SequentialRecommender) and base.scores_new_items):
+        if not (isinstance(base, ReadsItemText) and base.scores_new_items):
             return current
         changed = self.store.items_updated_since(current.newest - REREAD_WINDOW_S)
         if not _news(changed, current, self.run.dataset):
@@ -173,9 +173,7 @@ class LiveState:
             added = {**current.added, **{it.item: it for it in fresh}}
             catalog = _catalog_of(list(added.values()), list(self.run.dataset.catalog.columns))
             if self._encoder is None:
-                from lmrec.text import load_encoder
-
-                self._encoder = load_encoder(base.config.text_encoder, str(base.device))
+                self._encoder = base.text_encoder(str(base.device))
             model = base.with_new_items(base.encode_items(catalog, self._encoder, self._embeddings))
             topk, _ = self._topk_for(model)
             newest = max([current.newest] + [it.updated_at or 0.0 for it in changed])
