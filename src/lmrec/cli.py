@@ -108,6 +108,8 @@ def _set_threads(args: argparse.Namespace) -> None:
 
 def _fit_options(args: argparse.Namespace, seed: int) -> FitOptions:
     from lmrec.models.base import FitOptions
+    from lmrec.train.distributed import init_from_env, launched_by_torchrun
+    from lmrec.train.trainer import Strategy
 
     return FitOptions(
         seed=seed,
@@ -116,7 +118,23 @@ def _fit_options(args: argparse.Namespace, seed: int) -> FitOptions:
         log=_say,
         cache_dir=args.cache_dir,
         stop_after=getattr(args, "stop_after", None),
+        strategy=init_from_env(args.device) if launched_by_torchrun() else Strategy(),
     )
+
+
+def _torchrun(argv_in: list[str], nproc: int) -> int:
+    """Run this command again as ``torchrun --nproc-per-node N -m lmrec ...`` (one machine)."""
+    import subprocess
+
+    argv, skip = [], False
+    for arg in argv_in:  # drop --nproc N / --nproc=N
+        if skip or arg.startswith("--nproc"):
+            skip = arg == "--nproc"
+            continue
+        argv.append(arg)
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc), "-m", "lmrec", *argv]
+    _say("launching: " + " ".join(command[1:]))
+    return subprocess.call(command)
 
 
 def _report_trained(run: Run) -> None:
@@ -130,6 +148,8 @@ def _report_trained(run: Run) -> None:
 def cmd_train(args: argparse.Namespace) -> int:
     from lmrec.runs import DataRecipe, resume_run, train_run
 
+    if args.nproc > 1:  # the shortcut: this same command under torchrun
+        return _torchrun(args.argv, args.nproc)
     _set_threads(args)
     if args.resume:
         if args.dataset or args.model or args.out:
@@ -220,6 +240,12 @@ def cmd_recommend(args: argparse.Namespace) -> int:
 
     run = open_run(Path(args.run), args.cache_dir)
     history = [h.strip() for h in args.history.split(",") if h.strip()] if args.history else None
+    added: list[Any] = []
+    if args.new_item:  # items known only by their text, scored by a text-reading model
+        from lmrec.newitems import parse_new_item, with_text_items
+
+        added = [parse_new_item(text, i) for i, text in enumerate(args.new_item, 1)]
+        run = with_text_items(run, added, cache_dir=args.cache_dir)
     explainer = None
     if args.explain or args.llm:
         from lmrec.llm.lm import load_lm
@@ -233,6 +259,12 @@ def cmd_recommend(args: argparse.Namespace) -> int:
         candidates=args.candidates,
         explainer=explainer,
     )
+    if added:  # where each new item lands in this user's whole ranking
+        order = [it["item"] for it in run.recommend(str(args.user), history, k=run.dataset.n_items)["items"]]
+        result["new_items"] = [
+            {"item": it.item, "title": it.title, "rank": order.index(it.item) + 1 if it.item in order else None}
+            for it in added
+        ]
     if args.json:
         print(json.dumps(result))
         return 0
@@ -241,6 +273,9 @@ def cmd_recommend(args: argparse.Namespace) -> int:
         print(f"{rank:>3}. {item['title']}  [item {item['item']}, score {item['score']:.4f}]")
         if "because" in item:
             print(f"     {item['because']}")
+    for new in result.get("new_items", []):
+        where = f"rank {new['rank']} of {run.dataset.n_items}"
+        print(f"new item {new['item']} {new['title']!r}, known by its text only: {where} for this history")
     return 0
 
 
@@ -348,6 +383,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="model option override")
     p.add_argument("--out", help="run directory to create (checkpointed every epoch)")
     p.add_argument("--resume", metavar="RUN", help="continue a stopped run from its last checkpoint")
+    p.add_argument("--nproc", type=_positive, default=1, help="data-parallel processes (launches torchrun)")
     p.add_argument("--stop-after", type=_positive, metavar="EPOCHS", help="stop after this many epochs (then --resume)")
     p.add_argument(
         "--column",
@@ -402,6 +438,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--llm", help="write the reasons with this LLM (smollm2 or a local model directory); implies --explain"
     )
     p.add_argument("--device", default="cpu", help="device of the --llm")
+    p.add_argument(
+        "--new-item",
+        action="append",
+        default=[],
+        metavar="TITLE|GENRE,...",
+        help="add an item known only by its text (text-reading models), as new-1, new-2, ...",
+    )
     _add_rerank_options(p)
     p.set_defaults(func=cmd_recommend)
 
@@ -457,6 +500,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # for the torchrun shortcut
     if args.cache_dir is None:
         args.cache_dir = default_cache()
     if args.command == "datasets" and args.action == "fetch" and not args.name:
