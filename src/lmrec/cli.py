@@ -154,8 +154,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.resume:
         if args.dataset or args.model or args.out:
             raise ConfigError("--resume RUN continues RUN as it was started: no --dataset, --model or --out")
-        run = resume_run(Path(args.resume), args.cache_dir, _fit_options(args, args.seed))
-        _report_trained(run)
+        options = _fit_options(args, args.seed)
+        run = resume_run(Path(args.resume), args.cache_dir, options)
+        if options.strategy.is_main:
+            _report_trained(run)
         return 0
     if not (args.dataset and args.model and args.out):
         raise ConfigError("lmrec train needs --dataset, --model and --out (or --resume RUN)")
@@ -171,7 +173,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     )
     options = _fit_options(args, args.seed)
     run = train_run(recipe, args.model, _model_overrides(args), Path(args.out), args.cache_dir, options)
-    _report_trained(run)
+    if options.strategy.is_main:
+        _report_trained(run)
     return 0
 
 
@@ -338,6 +341,23 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_mask(args: argparse.Namespace) -> int:
+    """A masked copy of a dataset: keyed pseudonyms, coarser times, scrubbed text, generalised users."""
+    from lmrec.privacy.mask import MaskOptions, mask
+
+    options = MaskOptions(
+        items=args.items, time_granularity=args.time_granularity, drop=tuple(args.drop), quasi=args.quasi
+    )
+    report = mask(args.dataset, Path(args.out), Path(args.key_file), args.cache_dir, options)
+    if args.json:
+        print(json.dumps(report.as_dict(), default=str))
+    else:
+        for line in report.lines():
+            _say(line)
+        _say(f"wrote {args.out} (train on it with `lmrec train --dataset {args.out}`)")
+    return 0
+
+
 def cmd_keys(args: argparse.Namespace) -> int:
     import time
 
@@ -482,6 +502,17 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"reload when the run's run.json changes (checked every {WATCH_SECONDS:g}s), e.g. a symlink moved on",
     )
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("mask", help="write a masked copy of a dataset (pseudonymous IDs, coarse times, no PII)")
+    p.add_argument("--dataset", required=True, help="registered name (ml-100k) or a file/directory")
+    p.add_argument("--out", required=True, help="directory to create: interactions/items/users.parquet")
+    p.add_argument("--key-file", required=True, help="secret HMAC key; created (mode 0600) if missing, never printed")
+    p.add_argument("--items", action="store_true", help="pseudonymise item IDs too")
+    p.add_argument("--time-granularity", default="none", choices=["none", "day", "week", "month"])
+    p.add_argument("--drop", nargs="+", default=[], metavar="COL", help="columns to leave out (COL or TABLE.COL)")
+    p.add_argument("--quasi", default="generalise", choices=["generalise", "drop"], help="zip code, age, birth date")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(func=cmd_mask)
 
     p = sub.add_parser("keys", help="create, list or revoke the service's API keys")
     keys = p.add_subparsers(dest="action", required=True)

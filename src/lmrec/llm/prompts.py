@@ -26,7 +26,11 @@ _EMAIL = re.compile(rf"(?<![{_LOCAL}])[{_LOCAL}]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]
 # A run of digit groups joined by single spaces or dashes; a leading "+" marks a phone number.
 _DIGIT_RUN = re.compile(r"(?<!\w)\+?\d+(?:[ -]\d+)*(?!\w)")
 _PHONE_INTL = re.compile(r"(?<![\w+])\+\d{1,3}(?:[ .-]?(?:\(\d{1,4}\)|\d{1,5})){1,6}(?!\w)")
-_PHONE_NANP = re.compile(r"(?<![\w+.-])(?:\(\d{3}\)[ .-]?|\d{3}[ .-])\d{3}[ .-]\d{4}(?!\w|[.-]\d)")
+_PHONE_NANP = re.compile(r"(?<![\w+.-])(?:1[ .-])?(?:\(\d{3}\)[ .-]?|\d{3}[ .-])\d{3}[ .-]\d{4}(?!\w|[.-]\d)")
+# A bracketed area code before digit groups: "(02) 9876 5432", "(0161) 496 0000", "(11) 98765-4321".
+_PHONE_AREA = re.compile(r"(?<![\w+.-])\((\d{2,5})\)[ .-]?(\d{2,5}(?:[ .-]\d{2,5}){0,3})(?!\w|[.-]\d)")
+# A national number after a trunk "0": "030 12345678", "0151 1234567", "030/1234567", "089 123 456".
+_PHONE_TRUNK = re.compile(r"(?<![\w+.\-/])0\d{1,5}(?:[ /-]\d{2,8}){1,3}(?!\w|[.\-/]\d)")
 _PHONE_GROUPS = re.compile(r"(?<![\w+.-])\d{2,5}([ .-])\d{2,5}(?:\1\d{2,5}){1,5}(?!\w|[.-]\d)")
 _YEAR = re.compile(r"1\d{3}|20\d{2}")
 
@@ -46,9 +50,15 @@ def _years(groups: Sequence[str]) -> bool:
     return all(_YEAR.fullmatch(g) for g in groups)
 
 
+def _isbn13(digits: str) -> bool:
+    """A book number (978/979 and the ISBN-13 check digit), which may pass the Luhn test too."""
+    weighted = sum(int(c) * (3 if i % 2 else 1) for i, c in enumerate(digits))
+    return len(digits) == 13 and digits[:3] in ("978", "979") and weighted % 10 == 0
+
+
 def _is_card(groups: Sequence[str]) -> bool:
     digits = "".join(groups)
-    return 13 <= len(digits) <= 19 and not _years(groups) and _luhn(digits)
+    return 13 <= len(digits) <= 19 and not _years(groups) and _luhn(digits) and not _isbn13(digits)
 
 
 def _cards(match: re.Match[str]) -> str:
@@ -85,6 +95,17 @@ def _grouped_phone(match: re.Match[str]) -> str:
     return "[phone]" if 10 <= digits <= 15 and not _years(groups) and not dotted_quad else match.group(0)
 
 
+def _area_phone(match: re.Match[str]) -> str:
+    groups = [match.group(1), *re.split(r"[ .-]", match.group(2))]
+    digits = sum(len(g) for g in groups)
+    return "[phone]" if 9 <= digits <= 13 and not _years(groups) else match.group(0)
+
+
+def _trunk_phone(match: re.Match[str]) -> str:
+    digits = sum(ch.isdigit() for ch in match.group(0))
+    return "[phone]" if 9 <= digits <= 12 else match.group(0)
+
+
 def scrub_pii(text: str) -> str:
     """``text`` with e-mail addresses, card numbers (Luhn-checked) and phone numbers replaced by
     ``[email]``, ``[card]`` and ``[phone]``. Years, prices, titles and short ids are left alone."""
@@ -92,6 +113,8 @@ def scrub_pii(text: str) -> str:
     text = _DIGIT_RUN.sub(_cards, text)
     text = _PHONE_INTL.sub(_intl_phone, text)
     text = _PHONE_NANP.sub("[phone]", text)
+    text = _PHONE_AREA.sub(_area_phone, text)
+    text = _PHONE_TRUNK.sub(_trunk_phone, text)
     return _PHONE_GROUPS.sub(_grouped_phone, text)
 
 

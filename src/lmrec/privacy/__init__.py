@@ -1,0 +1,1 @@
+"""Privacy: data masking, PII scrubbing measured on generated text, membership-inference attacks."""
