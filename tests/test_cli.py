@@ -89,6 +89,16 @@ def test_a_stopped_run_resumes_to_the_uninterrupted_result(runs: dict[str, Path]
     assert code == 2 and "nothing to resume" in err
 
 
+def test_train_with_two_processes_through_torchrun(runs: dict[str, Path], cli: Cli, tmp_path: Path) -> None:
+    tiny = ["--set", "dim=8", "--set", "inner=16", "--set", "layers=1", "--set", "heads=1", "--set", "max_len=6"]
+    args = ["train", "--dataset", str(runs["data"]), "--model", "sasrec", *tiny, "--set", "epochs=2", "--quiet"]
+    code, _, err = cli(*args, "--out", str(tmp_path / "ddp"), "--nproc", "2")
+    assert code == 0, err
+    meta = json.loads((tmp_path / "ddp" / "run.json").read_text())
+    assert meta["training"]["epochs"] == 2
+    assert cli("evaluate", "--run", str(tmp_path / "ddp"))[0] == 0
+
+
 def test_train_writes_a_run_directory_with_the_override(runs: dict[str, Path]) -> None:
     meta = json.loads((runs["ease"] / "run.json").read_text())
     assert meta["model"] == "ease"

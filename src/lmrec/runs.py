@@ -226,9 +226,10 @@ def train_run(
     klass = model_class(model_name)
     config = klass.config_class.from_dict(overrides)
     recipe = recipe.resolved()
+    main = options.strategy.is_main  # under DDP the other processes train and write nothing
     out.mkdir(parents=True, exist_ok=True)
     request = {"model": model_name, "overrides": overrides, "data": asdict(recipe), "seed": options.seed}
-    if not options.resume:
+    if main and not options.resume:
         (out / TRAIN_FILE).write_text(json.dumps({**request, "extra_meta": extra_meta}, indent=2))
     options = replace(options, checkpoint_dir=out / "checkpoint")
     the_split, reports = recipe.make_split(cache_dir)
@@ -240,6 +241,8 @@ def train_run(
     started = time.perf_counter()
     model = klass(config).fit(train, valid if len(valid) else None, options)
     seconds = time.perf_counter() - started
+    if not main:
+        return Run(out, {}, model, the_split)
     model.save(out / "model")
     the_split.dataset.users.save(out / "users.json")
     the_split.dataset.items.save(out / "items.json")

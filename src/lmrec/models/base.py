@@ -26,7 +26,7 @@ from safetensors.torch import load_file, save_file
 from lmrec.data.batch import EvalSet, QueryBatch, mask_seen
 from lmrec.data.schema import Dataset
 from lmrec.errors import ConfigError
-from lmrec.train.trainer import Task, TrainConfig, Trainer, TrainerOptions, seeded
+from lmrec.train.trainer import Strategy, Task, TrainConfig, Trainer, TrainerOptions, seeded
 
 if TYPE_CHECKING:
     from lmrec.text import TextEncoder
@@ -112,6 +112,7 @@ class FitOptions:
     checkpoint_dir: Path | None = None  # the Trainer writes a checkpoint here after every epoch
     resume: bool = False  # continue from the checkpoint in checkpoint_dir
     stop_after: int | None = None  # stop each training phase after this many epochs (resume later)
+    strategy: Strategy = dataclasses.field(default_factory=Strategy)  # one process, or DDP (train/distributed.py)
 
     def torch_generator(self) -> torch.Generator:
         return torch.Generator(device="cpu").manual_seed(self.seed)
@@ -120,7 +121,7 @@ class FitOptions:
         return np.random.default_rng(self.seed)
 
     def say(self, message: str) -> None:
-        if self.log is not None:
+        if self.log is not None and self.strategy.is_main:
             self.log(message)
 
 
@@ -200,11 +201,12 @@ class Recommender(ABC):
             validate = lambda: validation_ndcg(self, valid)  # noqa: E731
         trainer_options = TrainerOptions(
             device=options.device,
-            progress=options.progress,
+            progress=options.progress and options.strategy.is_main,
             log=options.log,
             checkpoint_dir=options.checkpoint_dir / phase if options.checkpoint_dir is not None else None,
             resume=options.resume,
             stop_after=options.stop_after,
+            strategy=options.strategy,
         )
         return Trainer(config, trainer_options).fit(task, generator, validate, total_steps)
 

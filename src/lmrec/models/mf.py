@@ -187,7 +187,7 @@ class BPRTask(PairTask):
         j = sample_negatives(u.cpu(), self.positives, gen)[:, 0].to(u.device)
         f = self.factors
         pu, qi, qj = f.user_factors[u], f.item_factors[i], f.item_factors[j]
-        loss = bpr_loss((pu * qi).sum(1), (pu * qj).sum(1))
+        loss = bpr_loss(module(u, i), module(u, j))
         return loss + self.reg * (pu.pow(2).sum() + qi.pow(2).sum() + qj.pow(2).sum()) / len(u)
 
 
