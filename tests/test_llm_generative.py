@@ -1,5 +1,5 @@
 """The LLM features on a toy model built on the spot: constrained generation, LoRA fine-tuning,
-checkpoints, the hallucination measure, listwise re-ranking and grounded explanations."""
+checkpoints, the hallucination measure, listwise re-ranking (grounded explanations: test_explain.py)."""
 
 from __future__ import annotations
 
@@ -19,12 +19,10 @@ from lmrec.data.schema import Dataset
 from lmrec.data.splits import leave_one_out
 from lmrec.errors import ConfigError
 from lmrec.evaluate import evaluate
-from lmrec.llm.explain import Explainer
-from lmrec.llm.lm import Generation, load_lm
+from lmrec.llm.lm import load_lm
 from lmrec.models import FitOptions, Recommender, model_class
 from lmrec.models.llmgen import GenerativeLLM, hallucination_rate
 from lmrec.rerank.llm import LLMReranker
-from lmrec.rerank.similarity import EmbeddingSimilarity
 from tests.llm_toy import toy_lm_dir
 
 N_ITEMS = 12
@@ -133,31 +131,3 @@ def test_llm_reranker_finetuning_lowers_its_loss(toy: Path) -> None:
     reranker = LLMReranker(load_lm(str(toy)), [f"Film {i}" for i in range(N_ITEMS)], candidates=4, permutations=1)
     losses = reranker.finetune(train, base, steps=30, lr=1e-2)  # mean loss of each 10 steps
     assert len(losses) == 3 and losses[-1] < losses[0]
-
-
-# -- explanations ---------------------------------------------------------------------------------
-class Scripted:
-    """A ChatLM that always says the same thing."""
-
-    name = "scripted"
-
-    def __init__(self, text: str) -> None:
-        self.text = text
-
-    def chat(self, messages: list[dict[str, str]], max_new_tokens: int = 64, temperature: float = 0.0) -> Generation:
-        return Generation(self.text, len(self.text.split()), 0.0)
-
-
-def test_explanations_cite_only_the_history() -> None:
-    titles = ["Alien (1979)", "Aliens (1986)", "Toy Story (1995)", "Die Hard (1988)", "Die Hard 2 (1990)"]
-    vectors = EmbeddingSimilarity(np.array([[1, 0], [0.9, 0.1], [0, 1], [0.7, 0.3], [0.8, 0.2]]))
-    history = np.array([0, 2, 4])
-    good = Explainer(titles, vectors, Scripted("You enjoyed Alien and Die Hard 2, so try this."), cite=2)
-    out = good.explain(history, item=1)
-    assert out.generated and out.cited == [0, 4]  # the most similar history items
-    invented = Explainer(titles, vectors, Scripted("Fans of Die Hard love it."), cite=2).explain(history, item=1)
-    assert not invented.generated and invented.text == "Because you liked Alien (1979) and Die Hard 2 (1990)."
-    vague = Explainer(titles, vectors, Scripted("The user liked these items:"), cite=2).explain(history, item=1)
-    assert not vague.generated and vague.text == invented.text  # cites nothing: no reason given
-    plain = Explainer(titles, vectors).explain(history, item=1)
-    assert plain.text == invented.text and plain.cited == [0, 4]

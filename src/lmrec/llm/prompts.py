@@ -172,9 +172,8 @@ def explanation_messages(item_title: str, cited: Sequence[str]) -> list[dict[str
     if cited:
         listing = "\n".join(f"- {_clean(t)}" for t in cited)
         user = (
-            f"The user liked these items:\n{listing}\n\n"
-            f'In one sentence, explain why they may also like "{item}". '
-            "Mention only items from the list above, and no other titles."
+            f"Earlier the user liked:\n{listing}\n\n"
+            f'We recommend "{item}" to them. In one sentence, tell them why, naming only titles from the list above.'
         )
     else:
         user = f'In one sentence, explain why the user may like "{item}". Do not mention any other titles.'

@@ -53,3 +53,34 @@ def _clean(value: object) -> str:
 class _Blank(dict[str, str]):
     def __missing__(self, key: str) -> str:
         return ""
+
+
+# Articles that catalogs (MovieLens above all) move to the end for sorting: "Lion King, The".
+MOVED_ARTICLES = ("The", "A", "An", "L'", "Le", "La", "Les", "Il", "Das", "Der", "Die", "El")
+_ARTICLE = "|".join(re.escape(a) for a in MOVED_ARTICLES)
+_TRAILING_YEAR = re.compile(r"\s*\(\d{4}\)$")
+_MOVED = re.compile(rf"^(?P<main>.+?), (?P<article>{_ARTICLE})(?P<rest>(?: \([^()]*\))*)$")
+_MOVED_IN_PARENS = re.compile(rf"\((?P<main>[^()]+?), (?P<article>{_ARTICLE})\)")
+
+
+def spoken_title(title: str, article: bool = True) -> str:
+    """A catalog title as people say it in a sentence: the trailing "(year)" dropped and a moved
+    article put back in front, in the title and in an alternate title in parentheses.
+
+    "Lion King, The (1994)" → "The Lion King"; "Amour, L'" → "L'Amour";
+    "Horseman on the Roof, The (Hussard sur le toit, Le)" → "The Horseman on the Roof (Le Hussard
+    sur le toit)". ``article=False`` leaves a moved article out ("Lion King"), the core a reader may
+    also write. Titles without a moved article keep their words as they are.
+    """
+    text = " ".join(str(title).split())
+    text = _TRAILING_YEAR.sub("", text) or text
+    text = _MOVED_IN_PARENS.sub(lambda m: f"({_front(m['article'], m['main'])})", text)
+    moved = _MOVED.match(text)
+    if moved is None:
+        return text
+    main = _front(moved["article"], moved["main"]) if article else moved["main"]
+    return main + moved["rest"]
+
+
+def _front(article: str, main: str) -> str:
+    return article + main if article.endswith("'") else f"{article} {main}"
