@@ -7,7 +7,10 @@ from typing import Any
 ORDER = ("ndcg", "recall", "mrr", "hit", "precision", "map", "f1")
 
 
-def _column_order(names: set[str]) -> list[str]:
+def metric_columns(names: set[str]) -> list[str]:
+    """Metric names (``ndcg@10``, ``ild``...) in table order: @k metrics first, by :data:`ORDER`
+    then k, then the others by name."""
+
     def key(name: str) -> tuple[int, int, str]:
         base, _, k = name.partition("@")
         rank = ORDER.index(base) if base in ORDER else len(ORDER)
@@ -18,7 +21,7 @@ def _column_order(names: set[str]) -> list[str]:
 
 def markdown_report(rows: dict[str, dict[str, float]], protocol: dict[str, Any], n_users: int | None = None) -> str:
     """A table with one row per model and one column per metric, followed by the protocol."""
-    columns = _column_order({k for metrics in rows.values() for k in metrics})
+    columns = metric_columns({k for metrics in rows.values() for k in metrics})
     lines = ["| model | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
     for name, metrics in rows.items():
         cells = [f"{metrics[c]:.4f}" if c in metrics else "–" for c in columns]
