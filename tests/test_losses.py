@@ -13,6 +13,7 @@ from lmrec.train.losses import (
     bce_one_negative,
     bpr_loss,
     gbce_loss,
+    logq_softmax_loss,
     mse_loss,
     sampled_softmax_loss,
     softmax_ce,
@@ -65,3 +66,17 @@ def test_gbce_with_all_negatives_and_t1_is_bce() -> None:
 def test_bce_one_negative() -> None:
     # pos 0 and neg 0: log 2 + log 2
     assert bce_one_negative(torch.zeros(2), torch.zeros(2)).item() == pytest.approx(2 * math.log(2))
+
+
+def test_logq_correction_is_a_shift_of_the_logits() -> None:
+    logits, labels = torch.tensor([[2.0, 0.5, -1.0], [0.0, 1.0, 3.0]]), torch.tensor([0, 2])
+    log_q = torch.log(torch.tensor([0.5, 0.25, 0.25]))
+    expected = F.cross_entropy(logits - log_q, labels)
+    assert logq_softmax_loss(logits, log_q, labels).item() == pytest.approx(expected.item())
+    # a constant log-Q (uniform sampling) changes nothing
+    assert logq_softmax_loss(logits, torch.full((3,), -2.0), labels).item() == pytest.approx(
+        F.cross_entropy(logits, labels).item()
+    )
+    # a popular candidate is penalised less as a negative
+    popular = logq_softmax_loss(logits, torch.log(torch.tensor([0.1, 0.8, 0.1])), torch.tensor([0, 0]))
+    assert popular < F.cross_entropy(logits, torch.tensor([0, 0]))

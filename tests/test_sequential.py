@@ -11,12 +11,13 @@ import torch
 
 from lmrec.data.batch import QueryBatch
 from lmrec.data.schema import Dataset
+from lmrec.data.sequences import sequence_windows
 from lmrec.data.splits import leave_one_out
 from lmrec.errors import ConfigError
 from lmrec.evaluate import evaluate
 from lmrec.models import FitOptions, Recommender, model_class
-from lmrec.data.sequences import sequence_windows
 from lmrec.models.sequential import BERT4RecConfig, SASRec, SequentialConfig
+from tests.conftest import checkerboard
 
 TINY = {"dim": 16, "inner": 32, "layers": 1, "heads": 2, "max_len": 12, "epochs": 4, "batch_size": 16, "lr": 0.01}
 
@@ -164,3 +165,19 @@ def test_causal_encoder_never_sees_the_future(training: bool) -> None:
     assert not torch.allclose(ha[:, 3:], hb[:, 3:])
     hm, hn = net(a, causal=False), net(b, causal=False)
     assert not torch.allclose(hm[:, :3], hn[:, :3])  # bidirectional does look ahead
+
+
+def test_inbatch_loss_learns_and_auto_picks_by_catalog_size() -> None:
+    split = leave_one_out(checkerboard())
+    train, test = split.train_dataset(), split.eval_set("test")
+    model = SASRec(SequentialConfig.from_dict({**TINY, "loss": "inbatch", "negatives": 8, "epochs": 10})).fit(
+        train, None, FitOptions(seed=0)
+    )
+    assert np.isfinite(model.training_log["losses"]).all()
+    assert model.training_log["losses"][-1] < model.training_log["losses"][0]
+    pop = model_class("pop")().fit(train)
+    ndcg = {m.name: evaluate(m, test, metrics=("ndcg",)).metrics["ndcg@10"] for m in (model, pop)}
+    assert ndcg["sasrec"] > ndcg["pop"], ndcg
+    assert SASRec().config.loss == "auto" and model.loss_kind == "inbatch"
+    auto = SASRec(SequentialConfig.from_dict({**TINY, "epochs": 1})).fit(train, None, FitOptions(seed=0))
+    assert auto.loss_kind == "ce"  # 40 items: full softmax

@@ -38,11 +38,12 @@ from lmrec.data.schema import Dataset
 from lmrec.data.sequences import length_buckets, pad_right, sequence_windows
 from lmrec.errors import ConfigError
 from lmrec.models.base import DotProductModel, FitOptions, ModelConfig, Queries, ReadsItemText, Recommender
-from lmrec.train.losses import bce_one_negative, gbce_loss, sampled_softmax_loss, softmax_ce
+from lmrec.train.losses import bce_one_negative, gbce_loss, logq_softmax_loss, sampled_softmax_loss, softmax_ce
 from lmrec.train.trainer import TrainConfig
 
 OBJECTIVES = ("causal", "masked")
-LOSSES = ("ce", "sampled", "gbce", "bce")
+LOSSES = ("auto", "ce", "inbatch", "sampled", "gbce", "bce")
+FULL_SOFTMAX_ITEMS = 20_000  # loss=auto: full softmax up to this many items, in-batch + log-Q beyond
 ITEM_REPRS = ("id", "text", "fused", "aligned")
 
 
@@ -55,8 +56,10 @@ class SequentialConfig(ModelConfig):
     layers: int = 2
     heads: int = 2
     dropout: float = 0.2
-    loss: str = "ce"  # "ce" full softmax | "sampled" softmax | "gbce" | "bce" (one negative)
-    negatives: int = 256  # for sampled / gbce (bce always uses one)
+    # "auto": "ce" up to FULL_SOFTMAX_ITEMS items, else "inbatch" | "ce" full softmax | "inbatch": the
+    # batch's targets + uniform negatives with log-Q correction | "sampled" softmax | "gbce" | "bce"
+    loss: str = "auto"
+    negatives: int = 256  # uniform negatives for inbatch / sampled / gbce (bce always uses one)
     gbce_t: float = 0.75
     mask_prob: float = 0.2  # masked objective: share of positions masked
     epochs: int = 200
@@ -86,7 +89,7 @@ class SequentialConfig(ModelConfig):
         for key in ("max_len", "dim", "inner", "layers", "heads", "negatives", "epochs", "batch_size"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key} must be >= 1")
-        if self.diversity_weight < 0 or (self.diversity_weight > 0 and self.loss != "ce"):
+        if self.diversity_weight < 0 or (self.diversity_weight > 0 and self.loss not in ("ce", "auto")):
             raise ConfigError("diversity_weight must be >= 0 and needs loss=ce (it reads the full distribution)")
         if not (0 <= self.dropout < 1 and 0 <= self.id_dropout < 1 and 0 < self.mask_prob < 1 and self.lr > 0):
             raise ConfigError("need 0 <= dropout < 1, 0 <= id_dropout < 1, 0 < mask_prob < 1 and lr > 0")
@@ -228,6 +231,9 @@ class SequentialRecommender(ReadsItemText, DotProductModel):
         self.unseen = (self.popularity == 0).to(self.device)
         self.net.mark_trained(~self.unseen)
         self.category_vectors = _unit_category_vectors(train) if cfg.diversity_weight > 0 else None
+        if cfg.loss == "auto":
+            why = "full softmax" if self.loss_kind == "ce" else "in-batch + uniform negatives, log-Q corrected"
+            options.say(f"{self.name}: loss={self.loss_kind} ({why}) for {self.n_items} items")
         gen = options.torch_generator()
         self.training_log = {}
         if cfg.pretrain_epochs > 0:
@@ -329,7 +335,9 @@ class SequentialRecommender(ReadsItemText, DotProductModel):
     ) -> torch.Tensor:
         """hidden (N, d) at supervised positions, targets (N,) item rows."""
         cfg, net = self.config, self.net
-        if cfg.loss == "ce":
+        if self.loss_kind == "inbatch":
+            return self._inbatch_loss(hidden, targets, gen, table)
+        if self.loss_kind == "ce":
             logits = net.logits(hidden, table).masked_fill(self.unseen, float("-inf"))
             loss = softmax_ce(logits, targets)
             if self.category_vectors is not None:
@@ -344,6 +352,26 @@ class SequentialRecommender(ReadsItemText, DotProductModel):
         if cfg.loss == "gbce":
             return gbce_loss(pos_logits, neg_logits, self.n_items, cfg.gbce_t)
         return sampled_softmax_loss(pos_logits, neg_logits)
+
+    def _inbatch_loss(
+        self, hidden: torch.Tensor, targets: torch.Tensor, gen: torch.Generator, table: torch.Tensor
+    ) -> torch.Tensor:
+        """Softmax over the batch's target items and ``negatives`` uniform ones, shared by every
+        position, with the log-Q correction: an item is a candidate about N·p(item) + k/n times
+        per batch (p its training frequency), so that is subtracted from its logit."""
+        uniform = torch.randint(0, self.n_items, (self.config.negatives,), generator=gen).to(targets.device)
+        candidates, inverse = torch.unique(torch.cat([targets, uniform]), return_inverse=True)
+        freq = self.popularity.to(targets.device) / self.popularity.sum()
+        log_q = torch.log(len(targets) * freq[candidates] + self.config.negatives / self.n_items)
+        logits = hidden @ table[candidates + 1].T
+        return logq_softmax_loss(logits, log_q, inverse[: len(targets)])
+
+    @property
+    def loss_kind(self) -> str:
+        """The loss in use: ``auto`` resolved by the catalog's size."""
+        if self.config.loss != "auto":
+            return self.config.loss
+        return "ce" if self.n_items <= FULL_SOFTMAX_ITEMS else "inbatch"
 
     # -- inference --------------------------------------------------------------------------------
     def item_embeddings(self) -> torch.Tensor:

@@ -47,3 +47,11 @@ def gbce_loss(pos: torch.Tensor, neg: torch.Tensor, n_items: int, t: float = 0.7
 def bce_one_negative(pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
     """SASRec's original loss: one positive and one sampled negative per position."""
     return -(F.logsigmoid(pos.float()) + F.logsigmoid(-neg.float())).mean()
+
+
+def logq_softmax_loss(logits: torch.Tensor, log_q: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Sampled softmax with the log-Q correction (Bengio & Senécal 2008; Yi et al., RecSys 2019):
+    cross-entropy over a shared set of candidates whose logits are lowered by the log of how often
+    each is sampled, so popular in-batch negatives are not over-penalised and the loss estimates
+    the full softmax. logits (N, C) over the candidates, log_q (C,), labels (N,) candidate columns."""
+    return F.cross_entropy(logits.float() - log_q.float().unsqueeze(0), labels)
