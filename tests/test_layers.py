@@ -33,9 +33,10 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("models", ("lmrec.models",)),
     # after a model's ranking: re-rank it, compress the model, private training, explain a list
     ("rerank/compress/privacy", ("lmrec.rerank", "lmrec.compress", "lmrec.privacy", "lmrec.llm.explain")),
-    ("runs", ("lmrec.runs", "lmrec.report")),  # a trained run on disk (data, split, model), its HTML report
+    # a trained run on disk (data, split, model), its HTML report, new catalog items added to it
+    ("runs", ("lmrec.runs", "lmrec.report", "lmrec.newitems")),
     ("serve", ("lmrec.serve",)),
-    ("cli", ("lmrec.cli",)),
+    ("cli", ("lmrec.cli", "lmrec.__main__")),  # `lmrec` and `python -m lmrec` (torchrun)
 )
 ORDER = " → ".join(name for name, _ in LAYERS)
 
