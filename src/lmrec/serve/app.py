@@ -63,6 +63,8 @@ from lmrec import __version__
 from lmrec.runs import RUN_FILE
 from lmrec.serve.auth import AuthError, authorize, key_from_headers
 from lmrec.serve.metrics import Metrics
+from lmrec.serve.page import describe
+from lmrec.serve.page import router as page_router
 from lmrec.serve.retrain import default_store
 from lmrec.serve.state import LiveState, NotFound, RerankSpec
 from lmrec.serve.store import (
@@ -168,12 +170,17 @@ class RecommendRequest(_Strict):
     k: int = Field(10, ge=1, le=100, description="how many items")
     exclude_seen: bool = Field(True, description="leave out items already in the history")
     rerank: RerankRequest | None = Field(None, description="re-rank the top candidates; default: the model's order")
+    explain: bool = Field(False, description="a reason per item citing the user's history (item similarity, no LLM)")
 
 
 class ScoredItem(BaseModel):
     item: str
     score: float
     title: str
+    year: int | None = None
+    genres: list[str] = Field(default_factory=list)
+    because: str | None = Field(None, description="with explain: why, naming only items of the user's history")
+    cited: list[str] | None = Field(None, description="with explain: the history item IDs the reason rests on")
 
 
 class RerankInfo(BaseModel):
@@ -648,12 +655,15 @@ def create_app(
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
     app.add_middleware(SecurityHeaders)
     app.add_middleware(RequestMetrics, metrics=service.metrics)  # added last: outermost
+    app.include_router(page_router)  # the demo page's script, style and config (lmrec.serve.page)
 
     @app.post("/recommend", response_model=RecommendResponse, dependencies=[_need("read")])
     def recommend(body: RecommendRequest) -> dict[str, Any]:
         r = body.rerank
         spec = None if r is None else RerankSpec(r.method, r.lam, r.similarity, r.candidates)
-        return service.live.recommend(body.user, body.history, body.k, body.exclude_seen, spec)
+        live = service.live
+        out = live.recommend(body.user, body.history, body.k, body.exclude_seen, spec)
+        return describe(live, out, body.user, body.history, explain=body.explain)  # year, genres, reasons
 
     @app.post("/feedback", status_code=202, response_model=FeedbackResponse, dependencies=[_need("write")])
     def feedback(
