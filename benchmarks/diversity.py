@@ -107,10 +107,10 @@ def train_regularised(args: argparse.Namespace, split: Any, weight: float) -> An
 def get_model(args: argparse.Namespace, split: Any) -> tuple[Any, dict[str, Any]]:
     """SASRec trained here (early stopping on validation), or loaded from ``--run``."""
     from lmrec.data.schema import Vocab
-    from lmrec.models import FitOptions, Recommender, model_class
+    from lmrec.models import FitOptions, load_model, model_class
 
     if args.run is not None:
-        model = Recommender.load(args.run / "model")
+        model = load_model(args.run / "model")
         items_file = args.run / "items.json"
         if items_file.is_file() and Vocab.load(items_file) != split.dataset.items:
             raise SystemExit(f"{args.run} was trained on other items than {DATASET}")

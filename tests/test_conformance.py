@@ -13,7 +13,7 @@ from lmrec.data.batch import QueryBatch
 from lmrec.data.schema import Dataset
 from lmrec.data.splits import leave_one_out
 from lmrec.evaluate import evaluate
-from lmrec.models import MODELS, FitOptions, Recommender, model_class
+from lmrec.models import MODELS, FitOptions, Recommender, load_model, model_class
 from tests.conftest import KeywordEncoder
 
 # Small settings so the whole suite runs in seconds; defaults are for real data.
@@ -127,7 +127,7 @@ def test_recommend_excludes_seen(name: str, fitted: dict) -> None:
 def test_save_load_identical_scores(name: str, fitted: dict, tmp_path: Path) -> None:
     model, split = fitted[name]
     model.save(tmp_path / name)
-    loaded = Recommender.load(tmp_path / name)
+    loaded = load_model(tmp_path / name)
     assert type(loaded) is type(model)
     q = _queries(split)
     assert torch.equal(model.score(q), loaded.score(q))

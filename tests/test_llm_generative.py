@@ -20,7 +20,7 @@ from lmrec.data.splits import leave_one_out
 from lmrec.errors import ConfigError
 from lmrec.evaluate import evaluate
 from lmrec.llm.lm import load_lm
-from lmrec.models import FitOptions, Recommender, model_class
+from lmrec.models import FitOptions, load_model, model_class
 from lmrec.models.llmgen import GenerativeLLM, hallucination_rate
 from lmrec.rerank.llm import LLMReranker
 from tests.llm_toy import toy_lm_dir
@@ -89,7 +89,7 @@ def test_lora_finetuning_learns_the_next_title(toy: Path) -> None:
 def test_checkpoint_keeps_the_adapters(toy: Path, tmp_path: Path) -> None:
     model = fit(toy, chain(), steps=5, lr=1e-2)
     model.save(tmp_path / "m")
-    loaded = Recommender.load(tmp_path / "m")
+    loaded = load_model(tmp_path / "m")
     q = QueryBatch.from_histories([-1, -1], [[0, 1], [5]])
     assert torch.allclose(model.score(q), loaded.score(q), atol=1e-5, equal_nan=True)
 

@@ -13,7 +13,7 @@ import torch
 from lmrec.data.batch import QueryBatch, mask_seen
 from lmrec.data.splits import leave_one_out
 from lmrec.errors import ConfigError, MissingExtraError
-from lmrec.models import FitOptions, Recommender
+from lmrec.models import FitOptions, load_model
 from lmrec.models.lmranker import LMRanker, LMRankerConfig
 from lmrec.models.registry import model_class
 
@@ -98,7 +98,7 @@ def test_mix_zero_keeps_the_base_order(fitted: tuple[LMRanker, Any]) -> None:
 def test_save_load_identical_scores(fitted: tuple[LMRanker, Any], registered: None, tmp_path: Path) -> None:
     model, split = fitted
     model.save(tmp_path / "m")
-    loaded = Recommender.load(tmp_path / "m")
+    loaded = load_model(tmp_path / "m")
     assert type(loaded) is LMRanker and loaded.config == model.config
     q = split.eval_set("test").queries
     assert torch.equal(model.score(q), loaded.score(q))
@@ -165,4 +165,4 @@ def test_lora_trains_adapters_and_round_trips(registered: None, tmp_path: Path) 
     assert any(k.startswith("lora.") for k in state) and not any(k.startswith("encoder.") for k in state)
     model.save(tmp_path / "m")
     q = split.eval_set("test").queries
-    assert torch.equal(model.score(q), Recommender.load(tmp_path / "m").score(q))
+    assert torch.equal(model.score(q), load_model(tmp_path / "m").score(q))

@@ -181,3 +181,32 @@ def test_inbatch_loss_learns_and_auto_picks_by_catalog_size() -> None:
     assert SASRec().config.loss == "auto" and model.loss_kind == "inbatch"
     auto = SASRec(SequentialConfig.from_dict({**TINY, "epochs": 1})).fit(train, None, FitOptions(seed=0))
     assert auto.loss_kind == "ce"  # 40 items: full softmax
+
+
+def test_a_small_student_distils_a_teacher(tmp_path: Path) -> None:
+    split = leave_one_out(checkerboard())
+    train, test = split.train_dataset(), split.eval_set("test")
+    teacher = SASRec(SequentialConfig.from_dict({**TINY, "epochs": 8})).fit(train, None, FitOptions(seed=0))
+    teacher.save(tmp_path / "teacher")
+    student_cfg = {**TINY, "dim": 8, "inner": 16, "heads": 1, "epochs": 8, "teacher": str(tmp_path / "teacher")}
+    student = SASRec(SequentialConfig.from_dict(student_cfg)).fit(train, None, FitOptions(seed=0))
+    assert np.isfinite(student.training_log["losses"]).all()
+    pop = model_class("pop")().fit(train)
+    ndcg = {m: evaluate(x, test, metrics=("ndcg",)).metrics["ndcg@10"] for m, x in (("student", student), ("pop", pop))}
+    assert ndcg["student"] > ndcg["pop"], ndcg
+    with pytest.raises(ConfigError, match="reads 12 items, the student 20"):
+        SASRec(SequentialConfig.from_dict({**student_cfg, "max_len": 20})).fit(train, None, FitOptions(seed=0))
+    with pytest.raises(ConfigError, match="loss=ce"):
+        SequentialConfig.from_dict({**student_cfg, "loss": "bce"})
+
+
+def test_distillation_loss_by_hand() -> None:
+    from lmrec.train.losses import distillation_loss
+
+    s, t, y = torch.tensor([[1.0, 0.0, -1.0]]), torch.tensor([[0.0, 2.0, 0.0]]), torch.tensor([1])
+    p_t = torch.softmax(t / 2, -1)
+    kl = (p_t * (p_t.log() - torch.log_softmax(s / 2, -1))).sum()
+    ce = torch.nn.functional.cross_entropy(s, y)
+    assert distillation_loss(s, t, y, temperature=2.0, alpha=0.25).item() == pytest.approx(
+        (0.25 * 4 * kl + 0.75 * ce).item()
+    )

@@ -14,7 +14,7 @@ from lmrec.data.schema import Dataset
 from lmrec.data.splits import cold_items, leave_one_out
 from lmrec.errors import ConfigError
 from lmrec.evaluate import evaluate
-from lmrec.models import FitOptions, Recommender, model_class
+from lmrec.models import FitOptions, Recommender, load_model, model_class
 from lmrec.text import EmbeddingCache, encode_cached, item_texts
 from tests.conftest import KeywordEncoder as ParityEncoder
 
@@ -51,7 +51,7 @@ def test_cache_encodes_only_new_texts(tmp_path: Path) -> None:
 def test_text_model_save_load_identical(item_repr: str, board: Dataset, tmp_path: Path) -> None:
     model = _fit(board, item_repr=item_repr, epochs=2)
     model.save(tmp_path / "m")
-    loaded = Recommender.load(tmp_path / "m")
+    loaded = load_model(tmp_path / "m")
     q = QueryBatch.from_histories([-1], [[0, 2]])
     assert torch.equal(model.score(q), loaded.score(q))
 

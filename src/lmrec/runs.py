@@ -38,7 +38,7 @@ from lmrec.evaluate.metrics import mae, rmse
 from lmrec.llm.explain import Explainer
 from lmrec.llm.lm import ChatLM
 from lmrec.models.base import FitOptions, Recommender
-from lmrec.models.registry import model_class
+from lmrec.models.registry import load_model, model_class
 from lmrec.rerank import item_vectors_of
 
 RUN_FILE = "run.json"
@@ -342,5 +342,5 @@ def open_run(directory: Path, cache_dir: Path) -> Run:
     meta = read_meta(path)
     recipe = DataRecipe(**meta["data"])
     the_split = split(_rebuild(path, recipe, cache_dir), recipe.split, **recipe.split_params)
-    model = Recommender.load(path / "model")
+    model = load_model(path / "model")
     return Run(path, meta, model, the_split)

@@ -26,6 +26,7 @@ from safetensors.torch import load_file, save_file
 from lmrec.data.batch import EvalSet, QueryBatch, mask_seen
 from lmrec.data.schema import Dataset
 from lmrec.errors import ConfigError
+from lmrec.models.saved import CONFIG_FILE, WEIGHTS_FILE, read_model_meta
 from lmrec.train.trainer import Strategy, Task, TrainConfig, Trainer, TrainerOptions, seeded
 
 if TYPE_CHECKING:
@@ -33,8 +34,6 @@ if TYPE_CHECKING:
 
 C = TypeVar("C", bound="ModelConfig")
 R = TypeVar("R", bound="Recommender")
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "weights.safetensors"
 
 
 @dataclass
@@ -271,16 +270,14 @@ class Recommender(ABC):
         return path
 
     @classmethod
-    def load(cls, directory: str | Path) -> Recommender:
-        """Load any saved model; safetensors and JSON only, no pickle."""
-        from lmrec.models.registry import model_class
-
+    def load(cls: type[R], directory: str | Path) -> R:
+        """Load a model of this class saved by :meth:`save`; safetensors and JSON only, no pickle.
+        A model of any class: :func:`lmrec.models.registry.load_model`."""
         path = Path(directory)
-        meta = json.loads((path / CONFIG_FILE).read_text())
-        klass = model_class(meta["model"])
-        if cls is not Recommender and not issubclass(klass, cls):
-            raise ConfigError(f"{path} holds a {meta['model']!r} model, not {cls.name!r}")
-        model = klass(klass.config_class.from_dict(meta["config"]))
+        meta = read_model_meta(path)
+        if meta["model"] != getattr(cls, "name", None):
+            raise ConfigError(f"{path} holds a {meta['model']!r} model, not {getattr(cls, 'name', cls.__name__)!r}")
+        model = cls(cls.config_class.from_dict(meta["config"]))
         model.n_users, model.n_items = int(meta["n_users"]), int(meta["n_items"])
         model.load_state(load_file(path / WEIGHTS_FILE))
         return model

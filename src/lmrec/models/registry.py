@@ -9,9 +9,11 @@ lives outside ``lmrec.models`` is one more line of the table.
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from lmrec.errors import ConfigError
+from lmrec.models.saved import read_model_meta
 
 if TYPE_CHECKING:
     from lmrec.models.base import Recommender
@@ -43,3 +45,8 @@ def model_class(name: str) -> type[Recommender]:
     module, _, attr = target.partition(":")
     klass: type[Recommender] = getattr(importlib.import_module(module), attr)
     return klass
+
+
+def load_model(directory: str | Path) -> Recommender:
+    """Load a saved model of any registered class (its name is in its ``config.json``)."""
+    return model_class(read_model_meta(Path(directory))["model"]).load(directory)

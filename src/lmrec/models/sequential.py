@@ -37,8 +37,16 @@ from lmrec.data.batch import EvalSet, QueryBatch
 from lmrec.data.schema import Dataset
 from lmrec.data.sequences import length_buckets, pad_right, sequence_windows
 from lmrec.errors import ConfigError
-from lmrec.models.base import DotProductModel, FitOptions, ModelConfig, Queries, ReadsItemText, Recommender
-from lmrec.train.losses import bce_one_negative, gbce_loss, logq_softmax_loss, sampled_softmax_loss, softmax_ce
+from lmrec.models.base import DotProductModel, FitOptions, ModelConfig, Queries, ReadsItemText
+from lmrec.models.registry import load_model
+from lmrec.train.losses import (
+    bce_one_negative,
+    distillation_loss,
+    gbce_loss,
+    logq_softmax_loss,
+    sampled_softmax_loss,
+    softmax_ce,
+)
 from lmrec.train.trainer import TrainConfig
 
 OBJECTIVES = ("causal", "masked")
@@ -76,6 +84,9 @@ class SequentialConfig(ModelConfig):
     text_template: str | None = None  # str.format over catalog columns; None: title, year, genres, text
     diversity_weight: float = 0.0  # > 0: penalise the expected category similarity of the predicted top (ce loss)
     id_dropout: float = 0.0  # fused: share of items read from their text alone in each training step
+    teacher: str | None = None  # a sequential run or model over the same items to distil from (loss=ce)
+    distill_weight: float = 0.5  # α: weight of the teacher's softened distribution against the labels
+    distill_temperature: float = 2.0
 
     def validate(self) -> None:
         if self.item_repr not in ITEM_REPRS:
@@ -89,6 +100,10 @@ class SequentialConfig(ModelConfig):
         for key in ("max_len", "dim", "inner", "layers", "heads", "negatives", "epochs", "batch_size"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key} must be >= 1")
+        if self.teacher and self.loss not in ("ce", "auto"):
+            raise ConfigError("distilling from a teacher needs loss=ce (it reads the full distribution)")
+        if not (0 <= self.distill_weight <= 1 and self.distill_temperature > 0):
+            raise ConfigError("need 0 <= distill_weight <= 1 and distill_temperature > 0")
         if self.diversity_weight < 0 or (self.diversity_weight > 0 and self.loss not in ("ce", "auto")):
             raise ConfigError("diversity_weight must be >= 0 and needs loss=ce (it reads the full distribution)")
         if not (0 <= self.dropout < 1 and 0 <= self.id_dropout < 1 and 0 < self.mask_prob < 1 and self.lr > 0):
@@ -231,6 +246,7 @@ class SequentialRecommender(ReadsItemText, DotProductModel):
         self.unseen = (self.popularity == 0).to(self.device)
         self.net.mark_trained(~self.unseen)
         self.category_vectors = _unit_category_vectors(train) if cfg.diversity_weight > 0 else None
+        self.teacher = self._load_teacher(Path(cfg.teacher)) if cfg.teacher else None
         if cfg.loss == "auto":
             why = "full softmax" if self.loss_kind == "ce" else "in-batch + uniform negatives, log-Q corrected"
             options.say(f"{self.name}: loss={self.loss_kind} ({why}) for {self.n_items} items")
@@ -288,10 +304,20 @@ class SequentialRecommender(ReadsItemText, DotProductModel):
         out.net.mark_trained(~out.unseen)
         return out
 
+    def _load_teacher(self, path: Path) -> SequentialRecommender:
+        """A trained sequential model over the same items that reads at least as far back."""
+        teacher = load_model(path / "model" if (path / "model").is_dir() else path)
+        if not isinstance(teacher, SequentialRecommender) or teacher.n_items != self.n_items:
+            raise ConfigError(f"teacher {path}: needs a sequential model over the same {self.n_items} items")
+        if teacher.config.max_len < self.config.max_len:
+            raise ConfigError(f"teacher {path} reads {teacher.config.max_len} items, the student {self.config.max_len}")
+        teacher.net.to(self.device).eval()
+        return teacher
+
     def _load_pretrained(self, path: Path) -> None:
         """Start from a saved sequential model. Over the same catalog every weight is loaded;
         over another catalog (transfer) a text-only model loads everything but the item rows."""
-        source = Recommender.load(path / "model" if (path / "model").is_dir() else path)
+        source = load_model(path / "model" if (path / "model").is_dir() else path)
         if not isinstance(source, SequentialRecommender):
             raise ConfigError(f"init_from {path}: not a sequential model")
         same_catalog = source.n_items == self.n_items
@@ -352,6 +378,32 @@ class SequentialRecommender(ReadsItemText, DotProductModel):
         if cfg.loss == "gbce":
             return gbce_loss(pos_logits, neg_logits, self.n_items, cfg.gbce_t)
         return sampled_softmax_loss(pos_logits, neg_logits)
+
+    def _distill(
+        self,
+        inputs: torch.Tensor,
+        hidden: torch.Tensor,
+        targets: torch.Tensor,
+        keep: torch.Tensor,
+        table: torch.Tensor,
+        causal: bool,
+    ) -> torch.Tensor:
+        """The student's full-catalog distribution pulled towards the teacher's at the same
+        positions of the same inputs (softened by the temperature), and towards the labels."""
+        assert self.teacher is not None
+        cfg, teacher = self.config, self.teacher.net
+        with torch.no_grad():
+            t_table = teacher.item_table()
+            t_logits = teacher.logits(teacher(inputs, causal=causal, table=t_table)[keep], t_table)
+        logits = self.net.logits(hidden, table)
+        unseen = self.unseen
+        return distillation_loss(
+            logits.masked_fill(unseen, float("-inf")),
+            t_logits.masked_fill(unseen, float("-inf")),
+            targets,
+            cfg.distill_temperature,
+            cfg.distill_weight,
+        )
 
     def _inbatch_loss(
         self, hidden: torch.Tensor, targets: torch.Tensor, gen: torch.Generator, table: torch.Tensor
@@ -445,6 +497,8 @@ class SequenceTask:
             inputs, targets = model._mask(seq, gen)
         hidden = module(inputs, causal=self.causal, table=table)
         keep = targets > 0
+        if model.teacher is not None:
+            return model._distill(inputs, hidden[keep], targets[keep] - 1, keep, table, self.causal)
         loss = model._loss(hidden[keep], targets[keep] - 1, gen, table)
         if model.config.item_repr == "aligned":
             loss = loss + net.alignment_loss()
