@@ -262,13 +262,13 @@ class _Fork:
 
 
 def _forms(title: str, checked: bool = True) -> list[str]:
-    """The ways a sentence may write ``title``: as catalogued without its year, spoken, without a
-    moved article, and without an alternate title in parentheses (when that leaves two words or
-    more: "Seven (Se7en)" is not looked for as "seven"). With ``checked`` only the forms of at least
-    MIN_TITLE_CHARS (shorter ones match ordinary words)."""
+    """The ways a sentence may write ``title``: as catalogued without its year, spoken, and, where
+    that leaves two words or more, without a moved article or an alternate title in parentheses
+    ("Lion King" is looked for, but "Quest, The" not as "quest", nor "Seven (Se7en)" as "seven").
+    With ``checked`` only the forms of at least MIN_TITLE_CHARS (shorter ones match ordinary words)."""
     bare = re.sub(r"\s*\(\d{4}\)\s*$", "", title).strip()
-    forms = [bare, spoken_title(title), spoken_title(title, article=False)]
-    shorter = [re.sub(r"\s*\([^()]*\)$", "", f).strip() for f in forms]
+    forms = [bare, spoken_title(title)]
+    shorter = [spoken_title(title, article=False), *(re.sub(r"\s*\([^()]*\)$", "", f).strip() for f in forms)]
     out = list(dict.fromkeys([*forms, *(f for f in shorter if len(f.split()) >= 2)]))
     return [f for f in out if f and len(f) >= MIN_TITLE_CHARS] if checked else [f for f in out if f]
 
