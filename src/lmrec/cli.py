@@ -119,7 +119,17 @@ def _fit_options(args: argparse.Namespace, seed: int) -> FitOptions:
         cache_dir=args.cache_dir,
         stop_after=getattr(args, "stop_after", None),
         strategy=init_from_env(args.device) if launched_by_torchrun() else Strategy(),
+        dp=_dp_spec(args),
     )
+
+
+def _dp_spec(args: argparse.Namespace) -> Any:
+    """User-level DP-SGD from --dp-epsilon [--dp-delta] [--dp-clip], or None."""
+    if getattr(args, "dp_epsilon", None) is None:
+        return None
+    from lmrec.train.privacy import DPSpec
+
+    return DPSpec(epsilon=args.dp_epsilon, delta=args.dp_delta, clip=args.dp_clip)
 
 
 def _torchrun(argv_in: list[str], nproc: int) -> int:
@@ -404,6 +414,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="run directory to create (checkpointed every epoch)")
     p.add_argument("--resume", metavar="RUN", help="continue a stopped run from its last checkpoint")
     p.add_argument("--nproc", type=_positive, default=1, help="data-parallel processes (launches torchrun)")
+    p.add_argument("--dp-epsilon", type=float, help="user-level DP-SGD to this ε (bpr; needs lmrec[privacy])")
+    p.add_argument("--dp-delta", type=float, help="δ of the DP guarantee (default 1 / (10 · users))")
+    p.add_argument("--dp-clip", type=float, default=1.0, help="per-user gradient clip of DP-SGD")
     p.add_argument("--stop-after", type=_positive, metavar="EPOCHS", help="stop after this many epochs (then --resume)")
     p.add_argument(
         "--column",

@@ -27,6 +27,7 @@ from lmrec.data.batch import EvalSet, QueryBatch, mask_seen
 from lmrec.data.schema import Dataset
 from lmrec.errors import ConfigError
 from lmrec.models.saved import CONFIG_FILE, WEIGHTS_FILE, read_model_meta
+from lmrec.train.privacy import DPSpec
 from lmrec.train.trainer import Strategy, Task, TrainConfig, Trainer, TrainerOptions, seeded
 
 if TYPE_CHECKING:
@@ -112,6 +113,7 @@ class FitOptions:
     resume: bool = False  # continue from the checkpoint in checkpoint_dir
     stop_after: int | None = None  # stop each training phase after this many epochs (resume later)
     strategy: Strategy = dataclasses.field(default_factory=Strategy)  # one process, or DDP (train/distributed.py)
+    dp: DPSpec | None = None  # user-level differential privacy (DP-SGD), for models that support it
 
     def torch_generator(self) -> torch.Generator:
         return torch.Generator(device="cpu").manual_seed(self.seed)
@@ -137,6 +139,7 @@ class Recommender(ABC):
     report_users: ClassVar[int | None] = None
     # Devices the model can train and score on: models that are not torch modules run on the CPU.
     devices: ClassVar[tuple[str, ...]] = ("cpu",)
+    private: ClassVar[bool] = False  # trains with user-level DP-SGD when FitOptions.dp is set
 
     def __init__(self, config: ModelConfig | None = None) -> None:
         self.config = config if config is not None else self.config_class()
@@ -157,6 +160,8 @@ class Recommender(ABC):
             raise ConfigError(f"{self.name} runs on {' or '.join(self.devices)}, not on {options.device!r}")
         if len(train.interactions) == 0:
             raise ConfigError("no training interactions")
+        if options.dp is not None and not self.private:
+            raise ConfigError(f"{self.name} has no differentially private training; bpr has")
         self.n_users, self.n_items, self.device = train.n_users, train.n_items, device
         with seeded(options.seed):
             self._fit(train, valid if valid is not None and len(valid) else None, options)

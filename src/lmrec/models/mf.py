@@ -8,7 +8,7 @@ items, ALS solves its least-squares problem for the new user exactly.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import scipy.sparse as sp
@@ -21,6 +21,7 @@ from lmrec.errors import ConfigError
 from lmrec.models.base import DotProductModel, FitOptions, ModelConfig, Queries, interaction_matrix
 from lmrec.train.loop import fit_epochs, minibatches
 from lmrec.train.losses import bpr_loss, mse_loss
+from lmrec.train.privacy import DPSpec, DPStrategy
 from lmrec.train.trainer import TrainConfig
 
 
@@ -135,15 +136,35 @@ class BPR(DotProductModel):
     config: BPRConfig
 
     devices = ("cpu", "cuda", "mps")
+    private = True
 
     def _fit(self, train: Dataset, valid: EvalSet | None, options: FitOptions) -> None:
         cfg, gen = self.config, options.torch_generator()
         self.net = Factors(self.n_users, self.n_items, cfg.dim, gen)
+        if options.dp is not None:
+            self._fit_private(train, options, options.dp, gen)
+            return
         users, items = _training_pairs(train)
         task = BPRTask(self.net, (users, items), cfg.batch_size, PositiveSet(train), cfg.reg)
         config = TrainConfig(epochs=cfg.epochs, lr=cfg.lr, optimizer="adam", patience=cfg.patience, desc="bpr")
         self.training_log = self._train(task, config, options, gen, valid=valid)
         self.net.cpu()
+
+    def _fit_private(self, train: Dataset, options: FitOptions, spec: DPSpec, gen: torch.Generator) -> None:
+        """User-level DP-SGD (:mod:`lmrec.train.privacy`): each step Poisson-samples users at rate
+        batch_size / users and each sampled user gives one (positive, negative) pair; fixed epochs
+        of users / batch_size steps, no early stopping (it would spend unaccounted privacy)."""
+        cfg = self.config
+        rate = min(1.0, cfg.batch_size / self.n_users)
+        per_epoch = max(1, round(1 / rate))
+        strategy = DPStrategy(spec, self.n_users, rate, cfg.epochs * per_epoch, seed=options.seed)
+        module = EmbeddingFactors(self.net)
+        task = UserBPRTask(module, train, rate, per_epoch, PositiveSet(train), cfg.reg)
+        config = TrainConfig(epochs=cfg.epochs, lr=cfg.lr, optimizer="adam", desc="bpr (DP-SGD)")
+        self.training_log = self._train(task, config, replace(options, strategy=strategy), gen)
+        self.training_log["privacy"] = strategy.report()
+        options.say("bpr: user-level DP " + ", ".join(f"{k} {v}" for k, v in self.training_log["privacy"].items()))
+        self.net = module.as_factors()
 
     @property
     def user_factors(self) -> torch.Tensor:
@@ -189,6 +210,56 @@ class BPRTask(PairTask):
         pu, qi, qj = f.user_factors[u], f.item_factors[i], f.item_factors[j]
         loss = bpr_loss(module(u, i), module(u, j))
         return loss + self.reg * (pu.pow(2).sum() + qi.pow(2).sum() + qj.pow(2).sum()) / len(u)
+
+
+class EmbeddingFactors(nn.Module):
+    """BPR's factors as embedding tables whose forward is the whole per-example loss, which is
+    what Opacus needs to compute each example's gradient."""
+
+    def __init__(self, factors: Factors) -> None:
+        super().__init__()
+        self.users = nn.Embedding.from_pretrained(factors.user_factors.detach().clone(), freeze=False)
+        self.items = nn.Embedding.from_pretrained(factors.item_factors.detach().clone(), freeze=False)
+
+    def forward(self, u: torch.Tensor, i: torch.Tensor, j: torch.Tensor, reg: float) -> torch.Tensor:
+        """(B,) BPR losses with the L2 term of each example's rows."""
+        pu, qi, qj = self.users(u), self.items(i), self.items(j)
+        diff = (pu * qi).sum(1) - (pu * qj).sum(1)
+        return -nn.functional.logsigmoid(diff) + reg * (pu.pow(2) + qi.pow(2) + qj.pow(2)).sum(1)
+
+    def as_factors(self) -> Factors:
+        out = Factors(self.users.num_embeddings, self.items.num_embeddings, self.users.embedding_dim, torch.Generator())
+        with torch.no_grad():
+            out.user_factors.copy_(self.users.weight.cpu())
+            out.item_factors.copy_(self.items.weight.cpu())
+        return out
+
+
+class UserBPRTask:
+    """One (positive, negative) pair per Poisson-sampled user and step: the unit of privacy is the user."""
+
+    def __init__(
+        self, module: EmbeddingFactors, train: Dataset, rate: float, steps: int, positives: PositiveSet, reg: float
+    ) -> None:
+        self.module, self.rate, self.steps, self.positives, self.reg = module, rate, steps, positives, reg
+        users, items = _training_pairs(train)
+        order = torch.argsort(users, stable=True)
+        self.items = items[order]
+        self.starts = torch.searchsorted(users[order], torch.arange(train.n_users + 1))
+        self.n_users = train.n_users
+
+    def batches(self, epoch: int, gen: torch.Generator) -> Iterator[tuple[torch.Tensor, ...]]:
+        counts = self.starts[1:] - self.starts[:-1]
+        for _ in range(self.steps):
+            u = torch.nonzero((torch.rand(self.n_users, generator=gen) < self.rate) & (counts > 0)).squeeze(1)
+            if len(u) == 0:  # probability (1 - q)^users: negligible at the rates used
+                continue
+            pick = self.starts[u] + (torch.rand(len(u), generator=gen) * counts[u]).long()
+            yield u, self.items[pick], sample_negatives(u, self.positives, gen)[:, 0]
+
+    def loss(self, module: nn.Module, batch: tuple[torch.Tensor, ...], gen: torch.Generator) -> torch.Tensor:
+        u, i, j = batch
+        return module(u, i, j, self.reg).mean()
 
 
 # ---------------------------------------------------------------------------------------------

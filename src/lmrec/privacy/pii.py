@@ -2,7 +2,7 @@
 
 :func:`scrub_text` is the scrubber the prompts use (:func:`lmrec.llm.prompts.scrub_pii`), followed
 by Presidio's e-mail, phone and credit-card recognisers when ``presidio_analyzer`` is installed
-(``pip install 'lmrec[privacy]'``; optional: without it the built-in patterns do the work).
+(``pip install 'lmrec[pii]'``; optional: without it the built-in patterns do the work).
 
 :func:`pii_corpus` generates sentences with e-mail addresses, phone numbers in several national
 formats and Luhn-valid card numbers embedded among decoys that look numeric but are not personal
