@@ -24,15 +24,15 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
-# name, registry model, config overrides (bounded budgets: both sides run the same epochs)
+# label (no commas: --cases is comma-separated), registry model, config overrides (bounded budgets)
 CASES: list[tuple[str, str, dict[str, Any]]] = [
-    ("sasrec (L50, 15 ep)", "sasrec", {"max_len": 50, "batch_size": 128, "epochs": 15}),
-    ("bert4rec (L50, 15 ep)", "bert4rec", {"max_len": 50, "epochs": 15}),
-    ("bpr (30 ep)", "bpr", {"epochs": 30}),
-    ("svd (20 ep)", "svd", {"epochs": 20}),
-    ("ncf (5 ep)", "ncf", {"epochs": 5}),
-    ("tiger (3 ep)", "tiger", {"epochs": 3, "valid_users": 100}),
-    ("text-sasrec (L50, 8 ep)", "text-sasrec", {"max_len": 50, "epochs": 8}),
+    ("sasrec L50 15ep", "sasrec", {"max_len": 50, "batch_size": 128, "epochs": 15}),
+    ("bert4rec L50 15ep", "bert4rec", {"max_len": 50, "epochs": 15}),
+    ("bpr 30ep", "bpr", {"epochs": 30}),
+    ("svd 20ep", "svd", {"epochs": 20}),
+    ("ncf 5ep", "ncf", {"epochs": 5}),
+    ("tiger 3ep", "tiger", {"epochs": 3, "valid_users": 100}),
+    ("text-sasrec L50 8ep", "text-sasrec", {"max_len": 50, "epochs": 8}),
 ]
 
 
