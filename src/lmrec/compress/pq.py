@@ -38,9 +38,12 @@ def _assign(x: torch.Tensor, c: torch.Tensor, chunk: int = CHUNK) -> tuple[torch
     """Nearest centroid of each row and its squared distance, in chunks of rows."""
     labels = torch.empty(len(x), dtype=torch.int64)
     dist = torch.empty(len(x))
+    c_sq = c.pow(2).sum(1)
     for s in range(0, len(x), chunk):
-        d = _sq_dists(x[s : s + chunk], c)
-        dist[s : s + chunk], labels[s : s + chunk] = d.min(dim=1)
+        part = x[s : s + chunk]
+        d = torch.addmm(c_sq, part, c.T, alpha=-2)  # ‖c‖² − 2 x·c: the ‖x‖² term does not change the argmin
+        best, labels[s : s + chunk] = d.min(dim=1)
+        dist[s : s + chunk] = (best + part.pow(2).sum(1)).clamp_(min=0)
     return labels, dist
 
 
@@ -48,17 +51,23 @@ def kmeans_pp_init(x: torch.Tensor, k: int, generator: torch.Generator) -> torch
     """k-means++ seeding (Arthur & Vassilvitskii 2007): each new centre is drawn with probability
     proportional to the squared distance to the nearest centre chosen so far."""
     n = len(x)
+    x_sq = x.pow(2).sum(1)
+
+    def sq_dist_to(i: int) -> torch.Tensor:  # (n,) squared distances to point i, clamped at 0
+        return (x_sq - 2 * (x @ x[i]) + x_sq[i]).clamp_(min=0)
+
     first = int(torch.randint(n, (1,), generator=generator))
     centres = [x[first]]
-    closest = _sq_dists(x, x[first : first + 1])[:, 0]
+    closest = sq_dist_to(first)
     for _ in range(1, k):
-        total = float(closest.sum())
-        if total <= 0:  # fewer distinct points than k: any point will do, Lloyd resets duplicates
+        cdf = torch.cumsum(closest.double(), 0)
+        if float(cdf[-1]) <= 0:  # fewer distinct points than k: any point will do, Lloyd resets duplicates
             idx = int(torch.randint(n, (1,), generator=generator))
-        else:
-            idx = int(torch.multinomial(closest / total, 1, generator=generator))
+        else:  # inverse-CDF draw (torch.multinomial is slow over many points)
+            u = float(torch.rand(1, generator=generator, dtype=torch.float64)) * float(cdf[-1])
+            idx = min(n - 1, int(torch.searchsorted(cdf, torch.tensor([u], dtype=torch.float64))))
         centres.append(x[idx])
-        closest = torch.minimum(closest, _sq_dists(x, x[idx : idx + 1])[:, 0])
+        torch.minimum(closest, sq_dist_to(idx), out=closest)
     return torch.stack(centres)
 
 

@@ -108,10 +108,13 @@ def dequantize(qtable: QuantizedTable, start: int = 0, stop: int | None = None) 
 
 
 def _score_block(
-    query: torch.Tensor, qsum: torch.Tensor, qtable: QuantizedTable, start: int, stop: int
+    query: torch.Tensor, qsum: torch.Tensor, qtable: QuantizedTable, start: int, stop: int, buf: torch.Tensor
 ) -> torch.Tensor:
-    q = codes(qtable, start, stop).float()
-    return (query @ q.T) * qtable.scale[start:stop] + qsum * qtable.offset[start:stop]
+    """``buf`` (≥ stop - start, dim) float32 is reused across blocks: a fresh multi-MB tensor per
+    block costs more in page faults than the matmul itself."""
+    q = buf[: stop - start]
+    q.copy_(codes(qtable, start, stop))
+    return torch.addcmul(qsum * qtable.offset[start:stop], query @ q.T, qtable.scale[start:stop])
 
 
 def _as_query(query: torch.Tensor, qtable: QuantizedTable) -> torch.Tensor:
@@ -129,9 +132,10 @@ def scores(query: torch.Tensor, qtable: QuantizedTable, chunk: int = CHUNK) -> t
     query = _as_query(query, qtable)
     qsum = query.sum(1, keepdim=True)
     out = torch.empty(len(query), qtable.n_rows)
+    buf = torch.empty(min(chunk, qtable.n_rows), qtable.dim)
     for start in range(0, qtable.n_rows, chunk):
         stop = min(qtable.n_rows, start + chunk)
-        out[:, start:stop] = _score_block(query, qsum, qtable, start, stop)
+        out[:, start:stop] = _score_block(query, qsum, qtable, start, stop, buf)
     return out
 
 
@@ -139,4 +143,6 @@ def top_k(query: torch.Tensor, qtable: QuantizedTable, k: int, chunk: int = CHUN
     """Top-``k`` (scores, row indices) per query, best first, holding one block of scores at a time."""
     query = _as_query(query, qtable)
     qsum = query.sum(1, keepdim=True)
-    return chunked_top_k(lambda s, e: _score_block(query, qsum, qtable, s, e), qtable.n_rows, len(query), k, chunk)
+    buf = torch.empty(min(chunk, qtable.n_rows), qtable.dim)
+    score = lambda s, e: _score_block(query, qsum, qtable, s, e, buf)  # noqa: E731
+    return chunked_top_k(score, qtable.n_rows, len(query), k, chunk)

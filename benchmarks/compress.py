@@ -1,0 +1,159 @@
+"""Compressed item tables and an ONNX query encoder on a synthetic catalog (default 1M items, dim 64).
+
+For float32 (exact), row-wise int8 and int4, and product quantization (m = 8 and 16 sub-spaces,
+256 centroids): bytes held, recall@10 against the exact top-10, top-10 latency p50/p99 at batch 1
+and throughput at batch 64. For the query encoder (a SequenceEncoder over the same number of
+items): PyTorch eager vs ONNX Runtime fp32 vs dynamic int8, file size and latency. Two threads
+everywhere (torch.set_num_threads(2), ONNX Runtime intra-op 2)::
+
+    .venv/bin/python benchmarks/compress.py                 # 1M items
+    .venv/bin/python benchmarks/compress.py --items 200000  # smaller
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lmrec.compress import quantize
+from lmrec.compress._topk import chunked_top_k
+from lmrec.compress.pq import ProductQuantizer
+from lmrec.models.sequential import SequenceEncoder, SequentialConfig
+
+K = 10
+
+
+def catalog(n: int, d: int, gen: torch.Generator) -> torch.Tensor:
+    """Clustered item vectors (4096 topics + noise) with a spread of norms, like a trained table."""
+    centres = torch.randn(4096, d, generator=gen)
+    topic = torch.randint(0, 4096, (n,), generator=gen)
+    x = centres[topic] + 0.5 * torch.randn(n, d, generator=gen)
+    return x * (0.5 + torch.rand(n, 1, generator=gen))
+
+
+def timings(fn: Callable[[], object], reps: int) -> list[float]:
+    fn()  # warm-up
+    out = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - start)
+    return out
+
+
+def recall(got: torch.Tensor, ref: torch.Tensor) -> float:
+    hits = sum(len(set(a.tolist()) & set(b.tolist())) for a, b in zip(got, ref, strict=True))
+    return hits / ref.numel()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--items", type=int, default=1_000_000)
+    parser.add_argument("--dim", type=int, default=64)
+    parser.add_argument("--reps", type=int, default=20, help="batch-1 timings per method (p50/p99 over them)")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    gen = torch.Generator().manual_seed(0)
+    t0 = time.perf_counter()
+    items = catalog(args.items, args.dim, gen)
+    pick = torch.randint(0, args.items, (64,), generator=gen)
+    queries = items[pick] + 0.3 * torch.randn(64, args.dim, generator=gen)
+    chunk = 65_536
+
+    def exact(q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return chunked_top_k(lambda s, e: q @ items[s:e].T, len(items), len(q), K, chunk)
+
+    methods: dict[str, tuple[int, Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]]] = {
+        "fp32": (items.numel() * 4, exact)
+    }
+    build: dict[str, float] = {}
+    for bits in (8, 4):
+        start = time.perf_counter()
+        table = quantize.quantize_rows(items, bits)
+        build[f"int{bits}"] = time.perf_counter() - start
+        methods[f"int{bits}"] = (table.nbytes, lambda q, t=table: quantize.top_k(q, t, K))
+    for m in (8, 16):
+        start = time.perf_counter()
+        pq = ProductQuantizer.fit(items, m=m, k=256, iters=8, sample=32_768, generator=torch.Generator().manual_seed(1))
+        pq_table = pq.quantize(items)
+        build[f"pq m={m}"] = time.perf_counter() - start
+        methods[f"pq m={m}"] = (pq_table.nbytes, lambda q, t=pq_table: t.top_k(q, K))
+        methods[f"pq m={m} top100"] = (pq_table.nbytes, lambda q, t=pq_table: t.top_k(q, 100))
+
+    ref = exact(queries)[1]
+    rows = []
+    for name, (nbytes, top) in methods.items():
+        got = top(queries)[1]
+        r = recall(got, ref)
+        single = timings(lambda top=top: top(queries[:1]), args.reps)
+        batch = timings(lambda top=top: top(queries), 3)
+        p50, p99 = statistics.median(single), float(np.percentile(single, 99))
+        rows.append((name, nbytes, r, p50, p99, 64 / statistics.median(batch)))
+
+    print(f"# {args.items:,} items × {args.dim}, {args.threads} threads, top-{K}, 64 queries (perturbed items)")
+    print("| table | MB | × smaller | recall@10 | p50 ms (b=1) | p99 ms (b=1) | queries/s (b=64) | build s |")
+    print("|---|---|---|---|---|---|---|---|")
+    full = rows[0][1]
+    for name, nbytes, r, p50, p99, qps in rows:
+        b = build.get(name.replace(" top100", ""), 0.0)
+        print(
+            f"| {name} | {nbytes / 2**20:.1f} | {full / nbytes:.1f} | {r:.3f} | {p50 * 1e3:.1f} | {p99 * 1e3:.1f} "
+            f"| {qps:.0f} | {b:.1f} |"
+        )
+    print("(pq … top100: recall of the exact top-10 within PQ's top-100, i.e. before an exact re-rank of 100)")
+    onnx_table(args)
+    print(f"total {time.perf_counter() - t0:.0f} s")
+
+
+def onnx_table(args: argparse.Namespace) -> None:
+    try:
+        from lmrec.compress.onnx import OnnxRunner, QueryEncoder, export_onnx, quantize_int8
+    except ImportError as exc:
+        print(f"ONNX skipped: {exc}")
+        return
+    cfg = SequentialConfig(dim=args.dim, layers=2, heads=2, inner=256, max_len=50, dropout=0.0)
+    torch.manual_seed(0)
+    net = SequenceEncoder(args.items, cfg).eval()
+    module = QueryEncoder(net)
+    gen = torch.Generator().manual_seed(2)
+    seq = torch.randint(1, args.items + 1, (64, cfg.max_len), generator=gen)
+    lengths = torch.full((64,), cfg.max_len, dtype=torch.int64)
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        fp32 = export_onnx(module, Path(tmp) / "query.onnx")
+        export_s = time.perf_counter() - start
+        int8 = quantize_int8(fp32, Path(tmp) / "query.int8.onnx")
+        files = {"onnx fp32": fp32, "onnx int8": int8}
+        runners = {name: OnnxRunner(path, threads=args.threads) for name, path in files.items()}
+        with torch.no_grad():
+            ref = module(seq, lengths).numpy()
+            state_bytes = sum(t.numel() * t.element_size() for t in net.state_dict().values())
+            results = [("torch eager", state_bytes, 0.0, lambda s, n: module(s, n))]
+        for name, runner in runners.items():
+            err = float(np.abs(runner(seq, lengths) - ref).max())
+            results.append((name, runner.nbytes, err, lambda s, n, r=runner: r(s.numpy(), n.numpy())))
+        shape = f"dim {cfg.dim}, {cfg.layers} layers, histories of {cfg.max_len}"
+        print(f"\n# query encoder: {args.items:,} items, {shape}")
+        print(f"(export {export_s:.0f} s; MB: the state / the .onnx file, most of it the item table)")
+        print("| encoder | MB | max abs diff vs torch | p50 ms (b=1) | p99 ms (b=1) | queries/s (b=64) |")
+        print("|---|---|---|---|---|---|")
+        for name, nbytes, err, fn in results:
+            with torch.no_grad():
+                single = timings(lambda fn=fn: fn(seq[:1], lengths[:1]), args.reps)
+                batch = timings(lambda fn=fn: fn(seq, lengths), 3)
+            print(
+                f"| {name} | {nbytes / 2**20:.1f} | {err:.1e} | {statistics.median(single) * 1e3:.2f} "
+                f"| {float(np.percentile(single, 99)) * 1e3:.2f} | {64 / statistics.median(batch):.0f} |"
+            )
+
+
+if __name__ == "__main__":
+    main()
