@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import base64
+import functools
+import hashlib
 import importlib
+import json
+import logging
+import logging.config
+import subprocess
 import sys
 from collections.abc import Callable
+from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import numpy as np
 import pytest
@@ -349,6 +358,295 @@ def test_missing_fastapi_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.delitem(sys.modules, "lmrec.serve.app")
     with pytest.raises(MissingExtraError, match=r"lmrec\[serve\]"):
         importlib.import_module("lmrec.serve.app")
+
+
+# -- what the service refuses: one ID rule, storable text, bounded numbers ------------------------------
+BAD_IDS = {
+    "lone surrogate": "\ud800",
+    "surrogate inside": "a\udfffb",
+    "slash": "a/b",
+    "dot": ".",
+    "dot dot": "..",
+    "NUL": "a\x00",
+    "control": "a\x1fb",
+    "newline": "a\nb",
+    "zero width": "a\u200bb",
+    "too long": "x" * 257,
+    "empty": "",
+}
+
+
+@pytest.fixture(scope="module")
+def shared(runs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> TestClient:
+    """One app for the many refusal cases (each checks that it changed nothing)."""
+    db = tmp_path_factory.mktemp("refusals") / "events.db"
+    return TestClient(create_app(runs["ease"], db, runs["cache"], require_keys=False))
+
+
+def post_raw(client: TestClient, method: str, path: str, body: Any) -> Any:
+    """Send ``body`` as JSON the way any client may: lone surrogates escaped, NaN as ``NaN``."""
+    content = json.dumps(body, allow_nan=True).encode()
+    return client.request(method, path, content=content, headers={"Content-Type": "application/json"})
+
+
+@pytest.mark.parametrize("bad", list(BAD_IDS.values()), ids=list(BAD_IDS))
+@pytest.mark.parametrize(
+    ("method", "path", "body", "where"),
+    [
+        ("post", "/recommend", lambda v: {"user": v}, "user"),
+        ("post", "/recommend", lambda v: {"history": ["i1", v]}, "history.1"),
+        ("post", "/feedback", lambda v: {"user": v, "item": "i1"}, "user"),
+        ("post", "/feedback", lambda v: [{"user": "u0", "item": "i1"}, {"user": "u0", "item": v}], "1.item"),
+        ("put", "/items", lambda v: [{"item": v, "title": "x"}], "0.item"),
+    ],
+    ids=["recommend user", "recommend history", "feedback user", "feedback item", "items item"],
+)
+def test_one_id_rule_everywhere_an_id_enters(
+    shared: TestClient, bad: str, method: str, path: str, body: Callable[[str], Any], where: str
+) -> None:
+    store = shared.app.state.service.store  # type: ignore[attr-defined]
+    before = store.count_events()
+    r = post_raw(shared, method, path, body(bad))
+    assert r.status_code == 422, r.text
+    assert r.json()["detail"].startswith(f"{where}: ") and len(r.text) < 1000
+    assert store.count_events() == before
+
+
+# A URL cannot carry a lone surrogate (percent-encoding is of UTF-8), nor a '/' or a '.' segment in one.
+@pytest.mark.parametrize(
+    "bad", [v for k, v in BAD_IDS.items() if k not in ("slash", "dot", "dot dot", "empty") and "surrogate" not in k]
+)
+def test_path_ids_follow_the_same_rule(shared: TestClient, bad: str) -> None:
+    for path in (f"/items/{quote(bad, safe='')}", f"/users/{quote(bad, safe='')}/history"):
+        r = shared.get(path)
+        detail = r.json()["detail"]
+        assert r.status_code == 422 and ("an ID" in detail or "at most 256" in detail), r.text
+
+
+def test_accepted_ids_read_back_and_echoes_are_short(client: TestClient) -> None:
+    odd = "ü ?#%&+ é:;@=" + "x" * 243  # 256 characters, all allowed
+    assert len(odd) == 256
+    assert client.put("/items", json=[{"item": odd, "title": "Odd"}]).status_code == 200
+    assert client.post("/feedback", json={"user": odd, "item": odd}).status_code == 202
+    assert client.get(f"/items/{quote(odd, safe='')}").json()["title"] == "Odd"
+    assert client.get(f"/users/{quote(odd, safe='')}/history").json()["items"][-1]["item"] == odd
+    ghost = "g" * 256
+    for path in (f"/items/{ghost}", f"/users/{ghost}/history"):
+        r = client.get(path)
+        assert r.status_code == 404 and len(r.json()["detail"]) < 160 and "(256 characters)" in r.json()["detail"]
+    r = client.post("/recommend", json={"history": ["h" * 256]})
+    assert r.status_code == 422 and len(r.json()["detail"]) < 160
+
+
+@pytest.mark.parametrize(
+    ("item", "where"),
+    [
+        ({"item": "t1", "title": "\ud800"}, "0.title"),
+        ({"item": "t2", "title": "a\x00b"}, "0.title"),
+        ({"item": "t3", "description": "\udc00"}, "0: the item's fields"),
+        ({"item": "t4", "tags": ["ok", {"deep": "\ud83d"}]}, "0: the item's fields"),
+        ({"item": "t5", "score": float("nan")}, "0: the item's fields"),
+        ({"item": "t6", "score": float("inf")}, "0: the item's fields"),
+        ({"item": "t7", "nested": functools.reduce(lambda acc, _: [acc], range(20), [])}, "0: the item's fields"),
+    ],
+    ids=["surrogate title", "NUL title", "surrogate field", "surrogate deep", "NaN", "inf", "too deep"],
+)
+def test_item_text_the_store_cannot_hold_is_422_and_never_stored(
+    shared: TestClient, item: dict[str, Any], where: str
+) -> None:
+    r = post_raw(shared, "put", "/items", [item])
+    assert r.status_code == 422 and r.json()["detail"].startswith(where), r.text
+    assert shared.get(f"/items/{item['item']}").status_code == 404  # nothing half-stored to fail on later
+
+
+def test_item_fields_that_are_fine_read_back(client: TestClient) -> None:
+    deep = functools.reduce(lambda acc, _: [acc], range(14), ["bottom"])  # "bottom" is 16 levels down
+    body = [{"item": "fine", "title": "😀 ok\ttab", "deep": deep, "n": 1e308, "big": 10**30, "none": None}]
+    assert client.put("/items", json=body).status_code == 200
+    got = client.get("/items/fine").json()
+    assert got["title"] == "😀 ok\ttab" and got["fields"]["deep"] == deep and got["fields"]["big"] == 10**30
+
+
+@pytest.mark.parametrize(
+    ("timestamp", "status"),
+    [(1.7e308, 422), (253402300800, 422), (-1, 422), (float("inf"), 422), (253402300799, 202), (0, 202)],
+)
+def test_timestamps_are_bounded(shared: TestClient, timestamp: float, status: int) -> None:
+    r = post_raw(shared, "post", "/feedback", {"user": "u0", "item": "i1", "timestamp": timestamp})
+    assert r.status_code == status, r.text
+    if status == 422:
+        assert r.json()["detail"].startswith("timestamp: ")
+
+
+@pytest.mark.parametrize("event_type", ["\ud800", "a/b", "\x00", "x" * 33, ""])
+def test_event_types_are_names(shared: TestClient, event_type: str) -> None:
+    r = post_raw(shared, "post", "/feedback", {"user": "u0", "item": "i1", "type": event_type})
+    assert r.status_code == 422 and r.json()["detail"].startswith("type: "), r.text
+
+
+@pytest.mark.parametrize(
+    "meta",
+    [
+        [],
+        "run",
+        {},
+        {"data": 1, "model": "ease"},
+        {"data": {"dataset": 5}, "model": "ease"},
+        {"data": {"dataset": "x", "nope": 1}, "model": "ease"},
+        {"data": {"dataset": "x", "split_params": []}, "model": "ease"},
+        {"data": {"dataset": "x"}, "model": ["ease"]},
+        {"data": {"dataset": "x"}, "model": "ease", "retrain": "yes"},
+    ],
+)
+def test_reload_of_a_run_json_of_the_wrong_shape_is_400(make_client: AppFactory, tmp_path: Path, meta: Any) -> None:
+    client = make_client()
+    before = client.get("/health").json()["version"]
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "run.json").write_text(json.dumps(meta))
+    r = client.post("/admin/reload", json={"run": str(bad)})
+    assert r.status_code == 400 and "still serving" in r.json()["detail"] and "run.json" in r.json()["detail"], r.text
+    assert client.get("/health").json()["version"] == before
+
+
+@pytest.mark.parametrize("run", ["/tmp/\ud800", "/tmp/a\x00b"])
+def test_reload_path_must_be_storable_text(shared: TestClient, run: str) -> None:
+    r = post_raw(shared, "post", "/admin/reload", {"run": run})
+    assert r.status_code == 422 and r.json()["detail"].startswith("run: ")
+
+
+def test_keys_are_never_ambiguous(make_client: AppFactory) -> None:
+    client = make_client(require_keys=True)
+    store = client.app.state.service.store  # type: ignore[attr-defined]
+    _, key = store.create_key(["read"])
+    _, other = store.create_key(["read"])
+
+    def call(*headers: tuple[str, str]) -> Any:
+        return client.post("/recommend", json={"user": "u0"}, headers=list(headers))
+
+    assert call(("Authorization", f"Bearer {key}")).status_code == 200
+    r = call(("Authorization", "Bearer nope"), ("Authorization", f"Bearer {key}"))  # the last would have won
+    assert r.status_code == 400 and "'authorization' headers" in r.json()["detail"]
+    assert call(("X-API-Key", key), ("x-api-key", key)).status_code == 400
+    r = call(("Authorization", "Basic dTpw"), ("X-API-Key", key))  # no silent fall-back to X-API-Key
+    assert r.status_code == 401 and "scheme 'Basic'" in r.json()["detail"]
+    assert call(("Authorization", "Bearer "), ("X-API-Key", key)).status_code == 401
+    r = call(("Authorization", f"Bearer {key}"), ("X-API-Key", other))
+    assert r.status_code == 400 and "two different keys" in r.json()["detail"]
+    assert call(("Authorization", f"Bearer {key}"), ("X-API-Key", key)).status_code == 200
+
+
+def test_key_ids_in_the_path_are_bounded(make_client: AppFactory) -> None:
+    client = make_client(require_keys=True)
+    _, admin = client.app.state.service.store.create_key(["admin"])  # type: ignore[attr-defined]
+    headers = {"Authorization": f"Bearer {admin}"}
+    assert client.delete("/admin/keys/" + "k" * 65, headers=headers).status_code == 422
+    r = client.delete("/admin/keys/" + "k" * 64, headers=headers)
+    assert r.status_code == 404 and len(r.json()["detail"]) < 120
+
+
+def test_openapi_declares_how_to_send_a_key(client: TestClient) -> None:
+    spec = client.get("/openapi.json").json()
+    schemes = spec["components"]["securitySchemes"]
+    assert {s["type"] for s in schemes.values()} == {"http", "apiKey"}
+    assert any(s.get("scheme") == "bearer" for s in schemes.values())
+    assert any(s.get("name") == "X-API-Key" and s.get("in") == "header" for s in schemes.values())
+    for path, method in (("/recommend", "post"), ("/feedback", "post"), ("/admin/reload", "post")):
+        assert {name for req in spec["paths"][path][method]["security"] for name in req} == set(schemes)
+    assert "security" not in spec["paths"]["/health"]["get"]
+
+
+def test_security_headers_and_the_pages_csp(client: TestClient) -> None:
+    for path in ("/health", "/docs", "/openapi.json", "/nowhere"):
+        r = client.get(path)
+        assert r.headers["x-frame-options"] == "DENY" and r.headers["x-content-type-options"] == "nosniff"
+        assert "frame-ancestors 'none'" in r.headers["content-security-policy"]
+    page = client.get("/")
+    csp = dict(d.strip().split(" ", 1) for d in page.headers["content-security-policy"].split(";"))
+    assert csp["frame-ancestors"] == "'none'" and csp["object-src"] == "'none'" and csp["connect-src"] == "'self'"
+    assert "'unsafe-inline'" not in csp["script-src"] and "'unsafe-eval'" not in csp["script-src"]
+    # The page as served works under its policy: each script and style sheet it loads is this server's,
+    # and each inline script is allowed by its hash.
+    found = _PageParts()
+    found.feed(page.text)
+    assert all(src.startswith("/") and not src.startswith("//") for src in found.sources), found.sources
+    for block in found.inline_scripts:
+        digest = base64.b64encode(hashlib.sha256(block.encode()).digest()).decode()
+        assert f"'sha256-{digest}'" in csp["script-src"]
+    if found.style_attributes:
+        assert "'unsafe-inline'" in csp["style-src"]
+
+
+class _PageParts(HTMLParser):
+    """What a page loads (``src``/stylesheet ``href``), its inline scripts, and whether it has ``style=``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sources: list[str] = []
+        self.inline_scripts: list[str] = []
+        self.style_attributes = False
+        self._in_script = False
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = dict(attrs)
+        self.style_attributes |= "style" in a
+        if tag == "script":
+            self._in_script = a.get("src") is None
+            if a.get("src"):
+                self.sources.append(str(a["src"]))
+        if tag == "link" and a.get("rel") == "stylesheet":
+            self.sources.append(str(a.get("href")))
+
+    def handle_data(self, data: str) -> None:
+        if self._in_script:
+            self.inline_scripts.append(data)
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "script":
+            self._in_script = False
+
+
+def test_page_csp_hashes_inline_blocks() -> None:
+    from lmrec.serve.app import page_csp
+
+    # The example of the CSP specification and MDN: this script's well-known SHA-256.
+    csp = page_csp("<p>x</p><script>alert('Hello, world.');</script><script src='/a.js'></script>")
+    assert "script-src 'self' 'sha256-qznLcsROx4GACP2dm0UCKCzCG+HiZ1guq6ZZDob/Tng='" in csp
+    assert "script-src 'self' 'sha256-qznLcsROx4GACP2dm0UCKCzCG+HiZ1guq6ZZDob/Tng='" in page_csp(
+        "<script>alert('Hello, world.');</script>".replace("\n", "\r\n")
+    )
+    assert "script-src 'self';" in page_csp("<script src='/app.js' defer></script>")
+    styled = page_csp("<style>p{}</style><p style='color: red'>x</p>")
+    assert "style-src 'self' 'unsafe-inline'" in styled and "sha256" not in styled.split("style-src")[1]
+    assert "style-src 'self' 'sha256-" in page_csp("<style>p { color: red }</style>")
+
+
+def test_access_log_paths_are_cut_short() -> None:
+    from lmrec.serve.app import MAX_LOGGED_PATH, BriefAccessLog, log_config
+
+    long_path = "/users/" + "x" * 5000 + "/history"
+    record = logging.LogRecord(
+        "uvicorn.access", logging.INFO, __file__, 1, '%s - "%s %s HTTP/%s" %d',
+        ("127.0.0.1:5000", "GET", long_path, "1.1", 404), None,
+    )  # fmt: skip
+    assert BriefAccessLog().filter(record)
+    line = record.getMessage()
+    assert len(line) < MAX_LOGGED_PATH + 100 and "(5015 characters)" in line and line.endswith("404")
+    config = log_config()
+    assert "brief_paths" in config["handlers"]["access"]["filters"]
+    logging.config.dictConfig(config)  # a configuration uvicorn accepts
+    assert any(isinstance(f, BriefAccessLog) for h in logging.getLogger("uvicorn.access").handlers for f in h.filters)
+
+
+def test_the_serve_layer_has_no_import_cycle() -> None:
+    code = (
+        "import sys; import lmrec.serve.store, lmrec.serve.state; "
+        "bad = {'lmrec.serve.pgstore', 'lmrec.serve.retrain', 'lmrec.serve.stores'} & set(sys.modules); "
+        "print(sorted(bad)); sys.exit(bool(bad))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    # lmrec.serve's __init__ imports stores (open_store), so only pgstore and retrain must stay out.
+    assert "pgstore" not in done.stdout and "retrain" not in done.stdout, done.stdout + done.stderr
 
 
 # -- several workers, one database --------------------------------------------------------------------

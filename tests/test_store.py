@@ -4,7 +4,10 @@ items, hashed API keys, URLs. Every test taking ``backend`` or ``store`` runs on
 from __future__ import annotations
 
 import hashlib
+import os
+import re
 import sqlite3
+import stat
 import subprocess
 import sys
 import threading
@@ -16,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from lmrec.errors import ConfigError, DataError
-from lmrec.serve.store import Event, EventStore, Item, SQLiteStore
+from lmrec.serve.store import MAX_TIMESTAMP, Event, EventStore, Item, SQLiteStore, trained_through
 from lmrec.serve.stores import open_store
 
 pytest_plugins = ["tests.pg"]
@@ -236,3 +239,73 @@ def test_unsupported_url_hides_the_password() -> None:
     with pytest.raises(ConfigError) as info:
         open_store("mysql://me:hunter2@db.example/x")
     assert "hunter2" not in str(info.value) and "me:***@db.example" in str(info.value)
+
+
+# -- what a store may hold: one rule for every writer ------------------------------------------------
+@pytest.mark.parametrize(
+    ("event", "says"),
+    [
+        (Event("a/b", "i"), "event 0: user must not contain '/'"),
+        (Event("u", "\ud800"), "event 0: item must be printable"),
+        (Event("u", "x" * 257), "event 0: item must be at most 256"),
+        (Event("u", ".."), "event 0: item must not be '..'"),
+        (Event("u", "i", "a\x00"), "event 0: type must be printable"),
+        (Event("u", "i", timestamp=1.7e308), "event 0: timestamp must be seconds since the epoch"),
+        (Event("u", "i", timestamp=float("nan")), "event 0: timestamp"),
+        (Event("u", "i", timestamp=-1.0), "event 0: timestamp"),
+    ],
+)
+def test_events_the_store_refuses(store: EventStore, event: Event, says: str) -> None:
+    with pytest.raises(DataError, match=re.escape(says)):
+        store.add_events([Event("u", "ok"), event][1:])
+    assert store.count_events() == 0
+
+
+@pytest.mark.parametrize(
+    ("item", "says"),
+    [
+        (Item("\udc00"), "item 0: item must be printable"),
+        (Item("x", "bad\ud800title"), "title must be valid Unicode"),
+        (Item("x", "a\x00b"), "title must not contain NUL"),
+        (Item("x", None, {"d": "\ud800"}), "fields must be valid Unicode"),
+        (Item("x", None, {"\x00": 1}), "fields must not contain NUL"),
+        (Item("x", None, {"n": float("inf")}), "not finite"),
+        (Item("x", None, {"d": [[[[[[[[[[[[[[[[[["deep"]]]]]]]]]]]]]]]]]]}), "deeper than 16"),
+        (Item("x", None, {"d": {1, 2}}), "not JSON"),
+    ],
+)
+def test_items_the_store_refuses(store: EventStore, item: Item, says: str) -> None:
+    with pytest.raises(DataError, match=re.escape(says)):
+        store.upsert_items([item])
+    assert store.items_updated_since(0.0) == []
+
+
+def test_accepted_ids_and_texts_round_trip(store: EventStore) -> None:
+    odd = "ü ?#%&+ é:;@=😀" + "x" * 242
+    store.add_events([Event(odd, odd, "add to cart", timestamp=MAX_TIMESTAMP)])
+    assert store.user_events(odd)[0].item == odd
+    store.upsert_items([Item(odd, "tab\tand\nnewline", {"k": ["ü", 1e308, 10**30, None, True]})])
+    assert store.get_item(odd) == Item(odd, "tab\tand\nnewline", {"k": ["ü", 1e308, 10**30, None, True]},
+                                       store.get_item(odd).updated_at)  # type: ignore[union-attr]  # fmt: skip
+
+
+def test_sqlite_files_are_private(tmp_path: Path) -> None:
+    db = tmp_path / "events.db"
+    store = SQLiteStore(db)
+    store.add_events([Event("u", "i")])  # the WAL and its index exist from the first write
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in tmp_path.iterdir()}
+    store.close()
+    assert set(modes) >= {"events.db", "events.db-wal", "events.db-shm"}
+    assert set(modes.values()) == {0o600}, modes
+    db2 = tmp_path / "shared.db"
+    db2.touch(mode=0o640)
+    os.chmod(db2, 0o640)  # an existing file keeps the mode its owner gave it
+    SQLiteStore(db2).close()
+    assert stat.S_IMODE(db2.stat().st_mode) == 0o640
+
+
+def test_trained_through(store: EventStore) -> None:
+    meta = {"retrain": {"store": store.location, "last_event_id": 7}}
+    assert trained_through(meta, store) == 7
+    assert trained_through({"retrain": {"store": "elsewhere", "last_event_id": 7}}, store) == 0
+    assert trained_through({}, store) == trained_through({"retrain": "junk"}, store) == 0
