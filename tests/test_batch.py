@@ -68,17 +68,6 @@ def test_matrix_is_binary_and_drops_duplicates_and_unknown_items() -> None:
     assert m.nnz == 3 and set(m.data.tolist()) == {1.0}
 
 
-def test_padded_left_pads_and_keeps_the_last_known_items() -> None:
-    b = QueryBatch.from_histories([0, 1, 2], [[1, 2, 3, 4, 5], [7, -1, 2], []])
-    out = b.padded(max_len=3, n_items=6)
-    np.testing.assert_array_equal(out, [[3, 4, 5], [-1, -1, 2], [-1, -1, -1]])
-    assert out.dtype == np.int64
-    # unknown items are removed *before* truncation, so they do not use up slots
-    b2 = QueryBatch.from_histories([0], [[1, 2, 9, 9]])
-    np.testing.assert_array_equal(b2.padded(max_len=2, n_items=6, pad=99), [[1, 2]])
-    np.testing.assert_array_equal(b.padded(max_len=2, n_items=6, pad=99)[1:], [[99, 2], [99, 99]])
-
-
 def make_eval_set() -> EvalSet:
     q = QueryBatch.from_histories([3, 4, 5, 6], [[1], [2, 3], [], [4]])
     t = QueryBatch.from_histories([3, 4, 5, 6], [[7], [8, 9], [0], []])

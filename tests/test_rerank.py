@@ -27,7 +27,7 @@ from lmrec.rerank import (
     item_vectors_of,
     make_reranker,
 )
-from lmrec.rerank.mmr import prepare
+from lmrec.rerank.candidates import prepare
 from tests.conftest import checkerboard
 
 # Six items in 2-D: 0 and 1 point the same way, 2 is 0 turned by a little, 3 is orthogonal to

@@ -88,16 +88,6 @@ class QueryBatch:
         m.data[:] = 1.0
         return m
 
-    def padded(self, max_len: int, n_items: int, pad: int = -1) -> np.ndarray:
-        """The last ``max_len`` known items of each history, left-padded with ``pad``."""
-        out = np.full((len(self), max_len), pad, dtype=np.int64)
-        for i in range(len(self)):
-            h = self.history(i)
-            h = h[(h >= 0) & (h < n_items)][-max_len:]
-            if len(h):
-                out[i, max_len - len(h) :] = h
-        return out
-
 
 @dataclass(frozen=True)
 class EvalSet:

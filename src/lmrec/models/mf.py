@@ -151,20 +151,26 @@ class BPR(DotProductModel):
         self.net.cpu()
 
     def _fit_private(self, train: Dataset, options: FitOptions, spec: DPSpec, gen: torch.Generator) -> None:
-        """User-level DP-SGD (:mod:`lmrec.train.privacy`): each step Poisson-samples users at rate
-        batch_size / users and each sampled user gives one (positive, negative) pair; fixed epochs
-        of users / batch_size steps, no early stopping (it would spend unaccounted privacy)."""
+        """User-level DP-SGD (:mod:`lmrec.train.privacy`) of the item factors (:class:`FoldInItems`):
+        each step Poisson-samples users at rate batch_size / users, each gives one example; fixed
+        epochs of users / batch_size steps, no early stopping (it would spend unaccounted privacy).
+        The user rows saved are each user's fold-in over their training items — what scoring them
+        from their history computes anyway; the private part, the item factors, is all that is
+        learned."""
         cfg = self.config
         rate = min(1.0, cfg.batch_size / self.n_users)
         per_epoch = max(1, round(1 / rate))
         strategy = DPStrategy(spec, self.n_users, rate, cfg.epochs * per_epoch, seed=options.seed)
-        module = EmbeddingFactors(self.net)
+        module = FoldInItems(self.net.item_factors)
         task = UserBPRTask(module, train, rate, per_epoch, PositiveSet(train), cfg.reg)
         config = TrainConfig(epochs=cfg.epochs, lr=cfg.lr, optimizer="adam", desc="bpr (DP-SGD)")
         self.training_log = self._train(task, config, replace(options, strategy=strategy), gen)
         self.training_log["privacy"] = strategy.report()
         options.say("bpr: user-level DP " + ", ".join(f"{k} {v}" for k, v in self.training_log["privacy"].items()))
-        self.net = module.as_factors()
+        with torch.no_grad():
+            items = module.items.weight[: self.n_items].detach().cpu()
+            self.net.item_factors.copy_(items)
+            self.net.user_factors.copy_(fold_in_mean(task.histories, items))
 
     @property
     def user_factors(self) -> torch.Tensor:
@@ -212,54 +218,57 @@ class BPRTask(PairTask):
         return loss + self.reg * (pu.pow(2).sum() + qi.pow(2).sum() + qj.pow(2).sum()) / len(u)
 
 
-class EmbeddingFactors(nn.Module):
-    """BPR's factors as embedding tables whose forward is the whole per-example loss, which is
-    what Opacus needs to compute each example's gradient."""
+class FoldInItems(nn.Module):
+    """The private BPR: item factors only. A user is the mean factor of their other items (the
+    fold-in BPR already uses for unknown users), so the model holds no per-user row for noise to
+    drown, and its forward is the whole per-example loss, which Opacus needs for each example's
+    gradient. Row ``n_items`` is padding."""
 
-    def __init__(self, factors: Factors) -> None:
+    def __init__(self, item_factors: torch.Tensor) -> None:
         super().__init__()
-        self.users = nn.Embedding.from_pretrained(factors.user_factors.detach().clone(), freeze=False)
-        self.items = nn.Embedding.from_pretrained(factors.item_factors.detach().clone(), freeze=False)
+        table = torch.cat([item_factors.detach(), torch.zeros(1, item_factors.shape[1])])
+        self.items = nn.Embedding.from_pretrained(table, freeze=False, padding_idx=len(item_factors))
 
-    def forward(self, u: torch.Tensor, i: torch.Tensor, j: torch.Tensor, reg: float) -> torch.Tensor:
-        """(B,) BPR losses with the L2 term of each example's rows."""
-        pu, qi, qj = self.users(u), self.items(i), self.items(j)
-        diff = (pu * qi).sum(1) - (pu * qj).sum(1)
-        return -nn.functional.logsigmoid(diff) + reg * (pu.pow(2) + qi.pow(2) + qj.pow(2)).sum(1)
-
-    def as_factors(self) -> Factors:
-        out = Factors(self.users.num_embeddings, self.items.num_embeddings, self.users.embedding_dim, torch.Generator())
-        with torch.no_grad():
-            out.user_factors.copy_(self.users.weight.cpu())
-            out.item_factors.copy_(self.items.weight.cpu())
-        return out
+    def forward(self, history: torch.Tensor, i: torch.Tensor, j: torch.Tensor, reg: float) -> torch.Tensor:
+        """(B,) BPR losses: history (B, L) padded item rows, i positives, j negatives (B,)."""
+        real = (history != self.items.padding_idx).unsqueeze(-1).float()
+        pu = (self.items(history) * real).sum(1) / real.sum(1).clamp(min=1.0)
+        qi, qj = self.items(i), self.items(j)
+        diff = (pu * (qi - qj)).sum(1)
+        return -nn.functional.logsigmoid(diff) + reg * (qi.pow(2) + qj.pow(2)).sum(1)
 
 
 class UserBPRTask:
-    """One (positive, negative) pair per Poisson-sampled user and step: the unit of privacy is the user."""
+    """One example per Poisson-sampled user and step — a random item of theirs as the positive,
+    up to ``history`` of their other items as the user, a sampled negative: the unit of privacy
+    is the user."""
 
     def __init__(
-        self, module: EmbeddingFactors, train: Dataset, rate: float, steps: int, positives: PositiveSet, reg: float
+        self, module: FoldInItems, train: Dataset, rate: float, steps: int, positives: PositiveSet, reg: float
     ) -> None:
         self.module, self.rate, self.steps, self.positives, self.reg = module, rate, steps, positives, reg
-        users, items = _training_pairs(train)
-        order = torch.argsort(users, stable=True)
-        self.items = items[order]
-        self.starts = torch.searchsorted(users[order], torch.arange(train.n_users + 1))
-        self.n_users = train.n_users
+        self.histories = QueryBatch.from_interactions(train.interactions, np.arange(train.n_users))
+        self.n_users, self.pad, self.history = train.n_users, train.n_items, 50
 
     def batches(self, epoch: int, gen: torch.Generator) -> Iterator[tuple[torch.Tensor, ...]]:
-        counts = self.starts[1:] - self.starts[:-1]
+        lengths = torch.from_numpy(self.histories.lengths())
         for _ in range(self.steps):
-            u = torch.nonzero((torch.rand(self.n_users, generator=gen) < self.rate) & (counts > 0)).squeeze(1)
+            u = torch.nonzero((torch.rand(self.n_users, generator=gen) < self.rate) & (lengths > 1)).squeeze(1)
             if len(u) == 0:  # probability (1 - q)^users: negligible at the rates used
                 continue
-            pick = self.starts[u] + (torch.rand(len(u), generator=gen) * counts[u]).long()
-            yield u, self.items[pick], sample_negatives(u, self.positives, gen)[:, 0]
+            picks = (torch.rand(len(u), generator=gen) * lengths[u]).long()
+            rows = torch.full((len(u), self.history), self.pad, dtype=torch.long)
+            positives = torch.empty(len(u), dtype=torch.long)
+            for r, (user, pick) in enumerate(zip(u.tolist(), picks.tolist(), strict=True)):
+                h = self.histories.history(user)
+                positives[r] = int(h[pick])
+                rest = np.delete(h, pick)[-self.history :]
+                rows[r, : len(rest)] = torch.from_numpy(rest)
+            yield rows, positives, sample_negatives(u, self.positives, gen)[:, 0]
 
     def loss(self, module: nn.Module, batch: tuple[torch.Tensor, ...], gen: torch.Generator) -> torch.Tensor:
-        u, i, j = batch
-        return module(u, i, j, self.reg).mean()
+        history, i, j = batch
+        return module(history, i, j, self.reg).mean()
 
 
 # ---------------------------------------------------------------------------------------------

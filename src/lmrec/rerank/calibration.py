@@ -24,7 +24,7 @@ from scipy import sparse
 from lmrec.data.batch import QueryBatch
 from lmrec.data.schema import Dataset
 from lmrec.errors import DataError
-from lmrec.rerank.mmr import Candidates, greedy_setup, prepare
+from lmrec.rerank.candidates import Candidates, greedy_setup, prepare
 
 __all__ = ["Calibrated"]
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from lmrec.rerank.mmr import BlockReranker, Candidates, fill_in_order, greedy_setup
+from lmrec.rerank.candidates import BlockReranker, Candidates, fill_in_order, greedy_setup
 from lmrec.rerank.similarity import ItemSimilarity
 
 __all__ = ["DPP"]
