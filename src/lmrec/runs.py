@@ -227,19 +227,26 @@ def train_run(
     config = klass.config_class.from_dict(overrides)
     recipe = recipe.resolved()
     main = options.strategy.is_main  # under DDP the other processes train and write nothing
+    the_split, reports = recipe.make_split(cache_dir)  # bad data fails here, before anything is written
     out.mkdir(parents=True, exist_ok=True)
     request = {"model": model_name, "overrides": overrides, "data": asdict(recipe), "seed": options.seed}
     if main and not options.resume:
         (out / TRAIN_FILE).write_text(json.dumps({**request, "extra_meta": extra_meta}, indent=2))
     options = replace(options, checkpoint_dir=out / "checkpoint")
-    the_split, reports = recipe.make_split(cache_dir)
     for report in reports:
         options.say(str(report))
     train = the_split.train_dataset()
     valid = the_split.eval_set("valid")
     options.say(f"{the_split.dataset.name}: {the_split.dataset.summary()} split {the_split.sizes()}")
     started = time.perf_counter()
-    model = klass(config).fit(train, valid if len(valid) else None, options)
+    try:
+        model = klass(config).fit(train, valid if len(valid) else None, options)
+    except LmrecError:
+        if main and not options.resume and not (out / "checkpoint").exists():  # refused before training
+            (out / TRAIN_FILE).unlink(missing_ok=True)
+            if not any(out.iterdir()):
+                out.rmdir()
+        raise
     seconds = time.perf_counter() - started
     if not main:
         return Run(out, {}, model, the_split)
