@@ -206,7 +206,6 @@ class Recommender(ABC):
         trainer_options = TrainerOptions(
             device=options.device,
             progress=options.progress and options.strategy.is_main,
-            log=options.log,
             checkpoint_dir=options.checkpoint_dir / phase if options.checkpoint_dir is not None else None,
             resume=options.resume,
             stop_after=options.stop_after,

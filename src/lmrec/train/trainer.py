@@ -116,10 +116,9 @@ class TrainerOptions:
 
     device: str = "cpu"
     progress: bool = False
-    log: Callable[[str], None] | None = None
     checkpoint_dir: Path | None = None  # written after every epoch when set
     resume: bool = False  # continue from the checkpoint in checkpoint_dir
-    stop_after: int | None = None  # stop (as if interrupted) after this many epochs: for resume tests
+    stop_after: int | None = None  # stop (as if interrupted) after this many epochs; resume later
     strategy: Strategy = field(default_factory=Strategy)
 
 
@@ -209,7 +208,6 @@ class Trainer:
             state.log.seconds = time.perf_counter() - start
             bar.update(1)
             bar.set_postfix(postfix)
-            self._say(f"{cfg.desc} epoch {state.epoch}: " + " ".join(f"{k} {v}" for k, v in postfix.items()))
             if opts.checkpoint_dir is not None and opts.strategy.is_main:
                 self._save_checkpoint(module, optimizer, generator, state)
         bar.close()
@@ -246,10 +244,6 @@ class Trainer:
             group["lr"] = group.setdefault("base_lr", group["lr"]) * factor
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-
-    def _say(self, message: str) -> None:
-        if self.options.log is not None and self.options.strategy.is_main:
-            self.options.log(message)
 
     # -- checkpoints ------------------------------------------------------------------------------
     def _save_checkpoint(
