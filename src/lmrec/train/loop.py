@@ -1,8 +1,6 @@
-"""The training loop: epochs, validation, early stopping, best-weights restore, progress.
-
-Models supply two callables — run one epoch (returns the mean loss) and score the validation set
-(returns a number to maximise) — plus ways to snapshot and restore their weights. The loop is
-plain and linear on purpose: read it top to bottom.
+"""What the Trainer (:mod:`lmrec.train.trainer`) is built from — early stopping, the training log,
+shuffled index batches — and :func:`fit_epochs`, early stopping for models that iterate without
+gradients (ALS's closed-form solves): one callable runs an iteration, another scores validation.
 """
 
 from __future__ import annotations
