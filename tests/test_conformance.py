@@ -28,6 +28,19 @@ FAST: dict[str, dict[str, Any]] = {
     "sasrec": {"dim": 16, "inner": 32, "layers": 1, "max_len": 12, "epochs": 15, "batch_size": 16, "lr": 0.01},
     "bert4rec": {"dim": 16, "inner": 32, "layers": 1, "max_len": 12, "epochs": 25, "batch_size": 16, "lr": 0.01},
     "text-sasrec": {"dim": 16, "inner": 32, "layers": 1, "max_len": 12, "epochs": 15, "batch_size": 16, "lr": 0.01},
+    # next item + rating + like through MMoE; fitted on the checkerboard with a rating per interaction
+    "mtl-sasrec": {
+        "dim": 16,
+        "inner": 32,
+        "layers": 1,
+        "max_len": 12,
+        "epochs": 15,
+        "batch_size": 16,
+        "lr": 0.01,
+        "experts": 2,
+        "expert_inner": 16,
+        "head_hidden": 16,
+    },
     # fine-tunes the packaged MiniLM for 3 steps (needs lmrec[text])
     "lm-ranker": {
         "base": "itemknn",
@@ -53,6 +66,7 @@ FAST: dict[str, dict[str, Any]] = {
     # a toy causal LM built on the spot (tests/llm_toy.py) writes item titles; needs lmrec[llm]
     "llm-gen": {"lora_r": 8, "steps": 200, "batch_size": 16, "lr": 0.003, "beams": 10, "max_history": 8},
 }
+RATED = {"mtl-sasrec"}  # models that also learn ratings: their checkerboard has one (1-5, by item)
 
 
 def test_every_registered_model_has_a_fast_config() -> None:
@@ -73,7 +87,10 @@ def fitted(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Recommen
             overrides = {**overrides, "lm": str(toy)}
         klass = model_class(name)
         options = FitOptions(seed=1, text_encoder=KeywordEncoder())  # text models read item text through it
-        model = klass(klass.config_class.from_dict(overrides)).fit(train, None, options)
+        data = train
+        if name in RATED:
+            data = train.with_interactions(train.interactions.assign(rating=1.0 + train.interactions["item"] % 5))
+        model = klass(klass.config_class.from_dict(overrides)).fit(data, None, options)
         out[name] = (model, split)
     return out
 

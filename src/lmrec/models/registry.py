@@ -30,9 +30,11 @@ MODELS: dict[str, str] = {
     "sasrec": "lmrec.models.sequential:SASRec",
     "bert4rec": "lmrec.models.sequential:BERT4Rec",
     "text-sasrec": "lmrec.models.sequential:TextSASRec",
+    "mtl-sasrec": "lmrec.models.multitask:MultiTaskSASRec",
     "lm-ranker": "lmrec.models.lmranker:LMRanker",
     "tiger": "lmrec.models.tiger:Tiger",
     "llm-gen": "lmrec.models.llmgen:GenerativeLLM",
+    "compressed": "lmrec.compress.model:CompressedSequential",  # `lmrec compress`: ONNX encoder + quantized table
 }
 
 
