@@ -166,3 +166,237 @@ def test_lora_trains_adapters_and_round_trips(registered: None, tmp_path: Path) 
     model.save(tmp_path / "m")
     q = split.eval_set("test").queries
     assert torch.equal(model.score(q), load_model(tmp_path / "m").score(q))
+
+
+# -- the list ranker (lm-list-ranker) on a toy causal LM -----------------------------------------
+needs_llm = pytest.mark.skipif(
+    importlib.util.find_spec("transformers") is None or importlib.util.find_spec("peft") is None,
+    reason="needs transformers and peft (pip install 'lmrec[llm]')",
+)
+LIST_TINY = {
+    "base": "itemknn",
+    "base_config": {"k": 20},
+    "candidates": 5,
+    "history_items": 4,
+    "text_template": "{title} {categories}",
+    "steps": 3,
+    "batch_size": 4,
+    "lora_r": 4,
+    "lr": 0.003,
+    "valid_users": 0,
+}
+
+
+def _toy_list_lm(directory: Path, with_labels: bool = True) -> Path:
+    from lmrec.models.lmranker import LABELS, LIST_CANDIDATES, LIST_HISTORY, LIST_QUESTION, LIST_SYSTEM
+    from tests.conftest import checkerboard
+    from tests.llm_toy import toy_lm_dir
+
+    words = [LIST_SYSTEM, LIST_HISTORY, LIST_CANDIDATES, LIST_QUESTION, "even odd"]
+    words += checkerboard().titles(list(range(40)))
+    if with_labels:
+        words += [f"{letter} {letter}." for letter in LABELS]
+    return toy_lm_dir(directory, words)
+
+
+@pytest.fixture(scope="module")
+def list_fitted(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Any]:
+    from lmrec.models.lmranker import ListRanker, ListRankerConfig
+    from tests.conftest import checkerboard
+
+    toy = _toy_list_lm(tmp_path_factory.mktemp("toy-list-lm"))
+    split = leave_one_out(checkerboard())
+    cfg = ListRankerConfig.from_dict({**LIST_TINY, "lm": str(toy), "valid_users": 20})
+    model = ListRanker(cfg).fit(split.train_dataset(), split.eval_set("valid"), FitOptions(seed=1))
+    return model, split
+
+
+@needs_llm
+def test_list_prompt_lists_history_then_lettered_candidates(list_fitted: tuple[Any, Any]) -> None:
+    model, _ = list_fitted
+    lm = model.lm
+    ids = model.prompt(np.array([0, 2, 4, 6, 8, 10]), [3, 5])
+    text = lm.decode(ids)
+    # the 4 most recent items, oldest first, then the candidates with their letters, then the question
+    history = (
+        text.index("Item 4 even"),
+        text.index("Item 6 even"),
+        text.index("Item 8 even"),
+        text.index("Item 10 even"),
+    )
+    assert list(history) == sorted(history) and "Item 2 even" not in text
+    assert text.index("A. Item 3 odd") < text.index("B. Item 5 odd") < text.index("Which candidate")
+    assert ids[: len(model._head)] == model._head and ids[-len(model._tail) :] == model._tail
+    assert text.index("<|system|>") < text.index("<|user|>") < text.index("Item 4") < text.rindex("<|assistant|>")
+
+
+@needs_llm
+def test_label_logits_are_the_next_token_logits(list_fitted: tuple[Any, Any]) -> None:
+    model, _ = list_fitted
+    prompt = model.prompt(np.array([1, 3]), [5, 7, 9])
+    with torch.no_grad():
+        full = model.lm.model(input_ids=torch.tensor([prompt])).logits[0, -1]
+        ours = model.label_logits(model.next_token_states([prompt]))[0]
+    assert torch.allclose(ours, full[model.label_ids], atol=1e-4)  # one forward pass, read at the labels
+
+
+@needs_llm
+def test_batched_scores_do_not_depend_on_the_batch(list_fitted: tuple[Any, Any]) -> None:
+    model, split = list_fitted
+    q = split.eval_set("test").queries
+    _, items, valid = model.candidates(q)
+    batched, readable = model.ranker_scores(q, items)
+    model.config.infer_batch = 1
+    try:
+        one, _ = model.ranker_scores(q, items)
+    finally:
+        model.config.infer_batch = LIST_TINY.get("infer_batch", 8)
+    assert readable.all() and valid.all()
+    assert torch.allclose(batched, one, atol=1e-4)  # right padding never reaches the label position
+    assert torch.allclose(batched.exp().sum(1), torch.ones(len(q)), atol=1e-4)  # log-softmax over the candidates
+
+
+@needs_llm
+def test_list_candidates_come_first_in_ranker_order(list_fitted: tuple[Any, Any]) -> None:
+    from lmrec.models.lmranker import fuse_orders
+
+    model, split = list_fitted
+    q = split.eval_set("test").queries
+    base, candidates, valid = model.candidates(q)
+    ranker, _ = model.ranker_scores(q, candidates)
+    order = fuse_orders(ranker, base.gather(1, candidates), valid, model.mix)
+    items, _ = model.recommend(q, k=5)
+    for row in range(len(q)):
+        expected = candidates[row][torch.argsort(order[row], descending=True, stable=True)].tolist()
+        assert items[row].tolist() == expected
+        assert not set(items[row].tolist()) & set(q.history(row).tolist())
+
+
+@needs_llm
+def test_mix_is_chosen_on_validation(list_fitted: tuple[Any, Any]) -> None:
+    from lmrec.models.lmranker import MIX_GRID
+
+    model, _ = list_fitted
+    log = model.training_log
+    assert log["steps"] == 3 and all(np.isfinite(log["losses"]))
+    assert set(log["mix_ndcg"]) == {str(m) for m in MIX_GRID} and log["valid_users_read"] == 20
+    best = max(log["mix_ndcg"].values())
+    assert model.mix in MIX_GRID and log["mix_ndcg"][str(model.mix)] == best
+    assert log["ranker_s_per_user"] > 0
+
+
+@needs_llm
+def test_mix_zero_keeps_the_retriever_order(list_fitted: tuple[Any, Any]) -> None:
+    model, split = list_fitted
+    q = split.eval_set("test").queries
+    kept = model.mix
+    model.mix = 0.0
+    try:
+        assert torch.equal(model.score(q), model.base.score(q).float())
+    finally:
+        model.mix = kept
+    empty = QueryBatch.from_histories([3], [[]])
+    assert torch.equal(model.score(empty), model.base.score(empty).float())  # nothing to read: the retriever's
+
+
+@needs_llm
+def test_training_prompts_hold_the_answer_in_shuffled_places(list_fitted: tuple[Any, Any]) -> None:
+    model, split = list_fitted
+    train = split.train_dataset()
+    h = QueryBatch.from_interactions(train.interactions, np.arange(train.n_users))
+    users = np.arange(20)
+    prefixes = [h.history(int(u))[:3] for u in users]
+    positives = np.array([h.history(int(u))[3] for u in users])
+    seen = [set(h.history(int(u)).tolist()) for u in users]
+    rng = np.random.default_rng(0)
+    prompts, answers, sizes = model.training_prompts(users, prefixes, positives, seen, rng)
+    assert sizes == [5] * 20 and len(set(answers)) > 1  # the answer's letter moves about
+    for prompt, answer, positive in zip(prompts, answers, positives, strict=True):
+        letter = "ABCDE"[answer]
+        assert f"{letter}. {model.lm.decode(model._lines[int(positive)])}" in model.lm.decode(prompt)
+    model.config.shuffle = False
+    try:  # unshuffled: the retriever's order, a missing answer in the last place
+        _, plain, _ = model.training_prompts(users, prefixes, positives, seen, np.random.default_rng(0))
+    finally:
+        model.config.shuffle = True
+    assert plain.count(4) >= 1
+
+
+@needs_llm
+def test_the_loss_is_on_the_label_token_only(list_fitted: tuple[Any, Any]) -> None:
+    from torch.nn import functional as F
+
+    model, _ = list_fitted
+    prompts = [model.prompt(np.array([0, 2]), [1, 3, 5]), model.prompt(np.array([1]), [4, 6, 8, 10, 12])]
+    with torch.no_grad():
+        vocab = model._loss(prompts, [2, 0], [3, 5])
+        rows = [model.lm.model(input_ids=torch.tensor([p])).logits[0, -1] for p in prompts]
+        expected = F.cross_entropy(torch.stack(rows), model.label_ids[[2, 0]])
+        assert torch.allclose(vocab, expected, atol=1e-4)
+        model.config.loss = "labels"
+        try:
+            labels = model._loss(prompts, [2, 0], [3, 5])
+        finally:
+            model.config.loss = "vocab"
+        first = F.cross_entropy(rows[0][model.label_ids[:3]][None], torch.tensor([2]))
+        second = F.cross_entropy(rows[1][model.label_ids[:5]][None], torch.tensor([0]))
+        assert torch.allclose(labels, (first + second) / 2, atol=1e-4)
+
+
+@needs_llm
+def test_list_ranker_save_load_identical_scores(list_fitted: tuple[Any, Any], tmp_path: Path) -> None:
+    from lmrec.models.lmranker import ListRanker
+
+    model, split = list_fitted
+    model.save(tmp_path / "m")
+    loaded = ListRanker.load(tmp_path / "m")
+    assert loaded.config == model.config and loaded.mix == model.mix
+    q = split.eval_set("test").queries
+    assert torch.equal(model.score(q), loaded.score(q))
+    assert any(k.startswith("lora.") for k in model.state()) and not any(k.startswith("lm.") for k in model.state())
+
+
+@needs_llm
+def test_list_ranker_learns_to_find_the_answer(tmp_path: Path) -> None:
+    """Sixty LoRA steps lower the loss on a fixed set of training prompts (candidates shuffled,
+    so the answer's letter says nothing): the adapters learn from the item lines."""
+    from lmrec.models.lmranker import ListRanker, ListRankerConfig
+    from tests.conftest import checkerboard
+
+    toy = _toy_list_lm(tmp_path / "toy")
+    split = leave_one_out(checkerboard())
+    train = split.train_dataset()
+    h = QueryBatch.from_interactions(train.interactions, np.arange(train.n_users))
+    users = np.arange(train.n_users)
+    prefixes = [h.history(int(u))[:6] for u in users]
+    positives = np.array([h.history(int(u))[6] for u in users])
+    seen = [set(h.history(int(u)).tolist()) for u in users]
+
+    def held_loss(steps: int) -> float:
+        cfg = ListRankerConfig.from_dict({**LIST_TINY, "lm": str(toy), "steps": steps, "lr": 0.01})
+        model = ListRanker(cfg).fit(train, None, FitOptions(seed=0))
+        batch = model.training_prompts(users, prefixes, positives, seen, np.random.default_rng(0))
+        with torch.no_grad():
+            return float(model._loss(*batch))
+
+    assert held_loss(60) < held_loss(0)
+
+
+@needs_llm
+def test_list_ranker_config_and_labels(tmp_path: Path) -> None:
+    from lmrec.models.lmranker import ListRanker, ListRankerConfig
+    from tests.conftest import checkerboard
+
+    with pytest.raises(ConfigError, match="between 1 and 26"):
+        ListRankerConfig(candidates=27)
+    with pytest.raises(ConfigError, match="ranker"):
+        ListRankerConfig(base="lm-ranker")
+    with pytest.raises(ConfigError, match="loss"):
+        ListRankerConfig(loss="nope")
+    cfg = ListRankerConfig.from_dict({"base_config": '{"k": 5}', "base": "itemknn", "candidates": "7"})
+    assert cfg.base_config == {"k": 5} and cfg.candidates == 7
+    assert ListRankerConfig.from_dict(cfg.to_dict()) == cfg
+    toy = _toy_list_lm(tmp_path / "no-labels", with_labels=False)  # "A", "B", ... are all <unk> here
+    train = leave_one_out(checkerboard()).train_dataset()
+    with pytest.raises(ConfigError, match="distinct single tokens"):
+        ListRanker(ListRankerConfig.from_dict({**LIST_TINY, "lm": str(toy)})).fit(train, None, FitOptions(seed=0))
