@@ -8,7 +8,7 @@ Images are encoded offline by EfficientNet-Lite0 from the weights that ship on P
 only when it is used.
 """
 
-from lmrec.features.items import ML100K_USER_FEATURES, image_model, item_features, needs, user_features
+from lmrec.features.items import ML100K_USER_FEATURES, image_loader, item_features, needs, user_features
 from lmrec.features.tables import Block, FeatureSchema, FeatureSpec, FeatureTable, build_table, parse_spec
 
 __all__ = [
@@ -18,7 +18,7 @@ __all__ = [
     "FeatureSpec",
     "FeatureTable",
     "build_table",
-    "image_model",
+    "image_loader",
     "item_features",
     "needs",
     "parse_spec",

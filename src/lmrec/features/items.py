@@ -8,6 +8,7 @@ the same way), and attribute columns. :func:`user_features` does the same for a 
 
 from __future__ import annotations
 
+import re
 import typing
 from collections.abc import Callable
 from pathlib import Path
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
     from lmrec.text import TextEncoder
 
 ML100K_USER_FEATURES = "age,gender,occupation"
+DEFAULT_IMAGE_SIZE = 224  # EfficientNet-Lite0's input size
 
 
 def needs(spec: str | FeatureSchema, kind: str) -> bool:
@@ -33,12 +35,27 @@ def needs(spec: str | FeatureSchema, kind: str) -> bool:
     return kind in kinds
 
 
-def image_model(spec: str | FeatureSchema) -> str | None:
-    """The local image weights a feature list or schema names (None: the packaged EfficientNet-Lite0)."""
+def image_loader(
+    spec: str | FeatureSchema, device: str = "cpu", cache_dir: Path | None = None
+) -> Callable[[], ImageEncoder]:
+    """A function that loads the image encoder a feature list or fitted schema names (its local
+    weights, else the packaged EfficientNet-Lite0, at the input size it was fitted with), called
+    only when a row has an image. ``cache_dir`` is lmrec's cache, where the packaged weights are
+    converted to safetensors once (None: read in place each time)."""
     if isinstance(spec, FeatureSchema):
         block = next((b for b in spec.blocks if b.kind == "image"), None)
-        return block.model if block is not None else None
-    return next((s.model for s in parse_spec(spec) if s.kind == "image"), None)
+        model = block.model if block is not None else None
+        fitted = re.search(r"@(\d+)", block.encoder or "") if block is not None else None
+        size = int(fitted.group(1)) if fitted else DEFAULT_IMAGE_SIZE
+    else:
+        model, size = next((s.model for s in parse_spec(spec) if s.kind == "image"), None), DEFAULT_IMAGE_SIZE
+
+    def load() -> ImageEncoder:
+        from lmrec.features.images import load_image_encoder
+
+        return load_image_encoder(model, device, cache_dir, image_size=size)
+
+    return load
 
 
 def item_features(

@@ -32,7 +32,6 @@ from lmrec.train.trainer import Strategy, Task, TrainConfig, Trainer, TrainerOpt
 
 if TYPE_CHECKING:
     from lmrec.features import FeatureSchema
-    from lmrec.features.images import ImageEncoder
     from lmrec.text import TextEncoder
 
 C = TypeVar("C", bound="ModelConfig")
@@ -384,7 +383,7 @@ class ReadsItemText:
             encoder = options.text_encoder or self.text_encoder(options.device)
             options.say(f"encoding {train.n_items} item texts with {encoder.name}")
             return self.encode_items(train.catalog, encoder, embeddings, options.progress)
-        from lmrec.features import image_model, item_features, needs
+        from lmrec.features import image_loader, item_features, needs
 
         text = (options.text_encoder or self.text_encoder(options.device)) if needs(spec, "text") else None
         options.say(f"building item features {spec!r} for {train.n_items} items")
@@ -393,7 +392,7 @@ class ReadsItemText:
             spec,
             text_encoder=text,
             text_template=self.config.text_template,
-            image_encoder=options.image_encoder or self._image_loader(image_model(spec), options.cache_dir),
+            image_encoder=options.image_encoder or image_loader(spec, self._device_name(), options.cache_dir),
             cache_dir=embeddings,
             progress=options.progress,
         )
@@ -401,13 +400,8 @@ class ReadsItemText:
         options.say(table.summary())
         return table.values
 
-    def _image_loader(self, model: str | None, cache_dir: Path | None) -> Callable[[], ImageEncoder]:
-        """Loads the image encoder when a row first needs it; ``cache_dir`` (lmrec's cache) is where
-        the packaged weights are converted to safetensors once (None: read in place each time)."""
-        from lmrec.features.images import load_image_encoder
-
-        device = str(getattr(self, "device", "cpu"))
-        return lambda: load_image_encoder(model, device, cache_dir)
+    def _device_name(self) -> str:
+        return str(getattr(self, "device", "cpu"))
 
     def encode_items(
         self, catalog: pd.DataFrame, encoder: TextEncoder, cache_dir: Path | None = None, progress: bool = False
@@ -420,15 +414,15 @@ class ReadsItemText:
         schema = self.item_feature_schema
         if schema is None:
             return encode_cached(encoder, item_texts(catalog, self.config.text_template), cache_dir, progress)
-        from lmrec.features import image_model, item_features
+        from lmrec.features import image_loader, item_features
 
-        root = Path(cache_dir).parent if cache_dir is not None else None
+        root = Path(cache_dir).parent if cache_dir is not None else None  # <cache>/embeddings → <cache>
         return item_features(
             catalog,
             schema,
             text_encoder=encoder,
             text_template=self.config.text_template,
-            image_encoder=self._image_loader(image_model(schema), root),
+            image_encoder=image_loader(schema, self._device_name(), root),
             cache_dir=cache_dir,
             progress=progress,
         ).values
