@@ -8,6 +8,14 @@ everywhere (torch.set_num_threads(2), ONNX Runtime intra-op 2)::
 
     .venv/bin/python benchmarks/compress.py                 # 1M items
     .venv/bin/python benchmarks/compress.py --items 200000  # smaller
+
+``--run RUN`` instead compresses a trained sequential run (e.g. SASRec on ml-100k) with every
+method of ``lmrec compress`` (each a real run under ``--out``) and prints, per method: the model's
+size on disk and parameter count, p50/p99 batch-1 latency and batch-64 throughput of
+``recommend`` (query encode + score + seen-item masking + top-10) over test users, NDCG@10 and
+Recall@10 on all test users, and the relative change against the uncompressed run::
+
+    taskset -c 0 .venv/bin/python benchmarks/compress.py --run runs/sasrec-ml100k --threads 1
 """
 
 from __future__ import annotations
@@ -18,14 +26,21 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
+from lmrec.cache import default_cache
 from lmrec.compress import quantize
 from lmrec.compress._topk import chunked_top_k
 from lmrec.compress.pq import ProductQuantizer
+from lmrec.data.batch import QueryBatch
+from lmrec.models.base import Recommender
 from lmrec.models.sequential import SequenceEncoder, SequentialConfig
+
+if TYPE_CHECKING:
+    from lmrec.runs import Run
 
 K = 10
 
@@ -59,8 +74,14 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=64)
     parser.add_argument("--reps", type=int, default=20, help="batch-1 timings per method (p50/p99 over them)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--run", type=Path, help="compress this sequential run with every method instead")
+    parser.add_argument("--out", type=Path, help="--run: where the compressed runs go (default: beside RUN)")
+    parser.add_argument("--cache-dir", type=Path, default=None, help="--run: the dataset cache")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.run is not None:
+        run_table(args)
+        return
     gen = torch.Generator().manual_seed(0)
     t0 = time.perf_counter()
     items = catalog(args.items, args.dim, gen)
@@ -153,6 +174,103 @@ def onnx_table(args: argparse.Namespace) -> None:
                 f"| {name} | {nbytes / 2**20:.1f} | {err:.1e} | {statistics.median(single) * 1e3:.2f} "
                 f"| {float(np.percentile(single, 99)) * 1e3:.2f} | {64 / statistics.median(batch):.0f} |"
             )
+
+
+# -- a trained run, compressed by each method ------------------------------------------------------------
+VARIANTS: list[tuple[str, str, list[str]]] = [  # label, method, --set
+    ("onnx", "onnx", []),
+    ("int8", "int8", []),
+    ("int4", "int4", []),
+    ("int8 encoder + int4 table", "int8", ["table=int4"]),
+    ("pq m=16", "pq", ["m=16"]),
+    ("int8 encoder + pq m=16", "pq", ["m=16", "encoder=int8"]),
+    ("prune (1 head, ffn/2) + 5 ep", "prune", ["heads=1", "finetune_epochs=5"]),
+    ("prune + int8", "prune", ["heads=1", "finetune_epochs=5", "encoder=int8", "table=int8"]),
+]
+
+
+def recommend_timings(model: Recommender, queries: QueryBatch, reps: int) -> tuple[float, float, float]:
+    """p50 and p99 seconds of one user's recommend (users cycled), and users/s at batch 64."""
+    rec = model.recommend
+    n = len(queries)
+    singles = [QueryBatch.from_histories([int(queries.users[i])], [queries.history(i)]) for i in range(n)]
+    rec(singles[0], k=K)  # warm-up
+    for one in singles[:20]:
+        rec(one, k=K)
+    single = []
+    for r in range(reps):
+        one = singles[r % n]
+        start = time.perf_counter()
+        rec(one, k=K)
+        single.append(time.perf_counter() - start)
+    batches = [
+        QueryBatch.from_histories(queries.users[s : s + 64], [queries.history(i) for i in range(s, min(n, s + 64))])
+        for s in range(0, n - 63, 64)
+    ]
+    per_batch = []
+    for b in batches:
+        start = time.perf_counter()
+        rec(b, k=K)
+        per_batch.append(time.perf_counter() - start)
+    return statistics.median(single), float(np.percentile(single, 99)), 64 / statistics.median(per_batch)
+
+
+def run_table(args: argparse.Namespace) -> None:
+    import json
+
+    from lmrec.cli import main as lmrec
+    from lmrec.compress.model import CompressedSequential, directory_bytes, source_parameter_count
+    from lmrec.runs import open_run
+
+    cache = args.cache_dir or default_cache()
+    out = args.out or args.run.parent / f"{args.run.name}-compressed"
+    source = open_run(args.run, cache)
+    rows = []
+    queries = source.split.eval_set("test").queries
+
+    def measure(label: str, run: Run, nbytes: int, params: int, seconds: float) -> None:
+        metrics = run.evaluate("test")["metrics"]
+        p50, p99, qps = recommend_timings(run.model, queries, args.reps)
+        rows.append((label, nbytes, params, p50, p99, qps, metrics["ndcg@10"], metrics["recall@10"], seconds))
+        print(f"  {label}: {nbytes:,} B, ndcg@10 {metrics['ndcg@10']:.4f}, p50 {p50 * 1e3:.2f} ms", flush=True)
+
+    measure(
+        f"{source.meta['model']} (torch, source)",
+        source,
+        directory_bytes(args.run / "model"),
+        source_parameter_count(source.model),
+        0.0,
+    )
+    for label, method, sets in VARIANTS:
+        target = out / label.split(" (")[0].replace(" + ", "+").replace(" ", "-").replace("=", "")
+        if not (target / "run.json").exists():
+            argv = ["--cache-dir", str(cache), "compress", "--run", str(args.run), "--method", method]
+            code = lmrec([*argv, *[f"--set={s}" for s in sets], "--out", str(target), "--quiet"])
+            if code != 0:
+                print(f"  {label}: lmrec compress failed ({code})")
+                continue
+        run = open_run(target, cache)
+        assert isinstance(run.model, CompressedSequential)
+        run.model.set_threads(args.threads)
+        record = json.loads((target / "run.json").read_text())["compress"]
+        measure(label, run, record["bytes_after"], record["parameters_after"], record["seconds"])
+
+    base = rows[0]
+    print(f"\n# {args.run} compressed: {source.dataset.name}, {len(queries)} test users, {args.threads} thread(s)")
+    print(
+        "(recommend = query encode + score + seen-item masking + top-10; ONNX Runtime intra-op threads = torch threads)"
+    )
+    print(
+        "| model | KB on disk | × smaller | parameters | p50 ms (b=1) | × faster | p99 ms (b=1) | users/s (b=64) "
+        "| NDCG@10 | Δ NDCG | Recall@10 | Δ Recall | compress s |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for label, nbytes, params, p50, p99, qps, ndcg, rec, seconds in rows:
+        print(
+            f"| {label} | {nbytes / 1024:.1f} | {base[1] / nbytes:.2f} | {params:,} | {p50 * 1e3:.2f} "
+            f"| {base[3] / p50:.2f} | {p99 * 1e3:.2f} | {qps:.0f} | {ndcg:.4f} | {100 * (ndcg / base[6] - 1):+.1f} % "
+            f"| {rec:.4f} | {100 * (rec / base[7] - 1):+.1f} % | {seconds:.0f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -63,6 +63,20 @@ FAST: dict[str, dict[str, Any]] = {
         "dropout": 0.0,
         "beams": 10,
     },
+    # `lmrec compress`: the sasrec above, then an int8 ONNX encoder and int8 table (needs lmrec[compress])
+    "compressed": {
+        "method": "int8",
+        "source": "sasrec",
+        "source_config": {
+            "dim": 16,
+            "inner": 32,
+            "layers": 1,
+            "max_len": 12,
+            "epochs": 15,
+            "batch_size": 16,
+            "lr": 0.01,
+        },
+    },
     # a toy causal LM built on the spot (tests/llm_toy.py) writes item titles; needs lmrec[llm]
     "llm-gen": {"lora_r": 8, "steps": 200, "batch_size": 16, "lr": 0.003, "beams": 10, "max_history": 8},
 }

@@ -351,6 +351,69 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compress(args: argparse.Namespace) -> int:
+    """A run's model compressed into a new run that evaluate, recommend and serve load as any other."""
+    import shutil
+    import time
+
+    from lmrec import __version__
+    from lmrec.compress.model import (
+        CompressedConfig,
+        compress_model,
+        directory_bytes,
+        source_parameter_count,
+    )
+    from lmrec.models.base import FitOptions
+    from lmrec.runs import RUN_FILE, Run, open_run
+
+    _set_threads(args)
+    source_dir, out = Path(args.run), Path(args.out)
+    if out.resolve() == source_dir.resolve() or (out / RUN_FILE).exists():
+        raise LmrecError(f"{out} already holds a run; compress into a new directory")
+    run = open_run(source_dir, args.cache_dir)
+    config = CompressedConfig.from_dict({**_parse_sets(args.set), "method": args.method})
+    options = FitOptions(seed=int(run.meta.get("seed", 0)), progress=not args.quiet, log=_say, cache_dir=args.cache_dir)
+    started = time.perf_counter()
+    model = compress_model(run.model, config, run.split.train_dataset(), run.split.eval_set("valid"), options)
+    seconds = time.perf_counter() - started
+    model.save(out / "model")
+    for name in ("users.json", "items.json"):
+        shutil.copyfile(source_dir / name, out / name)
+    before, after = directory_bytes(source_dir / "model"), directory_bytes(out / "model")
+    record = {
+        "method": args.method,
+        "encoder": model.config.encoder_kind,
+        "table": model.config.table_kind,
+        "source_run": str(source_dir.resolve()),
+        "source_model": run.meta["model"],
+        "bytes_before": before,
+        "bytes_after": after,
+        "times_smaller": round(before / after, 3),
+        "parameters_before": source_parameter_count(run.model),
+        "parameters_after": model.parameter_count(),
+        "seconds": round(seconds, 3),
+    }
+    keep = ("data", "filters", "split_sizes", "seed")
+    meta = {
+        "lmrec_version": __version__,
+        "model": model.name,
+        "config": model.config.to_dict(),
+        **{k: run.meta[k] for k in keep if k in run.meta},
+        "compress": record,
+        "training": model.training_log,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    (out / RUN_FILE).write_text(json.dumps(meta, indent=2))
+    valid = Run(out, meta, model, run.split).evaluate("valid")
+    (out / "valid.json").write_text(json.dumps(valid, indent=2))
+    _say(
+        f"compressed {run.meta['model']} ({args.method}: {record['encoder']} encoder, {record['table']} table)"
+        f" {before:,} → {after:,} bytes ({record['times_smaller']}× smaller) → {out}"
+    )
+    _say("validation: " + ", ".join(f"{k} {v:.4f}" for k, v in valid["metrics"].items() if "@" in k))
+    return 0
+
+
 def cmd_mask(args: argparse.Namespace) -> int:
     """A masked copy of a dataset: keyed pseudonyms, coarser times, scrubbed text, generalised users."""
     from lmrec.privacy.mask import MaskOptions, mask
@@ -515,6 +578,17 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"reload when the run's run.json changes (checked every {WATCH_SECONDS:g}s), e.g. a symlink moved on",
     )
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("compress", help="compress a run's model into a new run (needs lmrec[compress])")
+    p.add_argument("--run", required=True, help="the run to compress (a sequential model: sasrec, bert4rec, ...)")
+    p.add_argument("--method", required=True, choices=["int8", "int4", "pq", "onnx", "prune"])
+    p.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="e.g. m=16 (pq), encoder=int8, heads=1 (prune)"
+    )
+    p.add_argument("--out", required=True, help="new run directory to create")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_compress)
 
     p = sub.add_parser("mask", help="write a masked copy of a dataset (pseudonymous IDs, coarse times, no PII)")
     p.add_argument("--dataset", required=True, help="registered name (ml-100k) or a file/directory")

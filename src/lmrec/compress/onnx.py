@@ -11,6 +11,11 @@ quantization: activations are quantized on the fly), and :class:`OnnxRunner` run
     small = quantize_int8(path, "query.int8.onnx")
     queries = OnnxRunner(small)(seq, lengths)       # numpy (B, dim)
 
+:class:`RowsQueryEncoder` leaves the item table out of the graph: its third input ``rows`` (U, dim)
+holds the table rows of the items in the batch and ``seq`` indexes them (0 the padding, row 0 of
+``rows``). A compressed model keeps one quantized table for both the inputs and the scores and
+dequantizes only the rows a batch reads (:mod:`lmrec.compress.model`).
+
 Exporter: torch 2.13's ``torch.export``-based exporter (``dynamo=True``, needs ``onnxscript``)
 keeps batch and length dynamic through ``nn.MultiheadAttention``; the legacy TorchScript exporter
 (``dynamo=False``) bakes the example batch size into the attention's reshapes, so it is not used.
@@ -32,6 +37,7 @@ from lmrec.errors import ConfigError, MissingExtraError
 from lmrec.models.sequential import SequenceEncoder
 
 INPUTS = ("seq", "lengths")
+ROWS_INPUTS = ("seq", "lengths", "rows")
 
 
 class QueryEncoder(nn.Module):
@@ -59,6 +65,26 @@ class QueryEncoder(nn.Module):
         return last
 
 
+class RowsQueryEncoder(nn.Module):
+    """``(seq, lengths, rows) -> last hidden state``: the item table is an input, not a weight.
+
+    ``rows`` (U, dim) are the table rows a batch reads and ``seq`` (B, L) indexes them (0: padding,
+    whose row is expected to be zeros). Works for any ``SequenceEncoder`` (pruned ones too), since
+    their ``forward`` takes the table to read from.
+    """
+
+    scores = False
+
+    def __init__(self, net: SequenceEncoder, causal: bool = True) -> None:
+        super().__init__()
+        self.net, self.causal = net, causal
+        self.training = net.training
+
+    def forward(self, seq: torch.Tensor, lengths: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        hidden = self.net(seq, causal=self.causal, table=rows)
+        return hidden[torch.arange(seq.shape[0], device=seq.device), (lengths - 1).clamp(min=0)]
+
+
 def _ort() -> Any:
     try:
         import onnxruntime
@@ -67,10 +93,15 @@ def _ort() -> Any:
     return onnxruntime
 
 
-def export_onnx(module: QueryEncoder, path: str | Path, batch: int = 2, length: int | None = None) -> Path:
+def export_onnx(
+    module: QueryEncoder | RowsQueryEncoder, path: str | Path, batch: int = 2, length: int | None = None
+) -> Path:
     """Write ``module`` to ``path`` as ONNX with dynamic batch and length axes (length up to the
-    encoder's ``max_len`` + 1). The example inputs are ``batch`` × ``length`` (≥ 2 each, so that
-    neither axis is specialised to 1). Returns the path."""
+    encoder's ``max_len`` + 1; for a :class:`RowsQueryEncoder` the number of rows too). The example
+    inputs are ``batch`` × ``length`` (≥ 2 each, so that neither axis is specialised to 1).
+    Weights the graph never reads (a :class:`RowsQueryEncoder`'s own item table) and the
+    exporter's per-node debugging metadata (source lines, FX nodes: a third of a small model's
+    file) are left out. Returns the path."""
     try:
         import onnxscript  # noqa: F401  (the dynamo exporter needs it)
     except ImportError as exc:
@@ -83,9 +114,20 @@ def export_onnx(module: QueryEncoder, path: str | Path, batch: int = 2, length: 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     gen = torch.Generator().manual_seed(0)
-    seq = torch.randint(1, net.n_items + 1, (batch, length), generator=gen)
     lengths = torch.full((batch,), length, dtype=torch.int64)
     b, n = torch.export.Dim("batch"), torch.export.Dim("length", min=1, max=longest)
+    shapes: dict[str, dict[int, Any]] = {"seq": {0: b, 1: n}, "lengths": {0: b}}
+    if isinstance(module, RowsQueryEncoder):
+        n_rows = batch * length + 1  # every example item its own row (more rows than batch or length)
+        seq = torch.arange(1, n_rows, dtype=torch.int64).reshape(batch, length)
+        rows = torch.randn(n_rows, net.positions.embedding_dim, generator=gen)
+        rows[0] = 0
+        example: tuple[torch.Tensor, ...] = (seq, lengths, rows)
+        shapes["rows"] = {0: torch.export.Dim("rows", min=1)}
+        names = list(ROWS_INPUTS)
+    else:
+        example = (torch.randint(1, net.n_items + 1, (batch, length), generator=gen), lengths)
+        names = list(INPUTS)
     modes = [(m, m.training) for m in module.modules()]  # put back as found, module by module
     module.eval()
     try:
@@ -93,10 +135,10 @@ def export_onnx(module: QueryEncoder, path: str | Path, batch: int = 2, length: 
             warnings.simplefilter("ignore")  # the exporter's progress and deprecation chatter
             program = torch.onnx.export(
                 module,
-                (seq, lengths),
-                input_names=list(INPUTS),
+                example,
+                input_names=names,
                 output_names=["scores" if module.scores else "query"],
-                dynamic_shapes={"seq": {0: b, 1: n}, "lengths": {0: b}},
+                dynamic_shapes=shapes,
                 dynamo=True,
                 verbose=False,
             )
@@ -105,7 +147,32 @@ def export_onnx(module: QueryEncoder, path: str | Path, batch: int = 2, length: 
     finally:
         for m, mode in modes:
             m.training = mode
+    _slim(path)
     return path
+
+
+def _slim(path: Path) -> None:
+    """Remove weights that no node reads (the exporter keeps every parameter of the module) and
+    the nodes' metadata (what ONNX Runtime never reads)."""
+    import onnx
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    used = {name for node in graph.node for name in node.input} | {o.name for o in graph.output}
+    for init in [init for init in graph.initializer if init.name not in used]:
+        graph.initializer.remove(init)
+    for node in graph.node:
+        del node.metadata_props[:]
+        node.doc_string = ""
+    onnx.save(model, str(path))
+
+
+def onnx_values(model: str | Path | bytes) -> int:
+    """How many numbers an ONNX model's weights (initializers) hold."""
+    import onnx
+
+    proto = onnx.load_from_string(model) if isinstance(model, bytes) else onnx.load(str(model))
+    return sum(int(np.prod(init.dims, dtype=np.int64)) for init in proto.graph.initializer)
 
 
 def quantize_int8(src: str | Path, dst: str | Path) -> Path:
@@ -120,27 +187,38 @@ def quantize_int8(src: str | Path, dst: str | Path) -> Path:
 
 
 class OnnxRunner:
-    """An ONNX Runtime CPU session over an exported :class:`QueryEncoder`; ``threads`` bounds the
-    intra-op thread pool (None: ONNX Runtime's default)."""
+    """An ONNX Runtime CPU session over an exported :class:`QueryEncoder` or
+    :class:`RowsQueryEncoder`, from its file or its bytes; ``threads`` bounds the intra-op thread
+    pool (None: ONNX Runtime's default)."""
 
-    def __init__(self, path: str | Path, threads: int | None = None) -> None:
+    def __init__(self, model: str | Path | bytes, threads: int | None = None) -> None:
         ort = _ort()
         options = ort.SessionOptions()
         if threads is not None:
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
         options.log_severity_level = 3
-        self.path = Path(path)
-        self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
+        self.path = None if isinstance(model, bytes) else Path(model)
+        self._size = len(model) if isinstance(model, bytes) else 0
+        source = model if isinstance(model, bytes) else str(model)
+        self.session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
 
     @property
     def nbytes(self) -> int:
-        """Size of the model file."""
-        return self.path.stat().st_size
+        """Size of the model file (or of the bytes it was made from)."""
+        return self._size if self.path is None else int(self.path.stat().st_size)
 
-    def __call__(self, seq: torch.Tensor | np.ndarray, lengths: torch.Tensor | np.ndarray) -> np.ndarray:
+    def __call__(
+        self,
+        seq: torch.Tensor | np.ndarray,
+        lengths: torch.Tensor | np.ndarray,
+        rows: torch.Tensor | np.ndarray | None = None,
+    ) -> np.ndarray:
         feed = {
             "seq": np.ascontiguousarray(np.asarray(seq, dtype=np.int64)),
             "lengths": np.ascontiguousarray(np.asarray(lengths, dtype=np.int64)),
         }
-        return self.session.run(None, feed)[0]
+        if rows is not None:
+            feed["rows"] = np.ascontiguousarray(np.asarray(rows, dtype=np.float32))
+        out: np.ndarray = self.session.run(None, feed)[0]
+        return out

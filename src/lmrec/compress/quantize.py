@@ -107,6 +107,20 @@ def dequantize(qtable: QuantizedTable, start: int = 0, stop: int | None = None) 
     return qtable.offset[start:stop, None] + qtable.scale[start:stop, None] * q
 
 
+def gather(qtable: QuantizedTable, index: torch.Tensor) -> torch.Tensor:
+    """Float32 rows ``index`` (any order, repeats allowed) of the table, only those dequantized."""
+    block = qtable.codes[index]
+    q = (_unpack4(block, qtable.dim) if qtable.bits == 4 else block).float()
+    return qtable.offset[index, None] + qtable.scale[index, None] * q
+
+
+def row_slice(qtable: QuantizedTable, start: int, stop: int) -> QuantizedTable:
+    """Rows start..stop as a table of their own (views of the codes, scales and offsets, no copy)."""
+    return QuantizedTable(
+        qtable.codes[start:stop], qtable.scale[start:stop], qtable.offset[start:stop], qtable.bits, qtable.dim
+    )
+
+
 def _score_block(
     query: torch.Tensor, qsum: torch.Tensor, qtable: QuantizedTable, start: int, stop: int, buf: torch.Tensor
 ) -> torch.Tensor:

@@ -34,6 +34,7 @@ MODELS: dict[str, str] = {
     "lm-ranker": "lmrec.models.lmranker:LMRanker",
     "tiger": "lmrec.models.tiger:Tiger",
     "llm-gen": "lmrec.models.llmgen:GenerativeLLM",
+    "compressed": "lmrec.compress.model:CompressedSequential",  # `lmrec compress`: ONNX encoder + quantized table
 }
 
 
