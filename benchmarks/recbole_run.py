@@ -9,7 +9,10 @@ stopping. Changes from the shared script:
   directory, removed afterwards) instead of a fixed path. The process also runs from that
   directory, because RecBole writes ``./log/`` and ``./log_tensorboard/`` into the working
   directory, with no setting to move them;
-- torch uses ``$THREADS`` threads (default 2).
+- torch uses ``$THREADS`` threads (default 2);
+- ``--curve FILE`` records every validation (epoch, seconds since training began, NDCG@10) as
+  JSON after each epoch, and ``--budget-s S`` stops training after the first validation past S
+  seconds (the curve is kept; the run then ends without a test result).
 
 Runs with the interpreter of ``benchmarks/.venv-recbole`` (made by ``recbole_env.sh``)::
 
@@ -82,21 +85,68 @@ def patch_torch_load() -> None:
     torch.load = lambda *a, **k: load(*a, **{**k, "weights_only": False})  # type: ignore[assignment]
 
 
-def run(model: str, data_path: Path, dataset: str, epochs: int, checkpoint_dir: Path) -> dict[str, Any]:
+class OutOfTime(Exception):
+    """Raised from a validation once the time budget is spent."""
+
+
+def record_curve(curve_file: Path | None, budget_s: float | None) -> list[dict[str, float]]:
+    """Wrap RecBole's Trainer._valid_epoch so that each validation appends (epoch, seconds since
+    the first training epoch began, score) to the curve, written out at once."""
+    from recbole.trainer import Trainer
+
+    curve: list[dict[str, float]] = []
+    started: list[float] = []
+    train_epoch, valid_epoch = Trainer._train_epoch, Trainer._valid_epoch
+
+    def timed_train(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if not started:
+            started.append(time.perf_counter())
+        return train_epoch(self, *args, **kwargs)
+
+    def timed_valid(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        score, result = valid_epoch(self, *args, **kwargs)
+        elapsed = time.perf_counter() - started[0]
+        curve.append({"epoch": len(curve), "seconds": round(elapsed, 1), "ndcg@10": float(score)})
+        print("CURVE", json.dumps(curve[-1]), flush=True)
+        if curve_file is not None:
+            curve_file.write_text(json.dumps(curve, indent=1))
+        if budget_s is not None and elapsed > budget_s:
+            raise OutOfTime(f"stopped after {elapsed:.0f} s (budget {budget_s:.0f} s)")
+        return score, result
+
+    Trainer._train_epoch, Trainer._valid_epoch = timed_train, timed_valid  # type: ignore[method-assign]
+    return curve
+
+
+def run(
+    model: str,
+    data_path: Path,
+    dataset: str,
+    epochs: int,
+    checkpoint_dir: Path,
+    curve_file: Path | None = None,
+    budget_s: float | None = None,
+) -> dict[str, Any]:
     """Train and test ``model``; the RESULT record (wall time covers data loading, fit and test)."""
     patch_torch_load()
     from recbole.quick_start import run_recbole  # imported after the patch, as in the peer script
+
+    curve = record_curve(curve_file, budget_s)
 
     cfg = config(model, data_path.resolve(), epochs, checkpoint_dir)
     cwd = Path.cwd()
     os.chdir(checkpoint_dir)
     try:
         t0 = time.time()
-        res = run_recbole(model=model, dataset=dataset, config_dict=cfg)
+        try:
+            res = run_recbole(model=model, dataset=dataset, config_dict=cfg)
+        except OutOfTime as stop:
+            return {"model": model, "dataset": dataset, "stopped": str(stop), "curve": curve}
         wall = time.time() - t0
     finally:
         os.chdir(cwd)
     return {
+        "curve": curve,
         "model": model,
         "dataset": dataset,
         "wall_s": round(wall, 1),
@@ -118,6 +168,8 @@ def main() -> None:
         default=os.environ.get("RECBOLE_CHECKPOINT_DIR"),
         help="where RecBole's checkpoints and logs go (default: a temporary directory, removed)",
     )
+    parser.add_argument("--curve", type=Path, help="write the per-epoch validation curve here (JSON)")
+    parser.add_argument("--budget-s", type=float, help="stop after the first validation past this many seconds")
     args = parser.parse_args()
     torch.set_num_threads(int(os.environ.get("THREADS", "2")))
 
@@ -125,7 +177,9 @@ def main() -> None:
     checkpoint_dir = Path(tempfile.mkdtemp(prefix="recbole-")) if temporary else args.checkpoint_dir
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     try:
-        result = run(args.model, args.data_dir, args.dataset, args.epochs, checkpoint_dir.resolve())
+        result = run(
+            args.model, args.data_dir, args.dataset, args.epochs, checkpoint_dir.resolve(), args.curve, args.budget_s
+        )
     finally:
         if temporary:
             shutil.rmtree(checkpoint_dir, ignore_errors=True)

@@ -12,6 +12,7 @@ from lmrec.train.losses import (
     bce_loss,
     bce_one_negative,
     bpr_loss,
+    chunked_softmax_ce,
     gbce_loss,
     logq_softmax_loss,
     mse_loss,
@@ -80,3 +81,25 @@ def test_logq_correction_is_a_shift_of_the_logits() -> None:
     # a popular candidate is penalised less as a negative
     popular = logq_softmax_loss(logits, torch.log(torch.tensor([0.1, 0.8, 0.1])), torch.tensor([0, 0]))
     assert popular < F.cross_entropy(logits, torch.tensor([0, 0]))
+
+
+@pytest.mark.parametrize("rows", [1, 3, 7])  # chunks of rows, one of which is ragged
+def test_chunked_softmax_ce_is_full_cross_entropy(rows: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    from lmrec.train import losses
+
+    torch.manual_seed(0)
+    hidden, table = torch.randn(7, 5, requires_grad=True), torch.randn(11, 5, requires_grad=True)
+    targets = torch.randint(0, 11, (7,))
+    expected = F.cross_entropy(hidden @ table.T, targets)
+    grads = torch.autograd.grad(expected, (hidden, table))
+    monkeypatch.setattr(losses, "_rows_per_chunk", lambda n_items: rows)
+    loss = chunked_softmax_ce(hidden, table, targets, torch.float32)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    for got, want in zip(torch.autograd.grad(loss, (hidden, table)), grads, strict=True):
+        assert torch.allclose(got, want, atol=1e-5)
+    # in bf16 the same to bf16's precision, and autocast picks bf16 by itself
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = chunked_softmax_ce(hidden, table, targets)
+    assert low.item() == pytest.approx(expected.item(), rel=2e-2)
+    for got, want in zip(torch.autograd.grad(low, (hidden, table)), grads, strict=True):
+        assert (got - want).norm() < 0.02 * want.norm()

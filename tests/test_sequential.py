@@ -210,3 +210,40 @@ def test_distillation_loss_by_hand() -> None:
     assert distillation_loss(s, t, y, temperature=2.0, alpha=0.25).item() == pytest.approx(
         (0.25 * 4 * kl + 0.75 * ce).item()
     )
+
+
+def test_blocks_compute_what_torch_transformer_layers_do() -> None:
+    """The blocks carry nn.TransformerEncoderLayer's parameter names (runs saved with it load)
+    and compute the same, causal and with padding."""
+    from torch import nn
+
+    from lmrec.models.sequential import transformer_blocks
+
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(16, 2, 32, 0.2, activation="gelu", batch_first=True, norm_first=True)
+    reference = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False).eval()
+    ours = transformer_blocks(16, 2, 32, 0.2, 2).eval()
+    ours.load_state_dict(reference.state_dict())
+    x = torch.randn(3, 6, 16)
+    causal = torch.ones(6, 6, dtype=torch.bool).triu(1)[None, None]
+    want = reference(x, mask=nn.Transformer.generate_square_subsequent_mask(6), is_causal=True)
+    assert torch.allclose(ours(x, causal), want, atol=1e-5)
+    padding = torch.zeros(3, 6, dtype=torch.bool)
+    padding[0, 4:] = True
+    want = reference(x, src_key_padding_mask=padding)
+    assert torch.allclose(ours(x, padding[:, None, None, :])[~padding], want[~padding], atol=1e-5)
+
+
+def test_byte_dropout_keeps_one_minus_p_and_scales() -> None:
+    from lmrec.models.sequential import ByteDropout
+
+    torch.manual_seed(0)
+    drop = ByteDropout(0.25)
+    x = torch.ones(200_000, requires_grad=True)
+    y = drop(x)
+    kept = y > 0
+    assert kept.float().mean().item() == pytest.approx(0.75, abs=0.01)
+    assert torch.allclose(y[kept], torch.tensor(4 / 3))
+    (grad,) = torch.autograd.grad(y.sum(), x)
+    assert torch.equal(grad > 0, kept)  # the gradient flows where the input was kept
+    assert torch.equal(drop.eval()(x), x)

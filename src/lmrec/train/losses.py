@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 import torch
 import torch.nn.functional as F
 
@@ -25,6 +27,63 @@ def mse_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 def softmax_ce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Cross-entropy of the full softmax over the catalog: logits (N, n_items), targets (N,)."""
     return F.cross_entropy(logits.float(), targets)
+
+
+class _ChunkedSoftmaxCE(torch.autograd.Function):
+    """Full-catalog cross-entropy from hidden states and the item table, never holding the whole
+    (N, n_items) logits: each chunk of rows is scored, turned into its softmax, and dropped; the
+    backward pass scores the chunk again and turns softmax − one-hot straight into the two
+    gradients. Matmuls and softmax run in ``dtype``: in bf16 (a CPU with bf16 units) this is 2-3×
+    faster than float32 cross-entropy, with the gradient rounded to bf16 as autocast rounds it."""
+
+    @staticmethod
+    def forward(
+        ctx: Any, hidden: torch.Tensor, table: torch.Tensor, targets: torch.Tensor, rows: int, dtype: torch.dtype
+    ) -> torch.Tensor:
+        h, w = hidden.to(dtype), table.to(dtype)
+        picked = torch.empty(len(hidden), device=hidden.device)
+        for s in range(0, len(hidden), rows):
+            p = torch.softmax(h[s : s + rows] @ w.T, dim=1)
+            picked[s : s + rows] = p.gather(1, targets[s : s + rows, None]).squeeze(1).float()
+        ctx.save_for_backward(hidden, table, targets)
+        ctx.rows, ctx.dtype = rows, dtype
+        return -picked.clamp(min=torch.finfo(torch.float32).tiny).log().mean()
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        hidden, table, targets = ctx.saved_tensors
+        rows, dtype = ctx.rows, ctx.dtype
+        h, w = hidden.to(dtype), table.to(dtype)
+        scale = float(grad) / len(hidden)
+        grad_h = torch.empty_like(hidden)
+        grad_w = torch.zeros_like(table)
+        for s in range(0, len(hidden), rows):
+            p = torch.softmax(h[s : s + rows] @ w.T, dim=1)
+            p[torch.arange(len(p), device=p.device), targets[s : s + rows]] -= 1
+            p.mul_(scale)
+            grad_h[s : s + rows] = p @ w
+            grad_w += p.T @ h[s : s + rows]
+        return grad_h, grad_w, None, None, None
+
+
+def _rows_per_chunk(n_items: int) -> int:
+    """Rows scored at once: about 2M logits (a few MB, so a chunk stays in cache)."""
+    return max(1, (1 << 21) // max(1, n_items))
+
+
+def chunked_softmax_ce(
+    hidden: torch.Tensor, table: torch.Tensor, targets: torch.Tensor, dtype: torch.dtype | None = None
+) -> torch.Tensor:
+    """``softmax_ce(hidden @ table.T, targets)`` computed in chunks of rows (about 2M logits at a
+    time) without materialising or storing the full logits; ``dtype`` for the matmuls (default:
+    the autocast dtype when autocast is on, else the inputs' own)."""
+    if dtype is None:
+        on = torch.is_autocast_enabled(hidden.device.type)
+        dtype = torch.get_autocast_dtype(hidden.device.type) if on else hidden.dtype
+    rows = _rows_per_chunk(len(table))
+    with torch.autocast(hidden.device.type, enabled=False):
+        loss = _ChunkedSoftmaxCE.apply(hidden.float(), table.float(), targets, rows, dtype)
+    return cast(torch.Tensor, loss)
 
 
 def sampled_softmax_loss(pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:

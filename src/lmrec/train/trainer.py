@@ -93,7 +93,7 @@ class TrainConfig:
     schedule: str = "constant"  # after warm-up: "constant", "cosine" or "linear" decay to 0 at the last step
     clip: float | None = None  # max gradient norm
     accumulate: int = 1  # batches per optimizer step
-    amp: bool = False  # bf16 autocast (worth it on GPUs; usually slower on CPUs)
+    amp: bool = False  # bf16 autocast (see fast_bf16: worth it where the hardware has bf16 units)
     compile: bool = False  # torch.compile the module
     patience: int = 5  # validations without improvement before stopping
     eval_every: int = 1  # epochs between validations
@@ -309,6 +309,21 @@ def learned(module: nn.Module) -> dict[str, torch.Tensor]:
     out: dict[str, torch.Tensor] = {name: p for name, p in module.named_parameters() if p.requires_grad}
     out.update(dict(module.named_buffers()))
     return out
+
+
+def fast_bf16(device: str | torch.device) -> bool:
+    """Whether bf16 matmuls run natively here (a GPU with bf16, a CPU with AVX-512 bf16 or AMX):
+    there bf16 autocast halves a sequential model's training step; elsewhere it is emulated and
+    slower. A model's ``amp=None`` means this."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    if device.type == "cpu":
+        try:
+            return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        except (AttributeError, RuntimeError):
+            return False
+    return False
 
 
 def lr_factor(step: int, warmup: int, schedule: str, total: int | None) -> float:
