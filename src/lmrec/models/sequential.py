@@ -213,6 +213,11 @@ class Blocks(nn.Module):
         return x
 
 
+def causal_mask(length: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """(1, 1, L, L) True above the diagonal: what a position may not see in causal attention."""
+    return torch.ones(length, length, dtype=torch.bool, device=device).triu(1)[None, None]
+
+
 def transformer_blocks(dim: int, heads: int, inner: int, dropout: float, layers: int) -> Blocks:
     """Pre-norm transformer blocks with GELU (batch first); the caller's mask decides causal or not."""
     return Blocks(dim, heads, inner, dropout, layers)
@@ -284,10 +289,8 @@ class SequenceEncoder(nn.Module):
         pos = torch.arange(length, device=seq.device)
         table = self.item_table() if table is None else table
         x = self.dropout(self.norm(nn.functional.embedding(seq, table, padding_idx=0) + self.positions(pos)))
-        if causal:  # padding sits after the real items, so the causal mask alone hides it
-            mask = torch.ones(length, length, dtype=torch.bool, device=seq.device).triu(1)[None, None]
-        else:
-            mask = (seq == 0)[:, None, None, :]
+        # causal: padding sits after the real items, so the causal mask alone hides it
+        mask = causal_mask(length, seq.device) if causal else (seq == 0)[:, None, None, :]
         return self.final_norm(self.blocks(x, mask))
 
     def encode(
@@ -333,9 +336,6 @@ class SequentialRecommender(ReadsItemText, DotProductModel):
         # softmax so their (text) representation is not pushed down before anyone has seen them.
         self.unseen = (self.popularity == 0).to(self.device)
         self.net.mark_trained(~self.unseen)
-        # the softmax runs over the seen items only: their rows, and each item's place among them
-        self.seen_rows = torch.nonzero(~self.unseen).squeeze(1) if bool(self.unseen.any()) else None
-        self.seen_position = torch.cumsum(~self.unseen, 0) - 1
         self.category_vectors = _unit_category_vectors(train) if cfg.diversity_weight > 0 else None
         self.teacher = self._load_teacher(Path(cfg.teacher)) if cfg.teacher else None
         if cfg.loss == "auto":
@@ -460,9 +460,9 @@ class SequentialRecommender(ReadsItemText, DotProductModel):
                 logits, self.category_vectors
             )
         if self.loss_kind == "ce":  # over the items seen in training, never holding all the logits
-            items = table[1 : self.n_items + 1]
-            if self.seen_rows is not None:
-                items, targets = items[self.seen_rows], self.seen_position[targets]
+            items, seen = table[1 : self.n_items + 1], ~self.unseen
+            if not bool(seen.all()):  # each target's place among the seen items
+                items, targets = items[seen], (torch.cumsum(seen, 0) - 1)[targets]
             return chunked_softmax_ce(hidden, items, targets)
         k = 1 if cfg.loss == "bce" else cfg.negatives
         neg = torch.randint(0, self.n_items, (len(targets), k), generator=gen).to(targets.device)

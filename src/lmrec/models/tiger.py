@@ -33,7 +33,7 @@ from lmrec.errors import ConfigError
 from lmrec.llm.semantic_ids import semantic_ids
 from lmrec.llm.trie import Trie, constrained_beam_search, generated_ranking
 from lmrec.models.base import FitOptions, ModelConfig, ReadsItemText, Recommender
-from lmrec.models.sequential import transformer_blocks
+from lmrec.models.sequential import causal_mask, transformer_blocks
 from lmrec.train.trainer import TrainConfig
 
 PAD, BOS, FIRST_CODE = 0, 1, 2  # token ids; code tokens start at FIRST_CODE
@@ -94,8 +94,7 @@ class CodeDecoder(nn.Module):
         length = seq.shape[1]
         pos = torch.arange(length, device=seq.device)
         x = self.dropout(self.norm(self.tokens(seq) + self.positions(pos)))
-        mask = nn.Transformer.generate_square_subsequent_mask(length, device=seq.device)
-        return self.final_norm(self.blocks(x, mask=mask, is_causal=True))
+        return self.final_norm(self.blocks(x, causal_mask(length, seq.device)))
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return hidden @ self.tokens.weight.T
