@@ -186,33 +186,49 @@ VARIANTS: list[tuple[str, str, list[str]]] = [  # label, method, --set
     ("int8 encoder + pq m=16", "pq", ["m=16", "encoder=int8"]),
     ("prune (1 head, ffn/2) + 5 ep", "prune", ["heads=1", "finetune_epochs=5"]),
     ("prune + int8", "prune", ["heads=1", "finetune_epochs=5", "encoder=int8", "table=int8"]),
+    (
+        "prune (1 head, ffn/4) + int8",
+        "prune",
+        ["heads=1", "inner=64", "finetune_epochs=5", "encoder=int8", "table=int8"],
+    ),
 ]
 
 
-def recommend_timings(model: Recommender, queries: QueryBatch, reps: int) -> tuple[float, float, float]:
-    """p50 and p99 seconds of one user's recommend (users cycled), and users/s at batch 64."""
-    rec = model.recommend
-    n = len(queries)
-    singles = [QueryBatch.from_histories([int(queries.users[i])], [queries.history(i)]) for i in range(n)]
-    rec(singles[0], k=K)  # warm-up
-    for one in singles[:20]:
-        rec(one, k=K)
-    single = []
-    for r in range(reps):
-        one = singles[r % n]
+class RecommendTimer:
+    """Batch-1 and batch-64 ``recommend`` timings of one model over the test users, collected in
+    rounds that alternate between models, so that load from elsewhere on the core hits them alike."""
+
+    def __init__(self, model: Recommender, queries: QueryBatch) -> None:
+        n = len(queries)
+        self.model, self.single, self.batch = model, [], []
+        self.singles = [QueryBatch.from_histories([int(queries.users[i])], [queries.history(i)]) for i in range(n)]
+        self.batches = [
+            QueryBatch.from_histories(queries.users[s : s + 64], [queries.history(i) for i in range(s, s + 64)])
+            for s in range(0, n - 63, 64)
+        ]
+        self.next = 0
+        for one in self.singles[:20]:  # warm-up
+            model.recommend(one, k=K)
+
+    def round(self, reps: int) -> None:
+        for _ in range(reps):
+            one = self.singles[self.next % len(self.singles)]
+            self.next += 1
+            start = time.perf_counter()
+            self.model.recommend(one, k=K)
+            self.single.append(time.perf_counter() - start)
+        b = self.batches[self.next % len(self.batches)]
         start = time.perf_counter()
-        rec(one, k=K)
-        single.append(time.perf_counter() - start)
-    batches = [
-        QueryBatch.from_histories(queries.users[s : s + 64], [queries.history(i) for i in range(s, min(n, s + 64))])
-        for s in range(0, n - 63, 64)
-    ]
-    per_batch = []
-    for b in batches:
-        start = time.perf_counter()
-        rec(b, k=K)
-        per_batch.append(time.perf_counter() - start)
-    return statistics.median(single), float(np.percentile(single, 99)), 64 / statistics.median(per_batch)
+        self.model.recommend(b, k=K)
+        self.batch.append(time.perf_counter() - start)
+
+    def result(self) -> tuple[float, float, float]:
+        """p50 and p99 seconds at batch 1, users/s at batch 64 (median batch)."""
+        return (
+            statistics.median(self.single),
+            float(np.percentile(self.single, 99)),
+            64 / statistics.median(self.batch),
+        )
 
 
 def run_table(args: argparse.Namespace) -> None:
@@ -225,24 +241,19 @@ def run_table(args: argparse.Namespace) -> None:
     cache = args.cache_dir or default_cache()
     out = args.out or args.run.parent / f"{args.run.name}-compressed"
     source = open_run(args.run, cache)
-    rows = []
     queries = source.split.eval_set("test").queries
-
-    def measure(label: str, run: Run, nbytes: int, params: int, seconds: float) -> None:
-        metrics = run.evaluate("test")["metrics"]
-        p50, p99, qps = recommend_timings(run.model, queries, args.reps)
-        rows.append((label, nbytes, params, p50, p99, qps, metrics["ndcg@10"], metrics["recall@10"], seconds))
-        print(f"  {label}: {nbytes:,} B, ndcg@10 {metrics['ndcg@10']:.4f}, p50 {p50 * 1e3:.2f} ms", flush=True)
-
-    measure(
-        f"{source.meta['model']} (torch, source)",
-        source,
-        directory_bytes(args.run / "model"),
-        source_parameter_count(source.model),
-        0.0,
-    )
+    entries: list[tuple[str, Run, int, int, float]] = [
+        (
+            f"{source.meta['model']} (torch, source)",
+            source,
+            directory_bytes(args.run / "model"),
+            source_parameter_count(source.model),
+            0.0,
+        )
+    ]
     for label, method, sets in VARIANTS:
-        target = out / label.split(" (")[0].replace(" + ", "+").replace(" ", "-").replace("=", "")
+        target = out / label.replace(" (1 head, ffn/2) + 5 ep", "").replace(" (1 head, ffn/4)", "-ffn4")
+        target = target.with_name(target.name.replace(" + ", "+").replace(" ", "-").replace("=", ""))
         if not (target / "run.json").exists():
             argv = ["--cache-dir", str(cache), "compress", "--run", str(args.run), "--method", method]
             code = lmrec([*argv, *[f"--set={s}" for s in sets], "--out", str(target), "--quiet"])
@@ -253,12 +264,23 @@ def run_table(args: argparse.Namespace) -> None:
         assert isinstance(run.model, CompressedSequential)
         run.model.set_threads(args.threads)
         record = json.loads((target / "run.json").read_text())["compress"]
-        measure(label, run, record["bytes_after"], record["parameters_after"], record["seconds"])
+        entries.append((label, run, record["bytes_after"], record["parameters_after"], record["seconds"]))
 
+    metrics = [run.evaluate("test")["metrics"] for _, run, *_ in entries]
+    timers = [RecommendTimer(run.model, queries) for _, run, *_ in entries]
+    rounds = 10
+    for _ in range(rounds):
+        for timer in timers:
+            timer.round(max(1, args.reps // rounds))
+    rows = [
+        (label, nbytes, params, *timer.result(), m["ndcg@10"], m["recall@10"], seconds)
+        for (label, _, nbytes, params, seconds), timer, m in zip(entries, timers, metrics, strict=True)
+    ]
     base = rows[0]
     print(f"\n# {args.run} compressed: {source.dataset.name}, {len(queries)} test users, {args.threads} thread(s)")
     print(
-        "(recommend = query encode + score + seen-item masking + top-10; ONNX Runtime intra-op threads = torch threads)"
+        f"(recommend = query encode + score + seen-item masking + top-10; {args.reps} batch-1 calls per model in"
+        f" {rounds} rounds alternating between models; ONNX Runtime intra-op threads = torch threads)"
     )
     print(
         "| model | KB on disk | × smaller | parameters | p50 ms (b=1) | × faster | p99 ms (b=1) | users/s (b=64) "

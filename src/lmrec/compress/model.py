@@ -141,10 +141,15 @@ class CompressedSequential(DotProductModel):
 
     @property
     def source_config(self) -> SequentialConfig:
-        """The compressed model's own config (objective, history length, dimensions)."""
+        """The compressed model's own config (objective, history length, dimensions); parsed once
+        per config (parsing reads type hints: most of a batch-1 request's time otherwise)."""
+        cached = getattr(self, "_source_config", None)
+        if cached is not None and cached[0] is self.config:
+            return cached[1]
         klass = model_class(self.config.source)
         config = klass.config_class.from_dict(self.config.source_config)
         assert isinstance(config, SequentialConfig)
+        self._source_config = (self.config, config)
         return config
 
     def _start_encoder(self) -> None:

@@ -43,7 +43,7 @@ def ffn_importance(layer: nn.TransformerEncoderLayer) -> torch.Tensor:
 def head_importance(layer: nn.TransformerEncoderLayer) -> torch.Tensor:
     """(heads,) importance of each attention head of ``layer``."""
     attn = layer.self_attn
-    dim, heads = attn.embed_dim, attn.num_heads
+    dim, heads = attn.in_proj_weight.shape[1], attn.num_heads  # nn.MultiheadAttention or its like
     w_v = attn.in_proj_weight[2 * dim :].reshape(heads, -1)
     w_o = attn.out_proj.weight.T.reshape(heads, -1)
     return (w_v.norm(dim=1) * w_o.norm(dim=1)).detach()
