@@ -160,7 +160,7 @@ def test_training_log_per_task(mixer: str, models: dict[str, MultiTaskSASRec]) -
     assert len(log["gates"]) == epochs
     for task, gates in log["expert_utilisation"].items():
         assert len(gates) == n_experts == len(log["experts"][task])
-        assert sum(gates) == pytest.approx(1.0, abs=1e-4)
+        assert sum(gates) == pytest.approx(1.0, abs=5e-3)  # gates run under bf16 autocast where the CPU has bf16
     if mixer == "ple":
         assert log["experts"]["rating"] == ["shared0", "shared1", "rating0"]
 
