@@ -79,6 +79,17 @@ FAST: dict[str, dict[str, Any]] = {
     },
     # a toy causal LM built on the spot (tests/llm_toy.py) writes item titles; needs lmrec[llm]
     "llm-gen": {"lora_r": 8, "steps": 200, "batch_size": 16, "lr": 0.003, "beams": 10, "max_history": 8},
+    # the list ranker reads a retriever's lettered candidates with a toy LM that knows the letters
+    "lm-list-ranker": {
+        "base": "itemknn",
+        "base_config": {"k": 20},
+        "candidates": 5,
+        "history_items": 4,
+        "steps": 3,
+        "batch_size": 4,
+        "lora_r": 4,
+        "valid_users": 0,
+    },
 }
 RATED = {"mtl-sasrec"}  # models that also learn ratings: their checkerboard has one (1-5, by item)
 
@@ -89,16 +100,21 @@ def test_every_registered_model_has_a_fast_config() -> None:
 
 @pytest.fixture(scope="module")
 def fitted(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Recommender, Any]]:
+    from lmrec.models.lmranker import LABELS
     from tests.conftest import checkerboard
     from tests.llm_toy import toy_lm_dir
 
     split = leave_one_out(checkerboard())
     train = split.train_dataset()
-    toy = toy_lm_dir(tmp_path_factory.mktemp("toy-lm"), train.titles(list(range(train.n_items))))
+    titles = train.titles(list(range(train.n_items)))
+    toy = toy_lm_dir(tmp_path_factory.mktemp("toy-lm"), titles)
+    lettered = toy_lm_dir(tmp_path_factory.mktemp("toy-list-lm"), [*titles, *[f"{x} {x}." for x in LABELS]])
     out = {}
     for name, overrides in FAST.items():
         if name == "llm-gen":
             overrides = {**overrides, "lm": str(toy)}
+        if name == "lm-list-ranker":
+            overrides = {**overrides, "lm": str(lettered)}
         klass = model_class(name)
         options = FitOptions(seed=1, text_encoder=KeywordEncoder())  # text models read item text through it
         data = train

@@ -32,6 +32,7 @@ MODELS: dict[str, str] = {
     "text-sasrec": "lmrec.models.sequential:TextSASRec",
     "mtl-sasrec": "lmrec.models.multitask:MultiTaskSASRec",
     "lm-ranker": "lmrec.models.lmranker:LMRanker",
+    "lm-list-ranker": "lmrec.models.lmranker:ListRanker",  # SmolLM2 re-ranks lettered candidates
     "tiger": "lmrec.models.tiger:Tiger",
     "llm-gen": "lmrec.models.llmgen:GenerativeLLM",
     "compressed": "lmrec.compress.model:CompressedSequential",  # `lmrec compress`: ONNX encoder + quantized table
