@@ -247,3 +247,18 @@ def test_byte_dropout_keeps_one_minus_p_and_scales() -> None:
     (grad,) = torch.autograd.grad(y.sum(), x)
     assert torch.equal(grad > 0, kept)  # the gradient flows where the input was kept
     assert torch.equal(drop.eval()(x), x)
+
+
+def test_item_init_text_starts_id_rows_from_whitened_text(board: Dataset) -> None:
+    from lmrec.text.whiten import whiten
+    from tests.conftest import KeywordEncoder
+
+    options = FitOptions(seed=0, text_encoder=KeywordEncoder())
+    config = SequentialConfig(**{**TINY, "epochs": 1, "lr": 1e-12, "item_init": "text"})
+    still = SASRec(config).fit(board, None, options)
+    text = still.encode_items(board.catalog, KeywordEncoder())
+    rows = still.net.items.weight[1 : board.n_items + 1].detach().numpy()
+    assert np.allclose(rows, whiten(text, TINY["dim"], seed=0), atol=1e-5)  # lr ~0: still the initial rows
+    assert SequentialConfig(item_init="text").item_repr == "id"  # an ID model: text only at the start
+    with pytest.raises(ConfigError, match="item_init"):
+        SequentialConfig(item_init="glove")

@@ -40,6 +40,7 @@ from lmrec.data.sequences import length_buckets, pad_right, sequence_windows
 from lmrec.errors import ConfigError
 from lmrec.models.base import DotProductModel, FitOptions, ModelConfig, Queries, ReadsItemText
 from lmrec.models.registry import load_model
+from lmrec.text.whiten import whiten
 from lmrec.train.losses import (
     bce_one_negative,
     chunked_softmax_ce,
@@ -55,6 +56,7 @@ OBJECTIVES = ("causal", "masked")
 LOSSES = ("auto", "ce", "inbatch", "sampled", "gbce", "bce")
 FULL_SOFTMAX_ITEMS = 20_000  # loss=auto: full softmax up to this many items, in-batch + log-Q beyond
 ITEM_REPRS = ("id", "text", "fused", "aligned")
+ITEM_INITS = ("random", "text")
 
 
 @dataclass
@@ -82,6 +84,8 @@ class SequentialConfig(ModelConfig):
     amp: bool | None = None  # bf16 autocast; None: where bf16 is native (lmrec.train.trainer.fast_bf16)
     compile: bool = False  # torch.compile the encoder
     item_repr: str = "id"  # "id" | "text" (text alone) | "fused" (gated ID + text) | "aligned" (ID, else text)
+    # "random" | "text": ID rows start from the item text embeddings, PCA-whitened to dim (lmrec.text.whiten)
+    item_init: str = "random"
     text_encoder: str = "minilm"  # "minilm" (packaged all-MiniLM-L6-v2) or a local model directory
     text_template: str | None = None  # str.format over catalog columns; None: title, year, genres, text
     diversity_weight: float = 0.0  # > 0: penalise the expected category similarity of the predicted top (ce loss)
@@ -91,6 +95,8 @@ class SequentialConfig(ModelConfig):
     distill_temperature: float = 2.0
 
     def validate(self) -> None:
+        if self.item_init not in ITEM_INITS:
+            raise ConfigError(f"item_init must be one of {ITEM_INITS}, got {self.item_init!r}")
         if self.item_repr not in ITEM_REPRS:
             raise ConfigError(f"item_repr must be one of {ITEM_REPRS}, got {self.item_repr!r}")
         if self.objective not in OBJECTIVES:
@@ -324,10 +330,16 @@ class SequentialRecommender(ReadsItemText, DotProductModel):
 
     def _fit(self, train: Dataset, valid: EvalSet | None, options: FitOptions) -> None:
         cfg = self.config
-        text = self._text_vectors(train, options) if cfg.item_repr != "id" else None
-        self.net = SequenceEncoder(self.n_items, cfg, 0 if text is None else text.shape[1]).to(self.device)
-        if text is not None:
+        reads_text = cfg.item_repr != "id"
+        text = self._text_vectors(train, options) if reads_text or cfg.item_init == "text" else None
+        self.net = SequenceEncoder(self.n_items, cfg, text.shape[1] if text is not None and reads_text else 0)
+        self.net.to(self.device)
+        if text is not None and reads_text:
             self.net.text[1 : self.n_items + 1] = torch.from_numpy(text)
+        if text is not None and cfg.item_init == "text":
+            # isotropic, at the random init's scale; then trained freely (LLMInit, WhitenRec)
+            with torch.no_grad():
+                self.net.items.weight[1 : self.n_items + 1] = torch.from_numpy(whiten(text, cfg.dim, seed=options.seed))
         if cfg.init_from:
             self._load_pretrained(Path(cfg.init_from))
         histories = QueryBatch.from_interactions(train.interactions, np.arange(self.n_users))
