@@ -1,0 +1,91 @@
+"""Distillation on ml-100k: a small SASRec student trained on a teacher's full-catalog distribution
+(softened logits, KL + the usual cross-entropy; ``teacher=RUN``) against the same student alone.
+
+The teacher is the default SASRec; the student has ``--student`` overrides (default dim 16, one
+layer, inner 64). Every row is evaluated on all test users; the paired test compares the
+distilled student with the student alone on per-user NDCG@10.
+
+    .venv/bin/python benchmarks/distill.py --threads 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from classic import BENCH, REPO, command_line, load_split, machine, thread_env
+
+STUDENT = {"dim": 16, "layers": 1, "heads": 1, "inner": 64}
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--student", default=json.dumps(STUDENT), help="student overrides (JSON)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--max-epochs", type=int, help="cap every fit's epochs (a smoke run)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--cache-dir", type=Path, default=REPO / ".cache" / "lmrec")
+    parser.add_argument("--out", type=Path, default=BENCH / "results" / "distill.json")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    os.environ.update(thread_env(args.threads))
+    import torch
+
+    from lmrec.evaluate import evaluate
+    from lmrec.evaluate.significance import paired_test
+    from lmrec.models import FitOptions
+    from lmrec.models.sequential import SASRec, SequentialConfig, count_parameters
+
+    torch.set_num_threads(args.threads)
+    split = load_split(args.cache_dir)
+    train, valid, test = split.train_dataset(), split.eval_set("valid"), split.eval_set("test")
+    student = json.loads(args.student)
+    rows: dict[str, dict[str, Any]] = {}
+    per_user = {}
+    with tempfile.TemporaryDirectory(prefix="lmrec-distill-") as tmp:
+        teacher_dir = Path(tmp) / "teacher"
+        plans = [
+            ("teacher", {}),
+            ("student alone", student),
+            ("student distilled", {**student, "teacher": str(teacher_dir)}),
+        ]
+        for name, overrides in plans:
+            t0 = time.process_time()
+            cap = {"epochs": args.max_epochs} if args.max_epochs else {}
+            config = SequentialConfig.from_dict({**overrides, **cap})
+            model = SASRec(config).fit(train, valid, FitOptions(seed=args.seed))
+            cpu = time.process_time() - t0
+            if name == "teacher":
+                model.save(teacher_dir)
+            result = evaluate(model, test)
+            per_user[name] = result.per_user["ndcg@10"]
+            rows[name] = {"config": overrides, "parameters": count_parameters(model.net), "fit_cpu_s": round(cpu, 1),
+                          "epochs": len(model.training_log["valid"]), **result.metrics}  # fmt: skip
+            print(name, json.dumps({k: v for k, v in rows[name].items() if k != "config"}), flush=True)
+    test_ = paired_test(per_user["student alone"], per_user["student distilled"])
+    teacher = rows["teacher"]
+    print("\n| model | parameters | share of teacher | NDCG@10 | of teacher | Recall@10 | fit CPU s | epochs |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, row in rows.items():
+        print(f"| {name} | {row['parameters']:,} | {row['parameters'] / teacher['parameters']:.0%} | "
+              f"{row['ndcg@10']:.4f} | {row['ndcg@10'] / teacher['ndcg@10']:.1%} | {row['recall@10']:.4f} | "
+              f"{row['fit_cpu_s']:.0f} | {row['epochs']} |")  # fmt: skip
+    print(f"\ndistilled vs alone: {test_['relative_change']:+.1%} NDCG@10, t p={test_['t_pvalue']:.3g}, "
+          f"Wilcoxon p={test_['wilcoxon_pvalue']:.3g}, {test_['n']} users")  # fmt: skip
+    out = {"command": command_line(argv), "machine": machine(), "rows": rows, "distilled_vs_alone": test_}
+    args.out.write_text(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()
