@@ -92,9 +92,8 @@ def main() -> None:
     for part, seconds in parts.items():
         print(f"| {part} | {seconds / args.batches * 1000:.1f} | {seconds / total:.0%} |")
     per_batch = total / args.batches
-    print(
-        f"| total | {per_batch * 1000:.0f} | epoch of {len(task.windows) / 128:.0f} batches ≈ {per_batch * len(task.windows) / 128:.0f} s CPU |"
-    )  # noqa: E501
+    epoch = per_batch * len(task.windows) / 128
+    print(f"| total | {per_batch * 1000:.0f} | epoch of {len(task.windows) / 128:.0f} batches ≈ {epoch:.0f} s CPU |")
 
 
 if __name__ == "__main__":

@@ -251,7 +251,7 @@ def test_feature_model_saves_loads_and_grows_by_new_items(tmp_path: Path) -> Non
 
 
 def test_item_features_need_a_text_reading_model() -> None:
-    with pytest.raises(ConfigError, match="reads no item features"):
+    with pytest.raises(ConfigError, match="has no option"):
         model_class("ease")(model_class("ease").config_class.from_dict({"item_features": "genres"}))
     with pytest.raises(ConfigError, match="twice"):
         model_class("text-sasrec").config_class.from_dict({"item_features": "text,text"})

@@ -42,15 +42,12 @@ R = TypeVar("R", bound="Recommender")
 class ModelConfig:
     """Base of every model config: a dataclass with typed fields, validated, JSON round-trip."""
 
-    # Models that read item text (ReadsItemText): the item blocks their item vectors hold, e.g.
-    # "text,genres,year,image" (lmrec.features); "text" is the text embedding alone. Others: "text".
-    item_features: str = "text"
-
     def __post_init__(self) -> None:
-        if self.item_features != "text":
+        features = getattr(self, "item_features", "text")  # configs of models that read item text
+        if features != "text":
             from lmrec.features import parse_spec
 
-            parse_spec(self.item_features)
+            parse_spec(features)
         self.validate()
 
     def validate(self) -> None:
@@ -155,8 +152,6 @@ class Recommender(ABC):
         self.config = config if config is not None else self.config_class()
         if not isinstance(self.config, self.config_class):
             raise ConfigError(f"{type(self).__name__} needs a {self.config_class.__name__}")
-        if self.config.item_features != "text" and not isinstance(self, ReadsItemText):
-            raise ConfigError(f"{type(self).__name__} reads no item features: item_features is for text-reading models")
         self.n_users = 0
         self.n_items = 0
         self.device = torch.device("cpu")

@@ -88,6 +88,8 @@ class SequentialConfig(ModelConfig):
     item_init: str = "random"
     text_encoder: str = "minilm"  # "minilm" (packaged all-MiniLM-L6-v2) or a local model directory
     text_template: str | None = None  # str.format over catalog columns; None: title, year, genres, text
+    # the item blocks the item vectors hold, e.g. "text,genres,year,image" (lmrec.features); "text": the text alone
+    item_features: str = "text"
     diversity_weight: float = 0.0  # > 0: penalise the expected category similarity of the predicted top (ce loss)
     id_dropout: float = 0.0  # fused: share of items read from their text alone in each training step
     teacher: str | None = None  # a sequential run or model over the same items to distil from (loss=ce)

@@ -58,6 +58,8 @@ class TigerConfig(ModelConfig):
     beams: int = 20  # beam width, also the length of the generated list
     text_encoder: str = "minilm"  # "minilm" (packaged all-MiniLM-L6-v2) or a local model directory
     text_template: str | None = None  # str.format over catalog columns; None: title, year, genres, text
+    # the item blocks the item vectors hold, e.g. "text,genres,year,image" (lmrec.features); "text": the text alone
+    item_features: str = "text"
 
     def validate(self) -> None:
         sizes = ("levels", "codebook", "dim", "layers", "heads", "inner", "max_len")
