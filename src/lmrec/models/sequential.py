@@ -78,7 +78,7 @@ class SequentialConfig(ModelConfig):
     batch_size: int = 128
     lr: float = 1e-3
     weight_decay: float = 0.0
-    patience: int = 10
+    patience: int = 20  # ml-100k, 3 seeds: valid NDCG@10 0.1174 at 20, 0.1142 at 10 (it stopped improving runs)
     pretrain_epochs: int = 0  # > 0: masked-item pretraining first, then the objective above
     init_from: str | None = None  # a run or model directory whose weights to start from
     amp: bool | None = None  # bf16 autocast; None: where bf16 is native (lmrec.train.trainer.fast_bf16)
