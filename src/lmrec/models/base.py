@@ -81,8 +81,8 @@ def _coerce(value: Any, hint: Any, name: str) -> Any:
     if origin in (tuple, list):
         (inner, *_) = typing.get_args(hint) or (str,)
         if isinstance(value, str):
-            value = [
-                v
+            value = [  # "a,b", "[a, b]" or Python's "('a', 'b')"
+                v.strip().strip("'\"")
                 for v in value.replace("[", "").replace("]", "").replace("(", "").replace(")", "").split(",")
                 if v.strip()
             ]
