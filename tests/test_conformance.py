@@ -16,6 +16,8 @@ from lmrec.evaluate import evaluate
 from lmrec.models import MODELS, FitOptions, Recommender, load_model, model_class
 from tests.conftest import KeywordEncoder
 
+# The small sequential encoder several fast configs share.
+SEQUENTIAL = {"dim": 16, "inner": 32, "layers": 1, "max_len": 12, "epochs": 15, "batch_size": 16, "lr": 0.01}
 # Small settings so the whole suite runs in seconds; defaults are for real data.
 FAST: dict[str, dict[str, Any]] = {
     "pop": {},
@@ -25,18 +27,12 @@ FAST: dict[str, dict[str, Any]] = {
     "als": {"dim": 16, "iterations": 8},
     "svd": {"dim": 16, "epochs": 40, "batch_size": 64, "lr": 0.02, "holdout": 0.0},
     "ncf": {"dim": 8, "mlp": (16, 8), "epochs": 30, "batch_size": 64, "lr": 0.01},
-    "sasrec": {"dim": 16, "inner": 32, "layers": 1, "max_len": 12, "epochs": 15, "batch_size": 16, "lr": 0.01},
-    "bert4rec": {"dim": 16, "inner": 32, "layers": 1, "max_len": 12, "epochs": 25, "batch_size": 16, "lr": 0.01},
-    "text-sasrec": {"dim": 16, "inner": 32, "layers": 1, "max_len": 12, "epochs": 15, "batch_size": 16, "lr": 0.01},
+    "sasrec": SEQUENTIAL,
+    "bert4rec": {**SEQUENTIAL, "epochs": 25},
+    "text-sasrec": SEQUENTIAL,
     # next item + rating + like through MMoE; fitted on the checkerboard with a rating per interaction
     "mtl-sasrec": {
-        "dim": 16,
-        "inner": 32,
-        "layers": 1,
-        "max_len": 12,
-        "epochs": 15,
-        "batch_size": 16,
-        "lr": 0.01,
+        **SEQUENTIAL,
         "experts": 2,
         "expert_inner": 16,
         "head_hidden": 16,
@@ -67,15 +63,7 @@ FAST: dict[str, dict[str, Any]] = {
     "compressed": {
         "method": "int8",
         "source": "sasrec",
-        "source_config": {
-            "dim": 16,
-            "inner": 32,
-            "layers": 1,
-            "max_len": 12,
-            "epochs": 15,
-            "batch_size": 16,
-            "lr": 0.01,
-        },
+        "source_config": SEQUENTIAL,
     },
     # a toy causal LM built on the spot (tests/llm_toy.py) writes item titles; needs lmrec[llm]
     "llm-gen": {"lora_r": 8, "steps": 200, "batch_size": 16, "lr": 0.003, "beams": 10, "max_history": 8},

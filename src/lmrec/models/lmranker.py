@@ -220,6 +220,20 @@ def lift_candidates(
     return out
 
 
+def step_schedule(steps: int, lr: float, weight_decay: float, desc: str) -> TrainConfig:
+    """The fine-tuning schedule of both rankers: ``steps`` optimizer steps (run as epochs of ten),
+    AdamW, linear warm-up over a tenth of the steps then linear decay, gradients clipped at 1."""
+    return TrainConfig(
+        epochs=len(step_rounds(steps)),
+        lr=lr,
+        weight_decay=weight_decay,
+        warmup=max(1, steps // 10),
+        schedule="linear",
+        clip=1.0,
+        desc=desc,
+    )
+
+
 # -- the model ------------------------------------------------------------------------------------
 class LMRanker(Recommender):
     """A base model's top candidates re-ranked by a fine-tuned sentence encoder (bi-encoder)."""
@@ -305,15 +319,7 @@ class LMRanker(Recommender):
         """``steps`` steps of contrastive fine-tuning: AdamW, linear warm-up over a tenth of the
         steps then linear decay, gradients clipped at norm 1."""
         cfg = self.config
-        config = TrainConfig(
-            epochs=len(step_rounds(cfg.steps)),
-            lr=cfg.lr,
-            weight_decay=cfg.weight_decay,
-            warmup=max(1, cfg.steps // 10),
-            schedule="linear",
-            clip=1.0,
-            desc="lm-ranker",
-        )
+        config = step_schedule(cfg.steps, cfg.lr, cfg.weight_decay, "lm-ranker")
         task = RankerTask(self, QueryBatch.from_interactions(train.interactions, np.arange(self.n_users)))
         return self._train(task, config, options, options.torch_generator(), total_steps=cfg.steps)
 
@@ -782,15 +788,7 @@ class ListRanker(Recommender):
 
     def _finetune(self, train: Dataset, options: FitOptions) -> dict[str, Any]:
         cfg = self.config
-        config = TrainConfig(
-            epochs=len(step_rounds(cfg.steps)),
-            lr=cfg.lr,
-            weight_decay=cfg.weight_decay,
-            warmup=max(1, cfg.steps // 10),
-            schedule="linear",
-            clip=1.0,
-            desc="lm-list-ranker",
-        )
+        config = step_schedule(cfg.steps, cfg.lr, cfg.weight_decay, "lm-list-ranker")
         task = ListRankerTask(self, QueryBatch.from_interactions(train.interactions, np.arange(self.n_users)))
         return self._train(task, config, options, options.torch_generator(), total_steps=cfg.steps)
 
