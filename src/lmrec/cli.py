@@ -431,6 +431,25 @@ def cmd_mask(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_prepare(args: argparse.Namespace) -> int:
+    """A log larger than memory → per-user sequences in sharded Parquet that `lmrec train` reads."""
+    from lmrec.data.stream import prepare
+
+    report = prepare(
+        args.input,
+        Path(args.out),
+        columns=_parse_sets(args.column) or None,
+        shards=args.shards,
+        batch_rows=args.batch_rows,
+        file_format=args.format,
+    )
+    _say(str(report))
+    _say(f"train on it with `lmrec train --dataset {args.out} --model sasrec --out RUN`")
+    if args.json:
+        print(json.dumps(report.__dict__))
+    return 0
+
+
 def cmd_keys(args: argparse.Namespace) -> int:
     import time
 
@@ -600,6 +619,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quasi", default="generalise", choices=["generalise", "drop"], help="zip code, age, birth date")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=cmd_mask)
+
+    p = sub.add_parser("prepare", help="read a log larger than memory into sharded per-user sequences")
+    p.add_argument("--input", required=True, nargs="+", help="Parquet/CSV files of the log, or a directory of them")
+    p.add_argument("--out", required=True, help="new directory for the prepared log (--dataset of lmrec train)")
+    p.add_argument("--column", action="append", default=[], metavar="OURS=THEIRS", help="e.g. user=customer_id")
+    p.add_argument("--shards", type=_positive, default=16, help="spill and output shards (memory: rows / shards)")
+    p.add_argument("--batch-rows", type=_positive, default=1 << 20, help="most rows of the log read at once")
+    p.add_argument("--format", choices=["parquet", "csv"], help="the files' format (default: from their suffix)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(func=cmd_prepare)
 
     p = sub.add_parser("keys", help="create, list or revoke the service's API keys")
     keys = p.add_subparsers(dest="action", required=True)

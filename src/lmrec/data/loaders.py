@@ -7,7 +7,9 @@ Every loader returns a :class:`~lmrec.data.schema.Dataset`. Formats:
 * RecBole atomic files (``NAME.inter`` plus optional ``NAME.item`` and ``NAME.user``);
 * CSV / TSV / Parquet tables, with a column map or recognised column names;
 * one ``user item`` pair per line (the ``.txt`` files published with SASRec), file order = time;
-* a directory with ``interactions.{csv,parquet}`` and optional ``items.*`` and ``users.*``.
+* a directory with ``interactions.{csv,parquet}`` and optional ``items.*`` and ``users.*``;
+* a prepared directory (``prepared.json`` and sharded per-user sequences) that
+  :func:`lmrec.data.stream.prepare` wrote from a log larger than memory.
 
 Bad input raises :class:`~lmrec.errors.DataError` naming the file, the 1-based file line (the
 header counts) and the problem. Nothing is dropped: a row that cannot be read is an error.
@@ -33,6 +35,7 @@ import numpy as np
 import pandas as pd
 
 from lmrec.data.schema import Dataset
+from lmrec.data.stream import is_prepared, load_prepared
 from lmrec.errors import ConfigError, DataError
 
 # Column names we look for, in order of preference, matched case-insensitively. The canonical
@@ -625,8 +628,10 @@ def load(path: str | Path, columns: Mapping[str, str] | None = None) -> Dataset:
         kind = "lines"
     else:
         raise DataError(f"unsupported format; lmrec reads {SUPPORTED_FORMATS}", path=path)
-    if columns is not None and kind not in ("table", "directory"):
+    if columns is not None and kind not in ("table", "directory"):  # a prepared log's map was applied by prepare
         raise ConfigError(f"a column map applies to CSV/Parquet tables, not to {kind} data ({path})")
+    if kind == "prepared":
+        return load_prepared(path)
     if kind == "movielens":
         return load_movielens(path)
     if kind == "recbole":
@@ -640,6 +645,8 @@ def load(path: str | Path, columns: Mapping[str, str] | None = None) -> Dataset:
 
 def _directory_kind(directory: Path) -> str:
     """Which loader reads this directory."""
+    if is_prepared(directory):
+        return "prepared"
     if (directory / "u.data").is_file() or (directory / "ratings.dat").is_file():
         return "movielens"
     if any(directory.glob("*.inter")):

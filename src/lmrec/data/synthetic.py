@@ -17,6 +17,8 @@ Quality on it says little about real data; it is for time per epoch and time to 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 
@@ -100,3 +102,80 @@ def ml1m_shaped(
         }
     )
     return Dataset.from_frame(frame, catalog, name=f"ml1m-shaped-{seed}")
+
+
+def write_large_log(
+    path: str | Path,
+    *,
+    events: int = 10_000_000,
+    users: int = 50_000,
+    items: int = 1_000_000,
+    shortest: int = 5,
+    topics: int = 500,
+    follow: float = 0.4,
+    explore: float = 0.3,
+    zipf: float = 1.0,
+    chunk_users: int = 5_000,
+    seed: int = 0,
+) -> int:
+    """Write a large generated log to one Parquet file (columns user, item, timestamp), a chunk of
+    ``chunk_users`` users at a time, so the log is never held in memory; returns the rows written.
+
+    The shape of :func:`ml1m_shaped`, vectorised: log-normal history lengths (at least
+    ``shortest``), Zipf item popularity (``zipf``), ``topics`` contiguous blocks of the item line of
+    which each user likes three; each event is, with probability ``follow``, a near neighbour
+    (±8) of the user's last event that was not one; with ``explore`` a draw from the whole catalog
+    by popularity; otherwise a draw from one of the user's topics by popularity. Unlike
+    :func:`ml1m_shaped` an item may come back in a history (repeat consumption). Within a chunk
+    rows are in time order (one clock over every user), chunks follow each other, so the file is
+    not globally time-ordered: a reader has to sort it.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(seed)
+    lengths = history_lengths(users, events, shortest, rng)
+    short = events - int(lengths.sum())  # the floors lost a few: exactly ``events`` rows
+    lengths[: max(0, min(short, users))] += 1
+    position_of_rank = rng.permutation(items)  # popularity rank -> position on the item line
+    popularity = np.empty(items)
+    popularity[position_of_rank] = 1.0 / np.arange(1, items + 1) ** zipf
+    cumulative = np.cumsum(popularity)
+    cumulative /= cumulative[-1]
+    edges = np.arange(topics + 1) * items // topics  # topic t holds positions edges[t]..edges[t+1]-1
+    low = np.r_[0.0, cumulative][edges[:-1]]
+    high = cumulative[edges[1:] - 1]
+    schema = pa.schema([("user", pa.int64()), ("item", pa.int64()), ("timestamp", pa.int64())])
+    written = 0
+    with pq.ParquetWriter(str(path), schema) as writer:
+        for first in range(0, users, chunk_users):
+            n = lengths[first : first + chunk_users]
+            total = int(n.sum())
+            owner = np.repeat(np.arange(len(n)), n)
+            start = np.r_[0, np.cumsum(n)[:-1]]
+            liked = np.stack([rng.choice(topics, size=3, replace=False) for _ in range(len(n))])
+            topic = liked[owner, rng.integers(0, 3, size=total)]
+            u = rng.random(total)
+            by_topic = low[topic] + u * (high[topic] - low[topic])
+            kind = rng.random(total)
+            base = np.searchsorted(cumulative, np.where(kind < follow + explore, u, by_topic))
+            follows = kind < follow
+            follows[start] = False  # a history starts with a draw
+            idx = np.arange(total)
+            anchor = np.maximum.accumulate(np.where(follows, 0, idx))
+            steps = np.cumsum(np.where(follows, rng.integers(-8, 9, size=total), 0))
+            item = np.clip(base[anchor] + steps - steps[anchor], 0, items - 1)
+            clock = np.concatenate([np.sort(rng.random(k)) for k in n]) * 1e9
+            order = np.argsort(clock, kind="stable")
+            writer.write_table(
+                pa.table(
+                    {
+                        "user": (first + owner[order] + 1).astype(np.int64),
+                        "item": item[order].astype(np.int64),
+                        "timestamp": clock[order].astype(np.int64),
+                    },
+                    schema=schema,
+                )
+            )
+            written += total
+    return written
