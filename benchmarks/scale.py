@@ -350,7 +350,8 @@ def main() -> None:
         results[part]["date"] = started
         results[part]["command"] = " ".join(sys.argv)
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(results, indent=2))
+        on_disk = json.loads(args.out.read_text()) if args.out.exists() else {}  # another run may have added parts
+        args.out.write_text(json.dumps({**on_disk, "machine": results["machine"], part: results[part]}, indent=2))
         print(json.dumps({part: results[part]}, indent=2))
 
 
