@@ -294,6 +294,76 @@ def part_ann(args: argparse.Namespace, work: Path, large: dict[str, Any]) -> dic
     return rows
 
 
+# -- the tables of RESULTS.md ----------------------------------------------------------------------
+
+
+def markdown(results: dict[str, Any]) -> str:
+    """The Scale tables from a results file (``--report``)."""
+    out = []
+    if "large" in results:
+        r = results["large"]
+        log, prep, train = r["log"], r["prepare"], r["train"]
+        out += [
+            f"Log: {log['rows']:,} interactions, {log['users']:,} users, {log['items']:,} items"
+            f" ({log['bytes'] / 2**20:.0f} MiB of Parquet); bound on peak RSS: {r['rss_bound_gib']} GiB.",
+            "",
+            "| step | peak RSS GiB | CPU s | wall s | notes |",
+            "|---|---|---|---|---|",
+            f"| `lmrec prepare` | {prep['peak_rss_gib']} | {prep['cpu_s']} | {prep['wall_s']} |"
+            f" {prep['shards']} shards; at most {prep['largest_batch']:,} rows per batch,"
+            f" {prep['largest_shard']:,} per shard |",
+            f"| `lmrec train` sasrec, 1 epoch | {train['peak_rss_gib']} | {train['cpu_s']} | {train['wall_s']} |"
+            f" {train['training']['steps']} steps, loss {train['training'].get('loss', 'auto → inbatch')};"
+            f" valid NDCG@10 {train['valid_ndcg@10']} ({train['valid_users']:,} users) |",
+            "",
+            f"Bound met: {'yes' if r['bound_met'] else 'no'}.",
+            "",
+        ]
+    if "softmax" in results:
+        r = results["softmax"]
+        out += ["| ml-100k sasrec | test NDCG@10 | Recall@10 | epochs (best) | fit CPU s |", "|---|---|---|---|---|"]
+        for loss in ("ce", "inbatch"):
+            x = r[loss]
+            out.append(
+                f"| loss={loss} | {x['test_ndcg@10']} | {x['test_recall@10']} | {x['epochs']} ({x['best_epoch']}) |"
+                f" {x['fit_cpu_s']} |"
+            )
+        out += [
+            "",
+            f"inbatch against ce: {100 * r['relative']:+.1f} % (bar −5 %: {'met' if r['bar_met'] else 'not met'}).",
+            "",
+        ]
+    if "step" in results:
+        r = results["step"]
+        out += [
+            "| loss, all items in the softmax | items | CPU ms / step | peak RSS GiB | RSS before the steps GiB |",
+            "|---|---|---|---|---|",
+        ]
+        for loss in ("ce", "inbatch"):
+            x = r[loss]
+            out.append(
+                f"| {loss} | {x['items']:,} | {x['cpu_ms_per_step']} | {x['peak_rss_gib']} |"
+                f" {x['rss_before_steps_gib']} |"
+            )
+        out += ["", f"ce takes {r['ce_over_inbatch_time']}× the CPU time of inbatch per step.", ""]
+    if "ann" in results:
+        r = results["ann"]
+        out += [
+            f"faiss over {r['items']:,} item vectors (dim {r['dim']}), {r['queries']:,} queries; exact top-10:"
+            f" {r['exact_ms_per_query']} CPU ms per query.",
+            "",
+            "| index | settings | recall@10 | build CPU s | CPU ms / query |",
+            "|---|---|---|---|---|",
+        ]
+        for kind in ("hnsw", "ivf"):
+            x = r[kind]
+            settings = ", ".join(
+                f"{k} {v}" for k, v in x.items() if k not in ("recall@10", "build_cpu_s", "ms_per_query")
+            )
+            out.append(f"| {kind} | {settings} | {x['recall@10']} | {x['build_cpu_s']} | {x['ms_per_query']} |")
+    return "\n".join(out)
+
+
 # -- main ---------------------------------------------------------------------------------------------
 
 
@@ -315,6 +385,7 @@ def main() -> None:
     parser.add_argument("--ann-queries", type=int, default=2000)
     parser.add_argument("--ef-construction", type=int, default=64)
     parser.add_argument("--nprobe", type=int, default=64)
+    parser.add_argument("--report", action="store_true", help="print the markdown tables of --out and stop")
     # the step worker (a child of --parts step)
     parser.add_argument("--step-worker", choices=["ce", "inbatch"], help=argparse.SUPPRESS)
     parser.add_argument("--prepared", help=argparse.SUPPRESS)
@@ -323,6 +394,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.step_worker:
         step_worker(args)
+        return
+    if args.report:
+        print(markdown(json.loads(args.out.read_text())))
         return
     os.environ.update(OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
     os.environ.setdefault("LMREC_CACHE", str(ROOT / ".cache" / "lmrec"))  # ml-100k
