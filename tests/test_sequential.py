@@ -262,3 +262,18 @@ def test_item_init_text_starts_id_rows_from_whitened_text(board: Dataset) -> Non
     assert SequentialConfig(item_init="text").item_repr == "id"  # an ID model: text only at the start
     with pytest.raises(ConfigError, match="item_init"):
         SequentialConfig(item_init="glove")
+
+
+def test_item_init_pull_keeps_id_rows_near_their_text_start(board: Dataset) -> None:
+    from tests.conftest import KeywordEncoder
+
+    def drift(pull: float) -> float:
+        config = SequentialConfig(**{**TINY, "epochs": 5, "lr": 0.05, "item_init": "text", "item_init_pull": pull})
+        model = SASRec(config).fit(board, None, FitOptions(seed=0, text_encoder=KeywordEncoder()))
+        rows = model.net.items.weight[1 : board.n_items + 1].detach()
+        assert model.init_rows is not None
+        return float((rows - model.init_rows).norm(dim=1).mean())
+
+    assert drift(10.0) < 0.5 * drift(0.0)  # the pull holds the rows; without it they move freely
+    with pytest.raises(ConfigError, match="item_init_pull"):
+        SequentialConfig(item_init_pull=0.1)  # nothing to pull towards with random rows

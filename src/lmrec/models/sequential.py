@@ -86,6 +86,7 @@ class SequentialConfig(ModelConfig):
     item_repr: str = "id"  # "id" | "text" (text alone) | "fused" (gated ID + text) | "aligned" (ID, else text)
     # "random" | "text": ID rows start from the item text embeddings, PCA-whitened to dim (lmrec.text.whiten)
     item_init: str = "random"
+    item_init_pull: float = 0.0  # item_init=text: weight of an L2 pull of the ID rows towards their text start
     text_encoder: str = "minilm"  # "minilm" (packaged all-MiniLM-L6-v2) or a local model directory
     text_template: str | None = None  # str.format over catalog columns; None: title, year, genres, text
     # the item blocks the item vectors hold, e.g. "text,genres,year,image" (lmrec.features); "text": the text alone
@@ -116,6 +117,8 @@ class SequentialConfig(ModelConfig):
             raise ConfigError("need 0 <= distill_weight <= 1 and distill_temperature > 0")
         if self.diversity_weight < 0 or (self.diversity_weight > 0 and self.loss not in ("ce", "auto")):
             raise ConfigError("diversity_weight must be >= 0 and needs loss=ce (it reads the full distribution)")
+        if self.item_init_pull < 0 or (self.item_init_pull > 0 and self.item_init != "text"):
+            raise ConfigError("item_init_pull must be >= 0 and needs item_init=text (the rows it pulls towards)")
         if not (0 <= self.dropout < 1 and 0 <= self.id_dropout < 1 and 0 < self.mask_prob < 1 and self.lr > 0):
             raise ConfigError("need 0 <= dropout < 1, 0 <= id_dropout < 1, 0 < mask_prob < 1 and lr > 0")
 
@@ -338,10 +341,12 @@ class SequentialRecommender(ReadsItemText, DotProductModel):
         self.net.to(self.device)
         if text is not None and reads_text:
             self.net.text[1 : self.n_items + 1] = torch.from_numpy(text)
+        self.init_rows: torch.Tensor | None = None  # the text start of the ID rows, for item_init_pull
         if text is not None and cfg.item_init == "text":
             # isotropic, at the random init's scale; then trained freely (LLMInit, WhitenRec)
+            self.init_rows = torch.from_numpy(whiten(text, cfg.dim, seed=options.seed)).to(self.device)
             with torch.no_grad():
-                self.net.items.weight[1 : self.n_items + 1] = torch.from_numpy(whiten(text, cfg.dim, seed=options.seed))
+                self.net.items.weight[1 : self.n_items + 1] = self.init_rows
         if cfg.init_from:
             self._load_pretrained(Path(cfg.init_from))
         histories = QueryBatch.from_interactions(train.interactions, np.arange(self.n_users))
@@ -611,6 +616,10 @@ class SequenceTask:
         loss = model._loss(hidden[keep], targets[keep] - 1, gen, table)
         if model.config.item_repr == "aligned":
             loss = loss + net.alignment_loss()
+        if model.config.item_init_pull > 0:  # a prior: rows stay near their text start unless data says otherwise
+            assert model.init_rows is not None
+            rows = net.items.weight[1 : model.n_items + 1]
+            loss = loss + model.config.item_init_pull * (rows - model.init_rows).square().sum(1).mean()
         return loss
 
 
