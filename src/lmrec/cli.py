@@ -129,7 +129,7 @@ def _dp_spec(args: argparse.Namespace) -> Any:
         return None
     from lmrec.train.privacy import DPSpec
 
-    return DPSpec(epsilon=args.dp_epsilon, delta=args.dp_delta, clip=args.dp_clip)
+    return DPSpec(epsilon=args.dp_epsilon, delta=args.dp_delta, clip=args.dp_clip, accountant=args.dp_accountant)
 
 
 def _torchrun(argv_in: list[str], nproc: int) -> int:
@@ -245,6 +245,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     for report, run in zip(reports, runs, strict=True):
         rows[report["model"] if len(runs) == 1 else f"{report['model']} ({run.directory.name})"] = report["metrics"]
     print(markdown_report(rows, reports[0]["protocol"], reports[0]["n_users"]))
+    for (label, _), report in zip(rows.items(), reports, strict=True):
+        if "privacy" in report:
+            dp = report["privacy"]
+            print(
+                f"{label}: user-level DP, ε = {dp['epsilon']} (target {dp['epsilon_target']}), δ = {dp['delta']:.3g}, "
+                f"{dp['accountant'].upper()} accountant, clip {dp['clip']}, noise σ {dp['noise_multiplier']}"
+            )
     return 0
 
 
@@ -529,7 +536,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="run directory to create (checkpointed every epoch)")
     p.add_argument("--resume", metavar="RUN", help="continue a stopped run from its last checkpoint")
     p.add_argument("--nproc", type=_positive, default=1, help="data-parallel processes (launches torchrun)")
-    p.add_argument("--dp-epsilon", type=float, help="user-level DP-SGD to this ε (bpr; needs lmrec[privacy])")
+    p.add_argument(
+        "--dp-epsilon", type=float, help="user-level DP-SGD to this ε (bpr, sasrec, bert4rec; needs lmrec[privacy])"
+    )
     p.add_argument("--dp-delta", type=float, help="δ of the DP guarantee (default 1 / (10 · users))")
     p.add_argument("--dp-clip", type=float, default=1.0, help="per-user gradient clip of DP-SGD")
     p.add_argument("--stop-after", type=_positive, metavar="EPOCHS", help="stop after this many epochs (then --resume)")
@@ -542,6 +551,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--split", default="leave-one-out", choices=["leave-one-out", "temporal", "ratio", "cold-items"])
     p.add_argument("--split-param", action="append", default=[], metavar="KEY=VALUE", help="e.g. test=0.2, share=0.1")
+    p.add_argument("--dp-accountant", choices=("prv", "rdp"), default="prv", help="privacy accountant of DP-SGD")
     p.add_argument("--kcore", type=int, help="keep users and items with at least this many interactions")
     p.add_argument("--min-rating", type=float, help="drop interactions rated below this")
     p.add_argument("--dedupe", action="store_true", help="keep only the last of repeated user-item pairs")

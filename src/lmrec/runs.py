@@ -115,6 +115,8 @@ class Run:
             },
             "model": self.meta["model"],
             "dataset": self.meta["data"]["dataset"],
+            # a DP-trained run's guarantee (ε spent, δ, accountant, clip) goes with every report of it
+            **({"privacy": privacy} if (privacy := (self.meta.get("training") or {}).get("privacy")) else {}),
         }
 
     def per_user(self, part: Part = "test", ks: tuple[int, ...] = (10,)) -> EvalResult:

@@ -168,7 +168,7 @@ class Recommender(ABC):
         if len(train.interactions) == 0:
             raise ConfigError("no training interactions")
         if options.dp is not None and not self.private:
-            raise ConfigError(f"{self.name} has no differentially private training; bpr has")
+            raise ConfigError(f"{self.name} has no differentially private training; bpr, sasrec and bert4rec have")
         self.n_users, self.n_items, self.device = train.n_users, train.n_items, device
         with seeded(options.seed):
             self._fit(train, valid if valid is not None and len(valid) else None, options)

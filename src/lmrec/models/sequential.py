@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -48,8 +48,10 @@ from lmrec.train.losses import (
     gbce_loss,
     logq_softmax_loss,
     sampled_softmax_loss,
+    sequence_ce_per_example,
     softmax_ce,
 )
+from lmrec.train.privacy import DPSpec, DPStrategy
 from lmrec.train.trainer import TrainConfig, fast_bf16
 
 OBJECTIVES = ("causal", "masked")
@@ -78,6 +80,7 @@ class SequentialConfig(ModelConfig):
     batch_size: int = 128
     lr: float = 1e-3
     weight_decay: float = 0.0
+    optimizer: str = "adamw"  # "adamw" | "adam" | "sgd" (momentum 0.9; for DP-SGD, whose noise Adam scales up)
     patience: int = 20  # ml-100k, 3 seeds: valid NDCG@10 0.1174 at 20, 0.1142 at 10 (it stopped improving runs)
     pretrain_epochs: int = 0  # > 0: masked-item pretraining first, then the objective above
     init_from: str | None = None  # a run or model directory whose weights to start from
@@ -174,20 +177,25 @@ class SelfAttention(nn.Module):
     ``in_proj_bias``, ``out_proj``), so saved models and the pruner read it alike; attention
     probabilities dropped out with :class:`ByteDropout`."""
 
-    def __init__(self, dim: int, heads: int, dropout: float) -> None:
+    def __init__(self, dim: int, heads: int, dropout: float, linear_in: bool = False) -> None:
         super().__init__()
-        self.num_heads, self.head_dim = heads, dim // heads
-        self.in_proj_weight = nn.Parameter(torch.empty(3 * dim, dim))
-        self.in_proj_bias = nn.Parameter(torch.zeros(3 * dim))
+        self.num_heads, self.head_dim, self.linear_in = heads, dim // heads, linear_in
+        if linear_in:  # DP-SGD: an nn.Linear (in_proj.weight / .bias), which Opacus has a per-example rule for
+            self.in_proj = nn.Linear(dim, 3 * dim)
+            nn.init.xavier_uniform_(self.in_proj.weight)
+            nn.init.zeros_(self.in_proj.bias)
+        else:
+            self.in_proj_weight = nn.Parameter(torch.empty(3 * dim, dim))
+            self.in_proj_bias = nn.Parameter(torch.zeros(3 * dim))
+            nn.init.xavier_uniform_(self.in_proj_weight)
         self.out_proj = nn.Linear(dim, dim)
         self.dropout = ByteDropout(dropout)
-        nn.init.xavier_uniform_(self.in_proj_weight)
         nn.init.zeros_(self.out_proj.bias)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """x (B, L, dim); ``mask`` (B or 1, 1, L or 1, L) True where a query may not see a key."""
         b, length, dim = x.shape
-        qkv = nn.functional.linear(x, self.in_proj_weight, self.in_proj_bias)
+        qkv = self.in_proj(x) if self.linear_in else nn.functional.linear(x, self.in_proj_weight, self.in_proj_bias)
         q, k, v = qkv.view(b, length, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         scores = (q @ k.transpose(-1, -2)) * self.head_dim**-0.5
         scores = scores.masked_fill(mask, torch.finfo(scores.dtype).min)
@@ -326,15 +334,67 @@ class SequenceEncoder(nn.Module):
         return torch.einsum("nd,nkd->nk", hidden, emb)
 
 
+class PrivateSequenceEncoder(SequenceEncoder):
+    """The encoder as DP-SGD trains it: the same computation as :class:`SequenceEncoder` (ID items),
+    but every parameter is used through the forward of a module Opacus has a per-example gradient
+    rule for — the item table through ``nn.Embedding`` on the way in and a bias-free ``nn.Linear``
+    head that shares its weight on the way out (tied, as in the plain model: Opacus adds up the
+    two uses of each example), positions looked up per sequence, and attention whose input
+    projection is an ``nn.Linear``. ``forward`` returns the logits of every table row, so each
+    example's whole loss is computed inside the hooks. :meth:`plain_state` is the state of a plain
+    encoder with the same weights, which is what is saved and served."""
+
+    def __init__(self, n_items: int, cfg: SequentialConfig) -> None:
+        super().__init__(n_items, cfg)
+        for block in self.blocks.layers:
+            block.self_attn = SelfAttention(cfg.dim, cfg.heads, cfg.dropout, linear_in=True)
+        self.head = nn.Linear(cfg.dim, n_items + 2, bias=False)
+        self.head.weight = self.items.weight
+
+    def forward(self, seq: torch.Tensor, causal: bool, table: torch.Tensor | None = None) -> torch.Tensor:
+        """seq (B, L) shifted item ids, right-padded with 0 → logits (B, L, n_items + 2) over the
+        table's rows (pad and mask rows included: the loss excludes them)."""
+        b, length = seq.shape
+        pos = torch.arange(length, device=seq.device).expand(b, length)  # batch-first, for the hooks
+        x = self.dropout(self.norm(self.items(seq) + self.positions(pos)))
+        mask = causal_mask(length, seq.device) if causal else (seq == 0)[:, None, None, :]
+        return self.head(self.final_norm(self.blocks(x, mask)))
+
+    def load_plain(self, state: dict[str, torch.Tensor]) -> None:
+        """Start from a plain encoder's weights."""
+        self.load_state_dict(
+            {_linear_name(k): v for k, v in state.items()} | {"head.weight": state["items.weight"]}, strict=True
+        )
+
+    def plain_state(self) -> dict[str, torch.Tensor]:
+        """These weights under the plain encoder's names (no head: it is the item table)."""
+        return {_plain_name(k): v for k, v in self.state_dict().items() if not k.startswith("head.")}
+
+
+def _linear_name(key: str) -> str:
+    return key.replace("self_attn.in_proj_weight", "self_attn.in_proj.weight").replace(
+        "self_attn.in_proj_bias", "self_attn.in_proj.bias"
+    )
+
+
+def _plain_name(key: str) -> str:
+    return key.replace("self_attn.in_proj.weight", "self_attn.in_proj_weight").replace(
+        "self_attn.in_proj.bias", "self_attn.in_proj_bias"
+    )
+
+
 class SequentialRecommender(ReadsItemText, DotProductModel):
     """Shared fit/score glue of ``sasrec`` and ``bert4rec``."""
 
     config: SequentialConfig
 
     devices = ("cpu", "cuda", "mps")
+    private = True  # user-level DP-SGD (item_repr=id): _fit_private
 
     def _fit(self, train: Dataset, valid: EvalSet | None, options: FitOptions) -> None:
         cfg = self.config
+        if options.dp is not None:
+            self._check_private()
         reads_text = cfg.item_repr != "id"
         text = self._text_vectors(train, options) if reads_text or cfg.item_init == "text" else None
         self.net = SequenceEncoder(self.n_items, cfg, text.shape[1] if text is not None and reads_text else 0)
@@ -362,6 +422,9 @@ class SequentialRecommender(ReadsItemText, DotProductModel):
             options.say(f"{self.name}: loss={self.loss_kind} ({why}) for {self.n_items} items")
         gen = options.torch_generator()
         self.training_log = {}
+        if options.dp is not None:
+            self._fit_private(histories, options, options.dp, gen)
+            return
         if cfg.pretrain_epochs > 0:
             task = SequenceTask(self, histories, "masked")
             pretrain = self._train(
@@ -372,12 +435,53 @@ class SequentialRecommender(ReadsItemText, DotProductModel):
         config = self._train_config(cfg.epochs, cfg.objective)
         self.training_log.update(self._train(task, config, options, gen, valid=valid, phase=cfg.objective))
 
+    def _check_private(self) -> None:
+        """DP-SGD trains the ID model on its own objective with the full-softmax CE, from scratch."""
+        cfg = self.config
+        needs = {
+            "item_repr=id": cfg.item_repr == "id",
+            "loss=ce (or auto)": cfg.loss in ("ce", "auto"),
+            "pretrain_epochs=0": cfg.pretrain_epochs == 0,
+            "no init_from": not cfg.init_from,
+            "no teacher": not cfg.teacher,
+            "diversity_weight=0": cfg.diversity_weight == 0,
+            "compile=false": not cfg.compile,
+        }
+        if not all(needs.values()):
+            missing = ", ".join(k for k, ok in needs.items() if not ok)
+            raise ConfigError(f"{self.name} with differential privacy needs {missing}")
+
+    def _fit_private(self, histories: QueryBatch, options: FitOptions, spec: DPSpec, gen: torch.Generator) -> None:
+        """User-level DP-SGD (:mod:`lmrec.train.privacy`): each step Poisson-samples users at rate
+        batch_size / users and each sampled user gives one window of their history, its loss the
+        mean CE over the window's positions; Opacus clips each user's gradient and adds noise.
+        ``epochs`` of users / batch_size steps, no early stopping (validation would spend privacy
+        the accountant does not count), no bf16 autocast (per-example gradients in float32). The
+        :class:`PrivateSequenceEncoder` trains, and its weights become the plain encoder's."""
+        cfg = self.config
+        rate = min(1.0, cfg.batch_size / self.n_users)
+        per_epoch = max(1, round(1 / rate))
+        strategy = DPStrategy(spec, self.n_users, rate, cfg.epochs * per_epoch, seed=options.seed)
+        private = PrivateSequenceEncoder(self.n_items, cfg)
+        private.load_plain(self.net.state_dict())  # the plain model's initialisation
+        private.to(self.device)
+        task = PrivateSequenceTask(self, private, histories, rate, per_epoch)
+        config = replace(self._train_config(cfg.epochs, f"{cfg.objective} (DP-SGD)"), amp=False)
+        self.training_log.update(self._train(task, config, replace(options, strategy=strategy), gen, phase="dp"))
+        self.training_log["privacy"] = strategy.report()
+        options.say(
+            f"{self.name}: user-level DP " + ", ".join(f"{k} {v}" for k, v in self.training_log["privacy"].items())
+        )
+        self.net.load_state_dict(private.plain_state())
+        self.net.eval()
+
     def _train_config(self, epochs: int, desc: str) -> TrainConfig:
         cfg = self.config
         return TrainConfig(
             epochs=epochs,
             lr=cfg.lr,
             weight_decay=cfg.weight_decay,
+            optimizer=cfg.optimizer,
             patience=cfg.patience,
             amp=fast_bf16(self.device) if cfg.amp is None else cfg.amp,
             compile=cfg.compile,
@@ -621,6 +725,55 @@ class SequenceTask:
             rows = net.items.weight[1 : model.n_items + 1]
             loss = loss + model.config.item_init_pull * (rows - model.init_rows).square().sum(1).mean()
         return loss
+
+
+class PrivateSequenceTask:
+    """DP-SGD's batches and loss: each step every user (with a target) is drawn with probability
+    ``rate`` and contributes one of their training windows, chosen at random — one example per
+    user, so clipping it bounds what a user's whole history changes. The loss of an example is the
+    mean cross-entropy over its supervised positions (the full softmax over the items seen in
+    training), and the batch's loss their mean."""
+
+    def __init__(
+        self,
+        model: SequentialRecommender,
+        module: PrivateSequenceEncoder,
+        histories: QueryBatch,
+        rate: float,
+        steps: int,
+    ) -> None:
+        self.model, self.module, self.rate, self.steps = model, module, rate, steps
+        self.causal = model.config.objective == "causal"
+        size, shortest = (model.config.max_len + 1, 2) if self.causal else (model.config.max_len, 1)
+        self.windows = [
+            sequence_windows(QueryBatch.from_histories([u], [histories.history(u)]), size, min_length=shortest)
+            for u in range(len(histories))
+        ]
+        if not any(self.windows):
+            raise ConfigError(f"{model.name}: no training sequence has a target (every history has one item?)")
+        # never predicted: the pad row, the mask row and items without training interactions
+        n = model.n_items
+        self.excluded = torch.cat([torch.ones(1), model.unseen.float().cpu(), torch.ones(1)]).bool().to(model.device)
+        assert len(self.excluded) == n + 2
+
+    def batches(self, epoch: int, gen: torch.Generator) -> Iterator[torch.Tensor]:
+        has = torch.tensor([len(w) > 0 for w in self.windows])
+        for _ in range(self.steps):
+            users = torch.nonzero((torch.rand(len(self.windows), generator=gen) < self.rate) & has).squeeze(1)
+            if len(users) == 0:  # probability (1 - q)^users: negligible at the rates used
+                continue
+            picks = torch.rand(len(users), generator=gen)
+            pairs = zip(users.tolist(), picks.tolist(), strict=True)
+            chosen = [self.windows[u][int(p * len(self.windows[u]))] for u, p in pairs]
+            yield pad_right(chosen)[0]
+
+    def loss(self, module: nn.Module, seq: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        if self.causal:
+            inputs, targets = seq[:, :-1], seq[:, 1:]
+        else:
+            inputs, targets = self.model._mask(seq, gen)
+        logits = module(inputs, causal=self.causal)
+        return sequence_ce_per_example(logits, targets.masked_fill(targets == 0, -1), self.excluded).mean()
 
 
 class SASRec(SequentialRecommender):

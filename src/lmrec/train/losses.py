@@ -29,6 +29,21 @@ def softmax_ce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.float(), targets)
 
 
+def sequence_ce_per_example(
+    logits: torch.Tensor, targets: torch.Tensor, excluded: torch.Tensor | None = None
+) -> torch.Tensor:
+    """One loss per sequence, for per-example gradients (DP-SGD): logits (B, L, V), targets (B, L)
+    rows of V with -1 where a position has no target, ``excluded`` (V,) bool rows never predicted
+    → (B,) the mean full-softmax cross-entropy over each sequence's targeted positions (0 where
+    it has none)."""
+    if excluded is not None:
+        logits = logits.masked_fill(excluded, float("-inf"))
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # at least float32
+    ce = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-1, reduction="none")
+    has = targets >= 0
+    return ce.view(targets.shape).sum(1) / has.sum(1).clamp(min=1)
+
+
 class _ChunkedSoftmaxCE(torch.autograd.Function):
     """Full-catalog cross-entropy from hidden states and the item table, never holding the whole
     (N, n_items) logits: each chunk of rows is scored, turned into its softmax, and dropped; the

@@ -1,14 +1,14 @@
 """User-level differentially private training: DP-SGD through Opacus, as a Trainer strategy.
 
-A model that supports it (``bpr``) trains on *user* batches when :class:`DPSpec` is set: each step
-Poisson-samples users at rate q, and each sampled user contributes exactly one example, so
-clipping every example's gradient to ``clip`` and adding Gaussian noise bounds what any one user —
-all their interactions — can change. Opacus computes the per-example gradients
-(``GradSampleModule``), clips and noises them (``DPOptimizer``) and its accountant (PRV by
-default, or RDP) turns noise, q and the number of steps into the ε actually spent, for a δ that
-defaults to 1 / (10 · users). The noise is chosen up front for the target ε; a run that cannot
-meet it stops with an error. Early stopping on validation users would spend privacy that the
-accountant does not count, so DP runs train for their fixed number of epochs.
+A model that supports it (``bpr``, ``sasrec``, ``bert4rec``) trains on *user* batches when
+:class:`DPSpec` is set: each step Poisson-samples users at rate q, and each sampled user
+contributes exactly one example, so clipping every example's gradient to ``clip`` and adding
+Gaussian noise bounds what any one user — all their interactions — can change. Opacus computes the
+per-example gradients (``GradSampleModule``), clips and noises them (``DPOptimizer``) and its
+accountant (PRV by default, or RDP) turns noise, q and the number of steps into the ε actually
+spent, for a δ that defaults to 1 / (10 · users). The noise is chosen up front for the target ε; a
+run that cannot meet it stops with an error. Early stopping on validation users would spend
+privacy that the accountant does not count, so DP runs train for their fixed number of epochs.
 """
 
 from __future__ import annotations

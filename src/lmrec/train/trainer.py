@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 from lmrec.errors import ConfigError
 from lmrec.train.loop import EarlyStopping, TrainLog
 
-OPTIMIZERS = ("adamw", "adam")
+OPTIMIZERS = ("adamw", "adam", "sgd")  # sgd: with momentum 0.9
 SCHEDULES = ("constant", "cosine", "linear")
 CHECKPOINT_WEIGHTS = "checkpoint.safetensors"
 CHECKPOINT_STATE = "checkpoint.json"
@@ -228,6 +228,8 @@ class Trainer:
     def _optimizer(self, module: nn.Module) -> torch.optim.Optimizer:
         cfg = self.config
         groups = self.param_groups(module) if self.param_groups else [{"params": self._trainable(module)}]
+        if cfg.optimizer == "sgd":  # no per-coordinate scaling: what DP-SGD's noise on rare rows needs
+            return torch.optim.SGD(groups, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
         klass = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
         return klass(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
