@@ -94,15 +94,31 @@ def part_large(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         )
     )  # fmt: skip
     report = json.loads(prep.pop("stdout"))
-    train = child(
-        lmrec(
-            "--cache-dir", str(work / "cache"), "train", "--dataset", str(prepared), "--model", "sasrec",
-            "--set", "epochs=1", "--out", str(run), "--threads", str(args.threads), "--quiet",
-        )
-    )  # fmt: skip
+    train_args = [
+        "--cache-dir", str(work / "cache"), "train", "--dataset", str(prepared), "--model", "sasrec",
+        "--set", "epochs=1", "--out", str(run), "--threads", str(args.threads), "--quiet",
+    ]  # fmt: skip
+    steps_file = work / "steps.json"
+    if args.train_fraction < 1:  # `lmrec train` in a child that stops the epoch after that share of its batches
+        command = [sys.executable, __file__, "--train-worker", json.dumps(train_args)]
+        command += ["--train-fraction", str(args.train_fraction), "--steps-file", str(steps_file)]
+        train = child(command)
+    else:
+        train = child(lmrec(*train_args))
     train.pop("stdout")
     meta = json.loads((run / "run.json").read_text())
     valid = json.loads((run / "valid.json").read_text())
+    if args.train_fraction < 1:
+        steps = json.loads(steps_file.read_text())
+        per_step = statistics.median(steps["step_cpu_s"][1:])
+        rest = train["cpu_s"] - sum(steps["step_cpu_s"])  # loading, split, setup, validation, saving
+        train["fraction"] = {
+            "batches_in_epoch": steps["batches"],
+            "batches_run": len(steps["step_cpu_s"]),
+            "cpu_ms_per_step_median": round(1000 * per_step, 1),
+            "cpu_s_outside_steps": round(rest, 1),
+            "extrapolated_epoch_cpu_s": round(rest + per_step * steps["batches"], 1),
+        }
     bound = args.rss_bound_gib * GIB
     return {
         "log": {
@@ -135,6 +151,30 @@ def part_large(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 
 
 # -- softmax: ce against inbatch on ml-100k ---------------------------------------------------------
+
+
+def train_worker(args: argparse.Namespace) -> None:
+    """Child: ``lmrec train`` in this process, each epoch cut to its first ``train_fraction`` of
+    batches (a measured fraction of an epoch); the CPU seconds of every step go to ``steps_file``."""
+    from lmrec.cli import main as lmrec_main
+    from lmrec.models import sequential
+
+    batches_of = sequential.SequenceTask.batches
+    record: dict[str, Any] = {"batches": 0, "step_cpu_s": []}
+
+    def cut(task: Any, epoch: int, gen: Any) -> Any:
+        everything = list(batches_of(task, epoch, gen))
+        record["batches"] = len(everything)
+        keep = max(2, round(args.train_fraction * len(everything)))
+        for batch in everything[:keep]:
+            started = time.process_time()
+            yield batch  # the trainer's step runs while this generator waits
+            record["step_cpu_s"].append(time.process_time() - started)
+
+    sequential.SequenceTask.batches = cut  # type: ignore[method-assign]
+    code = lmrec_main(json.loads(args.train_worker))
+    Path(args.steps_file).write_text(json.dumps(record))
+    raise SystemExit(code)
 
 
 def part_softmax(args: argparse.Namespace, work: Path) -> dict[str, Any]:
@@ -386,6 +426,9 @@ def main() -> None:
     parser.add_argument("--ef-construction", type=int, default=64)
     parser.add_argument("--nprobe", type=int, default=64)
     parser.add_argument("--report", action="store_true", help="print the markdown tables of --out and stop")
+    parser.add_argument("--train-fraction", type=float, default=1.0, help="large: share of the epoch's batches to run")
+    parser.add_argument("--train-worker", help=argparse.SUPPRESS)
+    parser.add_argument("--steps-file", help=argparse.SUPPRESS)
     # the step worker (a child of --parts step)
     parser.add_argument("--step-worker", choices=["ce", "inbatch"], help=argparse.SUPPRESS)
     parser.add_argument("--prepared", help=argparse.SUPPRESS)
@@ -394,6 +437,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.step_worker:
         step_worker(args)
+        return
+    if args.train_worker:
+        train_worker(args)
         return
     if args.report:
         print(markdown(json.loads(args.out.read_text())))
