@@ -70,6 +70,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--ann", action="store_true", help="serve top-k from an ANN index (lmrec[ann])")
     parser.add_argument("--mix", choices=("none", "feedback"), default="none", help="feedback: 1:1 with /feedback")
     parser.add_argument("--workers", type=int, default=1, help="service worker processes")
+    parser.add_argument("--no-batch", action="store_true", help="score each /recommend alone (no micro-batching)")
     parser.add_argument("--postgres", action="store_true", help="store on a throwaway PostgreSQL (tests/pg.py)")
     parser.add_argument("--tree", type=Path, help="serve the lmrec under TREE/src instead of this checkout")
     parser.add_argument("--label", default="", help="a name for this run in the output")
@@ -192,18 +193,20 @@ def _tree(root: int) -> list[int]:
     return out
 
 
-def cpu_seconds(root: int | None) -> float:
-    """User + system CPU seconds of ``root`` and its descendants so far (0 without a root)."""
-    if root is None:
-        return 0.0
-    total = 0
-    for pid in _tree(root):
+def cpu_by_process(root: int | None) -> dict[int, float]:
+    """User + system CPU seconds so far of ``root`` and each of its descendants (none without a root)."""
+    out: dict[int, float] = {}
+    for pid in _tree(root) if root is not None else []:
         try:
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        total += int(fields[11]) + int(fields[12])  # utime, stime
-    return total / TICKS
+        out[pid] = (int(fields[11]) + int(fields[12])) / TICKS  # utime, stime
+    return out
+
+
+def cpu_seconds(root: int | None) -> float:
+    return sum(cpu_by_process(root).values())
 
 
 def own_cpu(who: int) -> float:
@@ -374,13 +377,23 @@ def running_server(args: argparse.Namespace, run_dir: Path, db: str, cache: Path
     }
     if args.workers > 1:  # only then: an older tree (--tree) has no such argument
         kwargs["workers"] = args.workers
+    if args.no_batch:
+        kwargs["micro_batch"] = False
     env = {**os.environ, **{v: str(args.threads) for v in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}}
     if args.tree is not None:
         env["PYTHONPATH"] = str(args.tree.resolve() / "src")
     cmd = [sys.executable, "-c", SERVER_CODE, json.dumps(kwargs), str(args.threads)]
-    server = subprocess.Popen(cmd, env=env)
+    log = Path(tempfile.mkdtemp(prefix="lmrec-loadtest-log-")) / "server.log"
+    with log.open("wb") as out:
+        server = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
     try:
         wait_ready(port, server, timeout=120)
+        # Every worker listening before the load starts: wrk's connections are kept for the whole run.
+        deadline = time.monotonic() + 120
+        while log.read_text().count("Application startup complete") < args.workers:
+            if time.monotonic() > deadline or server.poll() is not None:
+                raise SystemExit(f"the workers did not all start:\n{log.read_text()[-3000:]}")
+            time.sleep(0.2)
         yield port, server.pid
     finally:
         server.terminate()
@@ -389,6 +402,7 @@ def running_server(args: argparse.Namespace, run_dir: Path, db: str, cache: Path
         except subprocess.TimeoutExpired:
             server.kill()
             server.wait()
+        shutil.rmtree(log.parent, ignore_errors=True)
 
 
 def vocabulary(run_dir: Path, name: str) -> list[str]:
@@ -414,9 +428,10 @@ def main(argv: list[str]) -> int:
             conn.close()
             # The client's CPU: wrk is a child that exits within the window; the Python client is this process.
             client = resource.RUSAGE_CHILDREN if args.client == "wrk" else resource.RUSAGE_SELF
-            cpu = (cpu_seconds(pid), own_cpu(client), cpu_seconds(pg_pid))
+            cpu = (cpu_by_process(pid), own_cpu(client), cpu_seconds(pg_pid))
             measured = load_wrk(port, cycle, args, tmp) if args.client == "wrk" else load_python(port, cycle, args)
-            server_cpu = cpu_seconds(pid) - cpu[0]
+            per_process = {p: s - cpu[0].get(p, 0.0) for p, s in cpu_by_process(pid).items()}
+            server_cpu = sum(per_process.values())
             client_cpu = own_cpu(client) - cpu[1]
             pg_cpu = cpu_seconds(pg_pid) - cpu[2] if pg_pid is not None else None
 
@@ -433,6 +448,7 @@ def main(argv: list[str]) -> int:
         "tree": str(args.tree) if args.tree else "this checkout",
         "store": "postgresql" if args.postgres else "sqlite",
         "workers": args.workers,
+        "micro_batch": not args.no_batch,  # meaningless for a tree from before micro-batching
         "index": health.get("index", "exact"),
         "rerank": args.rerank_body,
         "users": health["users"],
@@ -446,6 +462,9 @@ def main(argv: list[str]) -> int:
         "seconds": round(seconds, 3),
         "throughput_rps": round(n / seconds, 1) if seconds > 0 else None,
         "latency_ms": {q: round(v, 3) for q, v in measured["latency_ms"].items()},
+        # The server's busy processes (a worker each, with --workers) and their CPU seconds over the run:
+        # how evenly the kernel shared the connections between the workers.
+        "server_cpu_s_by_process": sorted((round(v, 2) for v in per_process.values() if v > 0.5), reverse=True),
         "cpu_ms_per_request": {
             "server": per_request(server_cpu),
             "client": per_request(client_cpu),
@@ -460,7 +479,8 @@ def main(argv: list[str]) -> int:
         f"{args.label or result['tree']}: {result['model']} ({result['endpoints']}, {args.workers} worker(s), "
         f"{result['store']}, {args.client} x{result['connections']}): {n} requests ({measured['errors']} errors), "
         f"{result['throughput_rps']} req/s; latency ms p50 {lat['p50']} p95 {lat['p95']} p99 {lat['p99']}; "
-        f"CPU ms/request server {cpu_ms['server']} client {cpu_ms['client']} postgres {cpu_ms['postgres']}"
+        f"CPU ms/request server {cpu_ms['server']} client {cpu_ms['client']} postgres {cpu_ms['postgres']}; "
+        f"server CPU s by process {result['server_cpu_s_by_process']}"
     )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with args.out.open("a") as f:

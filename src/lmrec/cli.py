@@ -344,6 +344,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 f"no API keys yet: create one with `lmrec keys create --db {db} --scopes read,write,admin`"
                 " (or use --no-auth on a private machine)"
             )
+    if args.workers < 1:
+        raise ConfigError(f"--workers must be at least 1, got {args.workers}")
+    if args.workers > 1:
+        # Each worker is a fresh process that reads its thread count from the environment; one torch
+        # thread each unless asked, since the workers are the parallelism.
+        for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ[name] = str(args.threads or 1)
     _set_threads(args)
     serve(
         Path(args.run),
@@ -352,8 +359,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         host=args.host,
         port=args.port,
         require_keys=not args.no_auth,
+        access_log=not args.no_access_log,
         ann=args.ann,
         watch=WATCH_SECONDS if args.watch else None,
+        workers=args.workers,
+        micro_batch=not args.no_batch,
     )
     return 0
 
@@ -633,7 +643,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--no-auth", action="store_true", help="accept requests without API keys (local use only)")
     p.add_argument("--ann", action="store_true", help="approximate top-k with a faiss HNSW index (lmrec[ann])")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default; 1 per worker)")
+    p.add_argument(
+        "--workers", type=int, default=1, help="worker processes (each its own model; share a PostgreSQL store)"
+    )
+    p.add_argument("--no-access-log", action="store_true", help="no line per request in the log (under load)")
+    p.add_argument("--no-batch", action="store_true", help="score each /recommend alone, not in batches")
     p.add_argument(
         "--watch",
         action="store_true",

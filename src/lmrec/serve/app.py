@@ -32,12 +32,15 @@ from the store, so an event written through one process is seen by the next requ
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import copy
+import functools
 import hashlib
 import json
 import logging
 import re
+import tempfile
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping, Sequence
@@ -45,6 +48,8 @@ from contextlib import asynccontextmanager
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
+
+import numpy as np
 
 from lmrec.cache import default_cache
 from lmrec.errors import ConfigError, DataError, LmrecError, MissingExtraError
@@ -61,13 +66,13 @@ except ImportError as exc:  # pragma: no cover - exercised by a test that hides 
     raise MissingExtraError("fastapi", "serve") from exc
 
 from lmrec import __version__
-from lmrec.runs import RUN_FILE
+from lmrec.runs import RUN_FILE, open_run
 from lmrec.serve.auth import AuthError, authorize, key_from_headers
 from lmrec.serve.metrics import Metrics
 from lmrec.serve.page import describe
 from lmrec.serve.page import router as page_router
 from lmrec.serve.retrain import default_store
-from lmrec.serve.state import LiveState, NotFound, RerankSpec
+from lmrec.serve.state import LiveState, NotFound, Prepared, RerankSpec, score_together
 from lmrec.serve.store import (
     MAX_ID,
     MAX_TIMESTAMP,
@@ -75,6 +80,7 @@ from lmrec.serve.store import (
     Event,
     EventStore,
     Item,
+    SQLiteStore,
     StoreUnavailable,
     brief,
     check_scopes,
@@ -347,21 +353,32 @@ class Service:
         require_keys: bool,
         ann: bool = False,
         text_encoder: TextEncoder | None = None,
+        metrics_dir: str | Path | None = None,
+        run_number: int = 0,
     ) -> None:
         self.store = store
         self.cache_dir = cache_dir
         self.require_keys = require_keys
         self.ann = ann
         self.text_encoder = text_encoder
-        self.metrics = Metrics()
         self.live = self._open(run_dir)
+        self.metrics = Metrics(metrics_dir)
+        self.run_number = run_number  # the store's record of the served run this process follows
         self._reload_lock = threading.Lock()
 
-    def reload(self, run_dir: str | None) -> LiveState:
-        """Build the new state completely, then replace the one reference requests read."""
+    def reload(self, run_dir: str | None, record: bool = True, number: int | None = None) -> LiveState:
+        """Build the new state completely, then replace the one reference requests read.
+
+        ``record``: record the run in the store, so that every other process on it follows
+        (:class:`RunFollower`); a reload that follows such a record passes its ``number`` instead.
+        """
         with self._reload_lock:
             target = Path(run_dir) if run_dir else self.live.run.directory
             self.live = self._open(target)
+            if record:
+                number = self.store.record_run(str(target))
+            if number is not None:
+                self.run_number = max(self.run_number, number)
             self.metrics.add_reload()
             return self.live
 
@@ -413,7 +430,7 @@ class RunWatcher:
             if now is None or now == seen:
                 continue
             try:
-                live = self.service.reload(None)
+                live = self.service.reload(None, record=False)  # every worker watches for itself
             except Exception as err:  # keep serving the old state and watching
                 if now != failed:
                     log.warning("run %s changed but reloading failed, still serving %s: %s", now[0], live.version, err)
@@ -421,6 +438,91 @@ class RunWatcher:
                 continue
             seen = now
             log.info("run %s changed: now serving %s", now[0], live.version)
+
+
+class Batcher:
+    """Score the ``/recommend`` requests that are in flight together in one forward pass.
+
+    Requests are answered on the event loop. Each one checks its input, reads its history, hands its
+    :class:`~lmrec.serve.state.Prepared` here and waits; the first of them schedules a flush with
+    ``call_soon``, which runs after every request the loop already had ready has handed in its own.
+    So a lone request waits for nothing, and under load the requests read in one turn of the loop share
+    one batch (:func:`~lmrec.serve.state.score_together`). If a batch fails, its queries are scored
+    one by one, so only a query that fails alone gets the error.
+    """
+
+    def __init__(self) -> None:
+        self._pending: list[tuple[Prepared, asyncio.Future[tuple[np.ndarray, np.ndarray]]]] = []
+
+    async def score(self, query: Prepared) -> tuple[np.ndarray, np.ndarray]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[tuple[np.ndarray, np.ndarray]] = loop.create_future()
+        self._pending.append((query, future))
+        if len(self._pending) == 1:
+            loop.call_soon(self._flush)
+        return await future
+
+    def _flush(self) -> None:
+        pending, self._pending = self._pending, []
+        try:
+            results = score_together([q for q, _ in pending])
+        except Exception:
+            for query, future in pending:
+                try:
+                    _resolve(future, score_together([query])[0])
+                except Exception as err:
+                    if not future.done():
+                        future.set_exception(err)
+            return
+        for (_, future), result in zip(pending, results, strict=True):
+            _resolve(future, result)
+
+
+def _resolve(future: asyncio.Future[Any], value: Any) -> None:
+    if not future.done():  # a client that went away cancelled its request
+        future.set_result(value)
+
+
+class RunFollower:
+    """Serve the run the store says is current: ``/admin/reload`` on any process of a store records the
+    run it swapped in (:meth:`EventStore.record_run`), and every other process that follows the store
+    (every worker of ``lmrec serve --workers N``, every replica on one PostgreSQL) reloads it within
+    ``interval`` seconds. A run that fails to load is logged once and left; the old state keeps serving.
+    """
+
+    def __init__(self, service: Service, interval: float) -> None:
+        self.service, self.interval = service, interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="lmrec-run-follower", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def check(self) -> bool:
+        """Reload if the store records a newer run than this process serves; True if it reloaded."""
+        current = self.service.store.current_run()
+        if current is None or current[0] <= self.service.run_number:
+            return False
+        number, run = current
+        try:
+            live = self.service.reload(run, record=False, number=number)
+        except Exception as err:  # keep serving the old state; a later record is tried again
+            self.service.run_number = number
+            logging.getLogger("uvicorn.error").warning("could not follow the store to run %s: %s", run, err)
+            return False
+        logging.getLogger("uvicorn.error").info("following the store: now serving %s from %s", live.version, run)
+        return True
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.check()
+            except Exception as err:  # the store is unreachable for a moment: try at the next check
+                logging.getLogger("uvicorn.error").warning("could not read the served run from the store: %s", err)
 
 
 def _service(request: Request) -> Service:
@@ -640,6 +742,10 @@ def create_app(
     ann: bool = False,
     text_encoder: TextEncoder | None = None,
     watch: float | None = None,
+    micro_batch: bool = True,
+    metrics_dir: str | Path | None = None,
+    follow: float | None = None,
+    follow_since: int | None = None,
 ) -> FastAPI:
     """The service for the run in ``run_dir``, with its events in ``db_url``.
 
@@ -651,28 +757,54 @@ def create_app(
     one a text model names in its config (which is loaded on the first item added at serve time).
     ``watch``: check the served run's ``run.json`` every so many seconds and reload when it changes
     (:class:`RunWatcher`; it runs while the app's lifespan does).
+    ``micro_batch``: score the ``/recommend`` requests in flight together in one forward pass
+    (:class:`Batcher`); off, each is scored alone.
+    ``metrics_dir``: a directory shared by the worker processes of one service, where each keeps its
+    counters so that ``/metrics`` sums over all of them (:mod:`lmrec.serve.metrics`).
+    ``follow``: every so many seconds, reload the run the store records as current when another
+    process recorded a newer one (:class:`RunFollower`). ``follow_since``: the store's record number
+    when the service (all its workers) started; a worker started after a later record (a worker
+    replaced after a reload) serves that record's run instead of ``run_dir``.
     """
     run_path = Path(run_dir)
     store = open_store(db_url if db_url is not None else default_store(run_path))
     cache = Path(cache_dir) if cache_dir is not None else default_cache()
     try:
-        service = Service(run_path, store, cache, require_keys, ann=ann, text_encoder=text_encoder)
+        current = store.current_run() if follow else None
+        number = current[0] if current is not None else 0
+        if current is not None and follow_since is not None and number > follow_since:
+            run_path = Path(current[1])
+        service = Service(
+            run_path,
+            store,
+            cache,
+            require_keys,
+            ann=ann,
+            text_encoder=text_encoder,
+            metrics_dir=metrics_dir,
+            run_number=number,
+        )
     except BaseException:
         store.close()
         raise
+    batcher = Batcher() if micro_batch else None
     page = resources.files("lmrec.serve").joinpath("static/index.html").read_text(encoding="utf-8")
     page_headers = {"Content-Security-Policy": page_csp(page), "Referrer-Policy": "no-referrer"}
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         watcher = RunWatcher(service, watch) if watch else None
-        if watcher is not None:
-            watcher.start()
+        follower = RunFollower(service, follow) if follow else None
+        for thread in (watcher, follower):
+            if thread is not None:
+                thread.start()
         try:
             yield
         finally:
-            if watcher is not None:
-                watcher.stop()
+            for thread in (watcher, follower):
+                if thread is not None:
+                    thread.stop()
+            service.metrics.close()
             store.close()
 
     app = FastAPI(
@@ -698,7 +830,12 @@ def create_app(
         r = body.rerank
         spec = None if r is None else RerankSpec(r.method, r.lam, r.similarity, r.candidates)
         live = service.live
-        out = live.recommend(body.user, body.history, body.k, body.exclude_seen, spec)
+        query = live.query(body.user, body.history, body.k, body.exclude_seen, spec)
+        if batcher is None:
+            ((top, scores),) = score_together([query])
+        else:
+            top, scores = await batcher.score(query)
+        out = live.answer(query, top, scores)
         out = describe(live, out, body.user, body.history, explain=body.explain)  # year, genres, reasons
         return Response(recommend_json(out), media_type="application/json")
 
@@ -810,6 +947,10 @@ def create_app(
     return app
 
 
+FOLLOW_SECONDS = 1.0  # how often a served process checks the store for a run reloaded elsewhere
+WORKER_START_S = 60  # how long a worker process may take to import before it answers health pings
+
+
 def serve(
     run_dir: str | Path,
     db_url: str | Path | None = None,
@@ -820,14 +961,68 @@ def serve(
     access_log: bool = True,
     ann: bool = False,
     watch: float | None = None,
+    workers: int = 1,
+    micro_batch: bool = True,
+    follow: float | None = FOLLOW_SECONDS,
 ) -> None:
-    """Run the service with uvicorn until interrupted."""
+    """Run the service with uvicorn until interrupted.
+
+    ``workers`` > 1 starts that many worker processes (uvicorn's supervisor; one listening socket),
+    each building its own app from the same arguments (:func:`create_app` is the factory). They share
+    the store, so a store every process can write is wanted: PostgreSQL. SQLite works on one machine
+    but lets one writer in at a time, so feedback waits its turn; a warning says so. Their metrics are
+    summed over a shared directory, and a reload through any of them reaches all (``follow``).
+    """
     try:
         import uvicorn
     except ImportError as exc:
         raise MissingExtraError("uvicorn", "serve") from exc
-    app = create_app(run_dir, db_url, cache_dir, require_keys=require_keys, ann=ann, watch=watch)
-    uvicorn.run(app, host=host, port=port, access_log=access_log, log_config=log_config())
+    if workers < 1:
+        raise ConfigError(f"workers must be at least 1, got {workers}")
+    db = db_url if db_url is not None else default_store(Path(run_dir))
+    store = open_store(db)
+    try:
+        current = store.current_run()
+        sqlite = isinstance(store, SQLiteStore)
+    finally:
+        store.close()
+    since = current[0] if current is not None else 0
+    options: dict[str, Any] = {"require_keys": require_keys, "ann": ann, "watch": watch, "micro_batch": micro_batch}
+    options.update(follow=follow, follow_since=since)
+    log = logging.getLogger("uvicorn.error")
+    if workers == 1:
+        app = create_app(run_dir, db, cache_dir, **options)
+        uvicorn.run(app, host=host, port=port, access_log=access_log, log_config=log_config())
+        return
+    from uvicorn.supervisors import Multiprocess
+
+    if sqlite:
+        log.warning(
+            "%d workers on one SQLite store: SQLite lets one writer in at a time, so /feedback from the workers "
+            "queues; use PostgreSQL (--db postgresql://...) for several workers",
+            workers,
+        )
+    open_run(Path(run_dir), Path(cache_dir) if cache_dir is not None else default_cache())  # fail here, not N times
+    with tempfile.TemporaryDirectory(prefix="lmrec-serve-") as metrics_dir:
+        factory = functools.partial(create_app, str(run_dir), str(db), cache_dir, metrics_dir=metrics_dir, **options)
+        config = uvicorn.Config(
+            factory,
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            access_log=access_log,
+            log_config=log_config(),
+            # A worker answers the supervisor's health pings only once it has imported torch and the
+            # service, which takes more than uvicorn's default 5 s on a small, busy machine.
+            timeout_worker_healthcheck=WORKER_START_S,
+        )
+        server = uvicorn.Server(config)
+        sock = config.bind_socket()
+        try:
+            Multiprocess(config, target=server.run, sockets=[sock]).run()
+        finally:
+            sock.close()
 
 
 MAX_LOGGED_PATH = 200  # characters of a request's path and query in the access log

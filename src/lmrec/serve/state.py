@@ -266,6 +266,19 @@ class LiveState:
     ) -> dict[str, Any]:
         """Top-``k`` for a user (known, or new with feedback) and/or an ad-hoc history of raw item IDs,
         optionally re-ranked from the model's top ``rerank.candidates``."""
+        query = self.query(user, history, k, exclude_seen, rerank)
+        ((top, scores),) = score_together([query])
+        return self.answer(query, top, scores)
+
+    def query(
+        self,
+        user: str | None,
+        history: Sequence[str] | None,
+        k: int,
+        exclude_seen: bool = True,
+        rerank: RerankSpec | None = None,
+    ) -> Prepared:
+        """A request checked and made ready to score: the first half of :meth:`recommend`."""
         extra = list(history or [])
         unknown = self.unknown_items(extra)
         if unknown:
@@ -282,20 +295,25 @@ class LiveState:
         reranker = self.reranker(rerank) if rerank is not None else None
         rows = np.concatenate([rows, served.items.rows(extra)]).astype(np.int64)
         user_row = ds.users.row(user) if user is not None and user in ds.users else -1
-        batch = QueryBatch.from_histories([user_row], [rows])
         n = max(k, rerank.candidates) if rerank is not None else k
-        top, scores = served.topk.recommend(batch, n, exclude_seen)
+        return Prepared(user, served, rows, user_row, k, n, exclude_seen, rerank, reranker)
+
+    def answer(self, query: Prepared, top: np.ndarray, scores: np.ndarray) -> dict[str, Any]:
+        """The response for ``query`` from its scored top (one row): the second half of :meth:`recommend`."""
+        ds = self.run.dataset
+        rerank, reranker = query.rerank, query.reranker
         if reranker is not None:  # over trained items only: the re-rankers know nothing else
             trained = top[0] < ds.n_items
             top, scores = top[:, trained], scores[:, trained]
             score_of = dict(zip(top[0].tolist(), scores[0].tolist(), strict=True))
-            known = QueryBatch.from_histories([user_row], [rows[rows < ds.n_items]])
-            top = reranker(known, top, scores, k)
+            rows = query.rows
+            known = QueryBatch.from_histories([query.user_row], [rows[rows < ds.n_items]])
+            top = reranker(known, top, scores, query.k)
             scores = np.array([[score_of.get(int(i), np.nan) for i in top[0]]])
         keep = (top[0] >= 0) & np.isfinite(scores[0])
-        raws = served.items.raw(top[0][keep])
+        raws = query.served.items.raw(top[0][keep])
         return {
-            "user": user,
+            "user": query.user,
             "items": [
                 {"item": raw, "score": round(float(s), 6), "title": t}
                 for raw, s, t in zip(raws, scores[0][keep], self.titles(raws), strict=True)
@@ -308,10 +326,42 @@ class LiveState:
                 "method": rerank.method,
                 "lam": rerank.lam,
                 "similarity": None if rerank.method == "calibration" else rerank.similarity,
-                "candidates": min(n, ds.n_items),
+                "candidates": min(query.n, ds.n_items),
                 "reranker": repr(reranker),
             },
         }
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """One request ready to score: the history rows, the model that scores them, how many to ask for."""
+
+    user: str | None
+    served: Served
+    rows: np.ndarray  # the history as rows of ``served``
+    user_row: int  # the user's row in the run's dataset, -1 for a user it does not know
+    k: int
+    n: int  # how many the model is asked for (more than k when re-ranking)
+    exclude_seen: bool
+    rerank: RerankSpec | None
+    reranker: Reranker | None
+
+
+def score_together(queries: Sequence[Prepared]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Each query's (top rows, scores), one row each: the queries that share a model, ``n`` and
+    ``exclude_seen`` go through the model as one batch (one forward pass for a sequential model),
+    which costs far less per query than one pass each."""
+    groups: dict[tuple[int, int, bool], list[int]] = {}
+    for i, q in enumerate(queries):
+        groups.setdefault((id(q.served), q.n, q.exclude_seen), []).append(i)
+    out: list[tuple[np.ndarray, np.ndarray]] = [(np.zeros((1, 0), np.int64), np.zeros((1, 0)))] * len(queries)
+    for members in groups.values():
+        first = queries[members[0]]
+        batch = QueryBatch.from_histories([queries[i].user_row for i in members], [queries[i].rows for i in members])
+        top, scores = first.served.topk.recommend(batch, first.n, first.exclude_seen)
+        for j, i in enumerate(members):
+            out[i] = (top[j : j + 1], scores[j : j + 1])
+    return out
 
 
 def _news(changed: list[Item], served: Served, ds: Dataset) -> list[Item]:
@@ -352,4 +402,4 @@ def _plain(value: Any) -> Any:
     return value
 
 
-__all__ = ["SIMILARITIES", "LiveHistory", "LiveState", "NotFound", "RerankSpec"]
+__all__ = ["SIMILARITIES", "LiveHistory", "LiveState", "NotFound", "Prepared", "RerankSpec", "score_together"]

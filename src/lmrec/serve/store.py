@@ -252,6 +252,16 @@ class EventStore(ABC):
     @abstractmethod
     def list_keys(self) -> list[ApiKey]: ...
 
+    # -- the served run -------------------------------------------------------------------------
+    @abstractmethod
+    def record_run(self, run: str) -> int:
+        """Record ``run`` as the run every service process on this store serves from now on (a reload
+        through any of them); returns its number, which only grows."""
+
+    @abstractmethod
+    def current_run(self) -> tuple[int, str] | None:
+        """The latest recorded run (its number, its directory), or None if none was recorded."""
+
     @abstractmethod
     def close(self) -> None: ...
 
@@ -325,6 +335,11 @@ CREATE TABLE IF NOT EXISTS api_keys (
     scopes  TEXT NOT NULL,
     created REAL NOT NULL,
     revoked REAL
+);
+CREATE TABLE IF NOT EXISTS served_runs (
+    id  INTEGER PRIMARY KEY AUTOINCREMENT,
+    run TEXT NOT NULL,
+    at  REAL NOT NULL
 );
 """
 
@@ -476,6 +491,16 @@ class SQLiteStore(EventStore):
     def list_keys(self) -> list[ApiKey]:
         rows = self._query("SELECT key_id, scopes, created, revoked FROM api_keys ORDER BY created")
         return [ApiKey(k, tuple(s.split(",")), c, r) for k, s, c, r in rows]
+
+    # -- the served run -------------------------------------------------------------------------
+    def record_run(self, run: str) -> int:
+        with self._transaction() as db:
+            cur = db.execute("INSERT INTO served_runs (run, at) VALUES (?, ?)", (run, time.time()))
+            return int(cur.lastrowid or 0)
+
+    def current_run(self) -> tuple[int, str] | None:
+        rows = self._query("SELECT id, run FROM served_runs ORDER BY id DESC LIMIT 1")
+        return (int(rows[0][0]), str(rows[0][1])) if rows else None
 
     def close(self) -> None:
         with self._lock:
