@@ -472,8 +472,8 @@ def cmd_federated(args: argparse.Namespace) -> int:
     import logging
 
     from lmrec.models.base import FitOptions
-    from lmrec.privacy.federated import FederatedOptions, federated_run
-    from lmrec.runs import DataRecipe
+    from lmrec.privacy.federated import FederatedOptions
+    from lmrec.runs import DataRecipe, federated_run
 
     _set_threads(args)
     if args.quiet:

@@ -20,7 +20,7 @@ import json
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -40,6 +40,9 @@ from lmrec.llm.lm import ChatLM
 from lmrec.models.base import FitOptions, Recommender
 from lmrec.models.registry import load_model, model_class
 from lmrec.rerank import item_vectors_of
+
+if TYPE_CHECKING:
+    from lmrec.privacy.federated import FederatedOptions
 
 RUN_FILE = "run.json"
 TRAIN_FILE = "train.json"  # what `lmrec train` was asked, written before training starts
@@ -293,6 +296,70 @@ def resume_run(out: Path, cache_dir: Path, options: FitOptions) -> Run:
     options = replace(options, seed=int(asked["seed"]), resume=True)
     recipe = DataRecipe(**asked["data"])
     return train_run(recipe, asked["model"], asked["overrides"], path, cache_dir, options, asked.get("extra_meta"))
+
+
+def federated_run(
+    recipe: DataRecipe,
+    model: str,
+    overrides: dict[str, Any],
+    out: Path,
+    cache_dir: Path,
+    fed: FederatedOptions,
+    options: FitOptions | None = None,
+) -> Run:
+    """Load, split, train by FedAvg on Flower (:func:`lmrec.privacy.federated.federated_fit`: clients
+    holding disjoint users) and save the global model as :func:`train_run` saves a run."""
+    from lmrec.privacy.federated import federated_fit
+
+    options = options or FitOptions()
+    recipe = recipe.resolved()
+    the_split, reports = recipe.make_split(cache_dir)
+    for report in reports:
+        options.say(str(report))
+    train, valid = the_split.train_dataset(), the_split.eval_set("valid")
+    options.say(f"{the_split.dataset.name}: {the_split.dataset.summary()} split {the_split.sizes()}")
+    started = time.perf_counter()
+    model_, log = federated_fit(model, overrides, train, valid if len(valid) else None, fed, options)
+    return save_federated_run(
+        out, recipe, the_split, [str(r) for r in reports], model_, log, fed, options.seed, started
+    )
+
+
+def save_federated_run(
+    out: Path,
+    recipe: DataRecipe,
+    the_split: Split,
+    filters: list[str],
+    model: Recommender,
+    log: dict[str, Any],
+    fed: FederatedOptions,
+    seed: int,
+    started: float,
+) -> Run:
+    """A federation's global model as a run directory (``train_run``'s layout, validation metrics
+    included); ``run.json`` records the federation under ``federated`` and its log under ``training``."""
+    out.mkdir(parents=True, exist_ok=True)
+    model.save(out / "model")
+    the_split.dataset.users.save(out / "users.json")
+    the_split.dataset.items.save(out / "items.json")
+    meta = {
+        "lmrec_version": __version__,
+        "model": model.name,
+        "config": model.config.to_dict(),
+        "data": asdict(recipe),
+        "filters": filters,
+        "split_sizes": the_split.sizes(),
+        "seed": seed,
+        "train_seconds": round(time.perf_counter() - started, 3),
+        "training": {"federated": log},
+        "federated": {**asdict(fed), "engine": log["engine"], "strategy": log["strategy"]},
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    (out / RUN_FILE).write_text(json.dumps(meta, indent=2))
+    run = Run(out, meta, model, the_split)
+    if len(the_split.eval_set("valid")):
+        (out / "valid.json").write_text(json.dumps(run.evaluate("valid"), indent=2))
+    return run
 
 
 def read_meta(directory: Path) -> dict[str, Any]:

@@ -17,39 +17,36 @@ score its known users as ``lmrec train``'s would; everything else that is learne
 
 After every round the server scores the global model on the validation users (full ranking,
 NDCG@10) and keeps the best round's weights, as centralised training keeps its best epoch; the
-result is a normal run directory (:func:`federated_run`, the layout of ``lmrec train --out``), so
-``lmrec evaluate``, ``recommend`` and ``serve`` read it.
+result is a normal run directory (:func:`lmrec.runs.federated_run`, the layout of ``lmrec train
+--out``), so ``lmrec evaluate``, ``recommend`` and ``serve`` read it.
 
 It runs on Flower's Simulation Engine (``flwr.simulation.run_simulation``): the ServerApp in this
 process, the ClientApps in one Ray actor limited to one CPU, so the clients of a round train one
 after another and the same seed gives the same model. The same apps run on Flower's deployment
-engine (a SuperLink and SuperNodes on other machines): see docs/federated.md.
+engine (a SuperLink and SuperNodes on other machines, :mod:`lmrec.flower_app`): see docs/federated.md.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from lmrec import __version__
 from lmrec.data.batch import EvalSet
 from lmrec.data.schema import Dataset
 from lmrec.errors import ConfigError, LmrecError, MissingExtraError
 from lmrec.models.base import FitOptions, ModelConfig, Recommender
 from lmrec.models.registry import model_class
-from lmrec.runs import RUN_FILE, DataRecipe, Run
 from lmrec.train.trainer import Strategy
 from lmrec.train.validation import validation_ndcg
 
 Weights = dict[str, torch.Tensor]
+START_ATTEMPTS = 3  # Flower's simulation is started again when Ray fails to start (nothing has run yet)
 
 
 # -- what each model family shares ------------------------------------------------------------------
@@ -206,27 +203,34 @@ class _Outcome:
     error: str | None = None
 
 
+def client_round(msg: Any, model: str, config: ModelConfig, shard: Dataset, partition: int, seed: int) -> Any:
+    """A ClientApp's answer to a train message: ``shard`` trained from the global weights it carries
+    (round r of partition k with seed + 1000·r + k), its weights and number of examples back."""
+    app, _, _, _ = _flower()
+    server_round = int(msg.content["config"]["server-round"])
+    weights = msg.content["arrays"].to_torch_state_dict()
+    trained, log = local_fit(model, config, shard, weights, seed + 1000 * server_round + partition)
+    metrics = {
+        "num-examples": len(shard.interactions),
+        "partition": partition,
+        "train-loss": float(log["losses"][-1]),
+        "seconds": float(log["seconds"]),
+    }
+    content = app.RecordDict(
+        {"arrays": app.ArrayRecord.from_torch_state_dict(trained), "metrics": app.MetricRecord(metrics)}
+    )
+    return app.Message(content, reply_to=msg)
+
+
 def client_app(model: str, config: ModelConfig, shards: list[Dataset], seed: int) -> Any:
-    """The Flower ClientApp: partition k trains on ``shards[k]`` from the weights it is sent."""
-    app, clientapp, _, _ = _flower()
+    """The Flower ClientApp of a simulation: partition k trains on ``shards[k]``."""
+    _, clientapp, _, _ = _flower()
     client = clientapp.ClientApp()
 
     @client.train()
     def train(msg: Any, context: Any) -> Any:
         partition = int(context.node_config["partition-id"])
-        server_round = int(msg.content["config"]["server-round"])
-        weights = msg.content["arrays"].to_torch_state_dict()
-        trained, log = local_fit(model, config, shards[partition], weights, seed + 1000 * server_round + partition)
-        metrics = {
-            "num-examples": len(shards[partition].interactions),
-            "partition": partition,
-            "train-loss": float(log["losses"][-1]),
-            "seconds": float(log["seconds"]),
-        }
-        content = app.RecordDict(
-            {"arrays": app.ArrayRecord.from_torch_state_dict(trained), "metrics": app.MetricRecord(metrics)}
-        )
-        return app.Message(content, reply_to=msg)
+        return client_round(msg, model, config, shards[partition], partition, seed)
 
     return client
 
@@ -271,20 +275,21 @@ def _strategy_class() -> Any:
     return UserFedAvg
 
 
-def server_app(
+def serve_rounds(
+    grid: Any,
     model: str,
     config: ModelConfig,
     train: Dataset,
     valid: EvalSet | None,
     initial: Weights,
     fed: FederatedOptions,
-    outcome: _Outcome,
     say: Callable[[str], None],
-) -> Any:
-    """The Flower ServerApp: ``fed.rounds`` rounds of FedAvg over all ``fed.clients`` clients from
-    ``initial``; after each, the global model's validation NDCG@10 (the best round is kept)."""
-    app, _, serverapp, _ = _flower()
-    server = serverapp.ServerApp()
+) -> _Outcome:
+    """What a ServerApp does: ``fed.rounds`` rounds of FedAvg over all ``fed.clients`` clients on
+    ``grid`` from ``initial``; after each, the global model's validation NDCG@10 (the best round is
+    kept). An error is recorded in the outcome, not raised (the ServerApp runs in Flower's thread)."""
+    app, _, _, _ = _flower()
+    outcome = _Outcome()
     started = time.perf_counter()
 
     def after_round(server_round: int, arrays: Any) -> Any:
@@ -299,27 +304,61 @@ def server_app(
             outcome.best, outcome.best_round, outcome.best_valid = weights, server_round, score
         return app.MetricRecord({"valid-ndcg10": score})
 
-    @server.main()
-    def main(grid: Any, context: Any) -> None:
-        strategy = _strategy_class()(
-            family(model).per_user,
-            outcome,
-            fraction_train=1.0,
-            fraction_evaluate=0.0,
-            min_train_nodes=fed.clients,
-            min_available_nodes=fed.clients,
+    strategy = _strategy_class()(
+        family(model).per_user,
+        outcome,
+        fraction_train=1.0,
+        fraction_evaluate=0.0,
+        min_train_nodes=fed.clients,
+        min_available_nodes=fed.clients,
+    )
+    try:
+        strategy.start(
+            grid=grid,
+            initial_arrays=app.ArrayRecord.from_torch_state_dict(initial),
+            num_rounds=fed.rounds,
+            evaluate_fn=after_round,  # also keeps each round's global weights
         )
-        try:
-            strategy.start(
-                grid=grid,
-                initial_arrays=app.ArrayRecord.from_torch_state_dict(initial),
-                num_rounds=fed.rounds,
-                evaluate_fn=after_round,  # also keeps each round's global weights
-            )
-        except Exception as err:  # the ServerApp runs in a Flower thread: hand the error to the caller
-            outcome.error = f"{type(err).__name__}: {err}"
+    except Exception as err:
+        outcome.error = f"{type(err).__name__}: {err}"
+    return outcome
 
-    return server
+
+def finish(
+    model: str, config: ModelConfig, train: Dataset, fed: FederatedOptions, outcome: _Outcome, sizes: list[int]
+) -> tuple[Recommender, dict[str, Any]]:
+    """The global model a federation ended with (its best round on validation, else the last) and
+    its log; an error or a missing round is raised here."""
+    if outcome.error is not None:
+        raise LmrecError(f"federated {model}: {outcome.error}")
+    if outcome.last is None or len(outcome.rounds) < fed.rounds:
+        raise LmrecError(f"federated {model}: the federation ended after {len(outcome.rounds)} of {fed.rounds} rounds")
+    spec = family(model)
+    weights = outcome.best if outcome.best is not None else outcome.last
+    strategy = "FedAvg weighted by training interactions"
+    if spec.per_user:
+        strategy += f"; per-user rows ({', '.join(spec.per_user)}) from the client holding the user"
+    log = {
+        "strategy": strategy,
+        "clients": fed.clients,
+        "rounds": fed.rounds,
+        "local_epochs": fed.local_epochs,
+        "client_interactions": sizes,
+        "kept_round": outcome.best_round if outcome.best is not None else fed.rounds,
+        "per_round": outcome.rounds,
+    }
+    return global_model(model, config, weights, train), log
+
+
+def federated_config(model: str, overrides: dict[str, Any], fed: FederatedOptions) -> ModelConfig:
+    """The model config each client trains: ``overrides`` with ``epochs`` = the local epochs."""
+    config = model_class(model).config_class.from_dict({**overrides, "epochs": fed.local_epochs})
+    phases = getattr(config, "pretrain_epochs", 0) or getattr(config, "init_from", None)
+    if phases or getattr(config, "item_repr", "id") != "id":
+        raise ConfigError(
+            "federated training runs ID-only models from scratch: no pretrain_epochs, init_from, item_repr"
+        )
+    return config
 
 
 def federated_fit(
@@ -334,107 +373,54 @@ def federated_fit(
     Simulation Engine (Ray, one CPU). Returns the global model (the best round on ``valid``, else
     the last) and the federation's log: per round the clients' mean loss and the validation NDCG."""
     options = options or FitOptions()
-    spec = family(model)
-    config = model_class(model).config_class.from_dict({**overrides, "epochs": fed.local_epochs})
-    phases = getattr(config, "pretrain_epochs", 0) or getattr(config, "init_from", None)
-    if phases or getattr(config, "item_repr", "id") != "id":
-        raise ConfigError(
-            "federated training runs ID-only models from scratch: no pretrain_epochs, init_from, item_repr"
-        )
-    _flower()
+    config = federated_config(model, overrides, fed)
+    _, _, serverapp, _ = _flower()
     from flwr.simulation import run_simulation
 
     shards = shard_users(train, fed.clients, fed.seed)
     initial, _ = local_fit(model, config, train, None, options.seed, stop_after=0)
-    outcome = _Outcome()
     sizes = [len(s.interactions) for s in shards]
     options.say(
         f"federated {model}: {fed.clients} clients of {min(sizes)}–{max(sizes)} interactions,"
         f" {fed.rounds} rounds of {fed.local_epochs} local epoch(s)"
     )
-    say = options.say
-    started = time.perf_counter()
-    run_simulation(
-        server_app=server_app(model, config, train, valid if fed.validate else None, initial, fed, outcome, say),
-        client_app=client_app(model, config, shards, options.seed),
-        num_supernodes=fed.clients,
-        backend_config={
-            "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-            "init_args": {
-                "num_cpus": 1,
-                "num_gpus": 0,
-                "include_dashboard": False,
-                "object_store_memory": fed.ray_memory_mb * 1024 * 1024,
-            },
+    outcomes: list[_Outcome] = []
+    client = client_app(model, config, shards, options.seed)
+    server = serverapp.ServerApp()
+
+    @server.main()
+    def main(grid: Any, context: Any) -> None:
+        kept = valid if fed.validate else None
+        outcomes.append(serve_rounds(grid, model, config, train, kept, initial, fed, options.say))
+
+    backend: dict[str, Any] = {
+        "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+        "init_args": {
+            "address": "local",  # a Ray instance of its own, never a cluster found on the machine
+            "num_cpus": 1,
+            "num_gpus": 0,
+            "include_dashboard": False,
+            "object_store_memory": fed.ray_memory_mb * 1024 * 1024,
         },
-    )
-    seconds = time.perf_counter() - started
-    if outcome.error is not None:
-        raise LmrecError(f"federated {model}: {outcome.error}")
-    if outcome.last is None or len(outcome.rounds) < fed.rounds:
-        raise LmrecError(f"federated {model}: the simulation ended after {len(outcome.rounds)} of {fed.rounds} rounds")
-    weights = outcome.best if outcome.best is not None else outcome.last
-    strategy = "FedAvg weighted by training interactions"
-    if spec.per_user:
-        strategy += f"; per-user rows ({', '.join(spec.per_user)}) from the client holding the user"
-    log = {
-        "engine": "flwr.simulation (ray, 1 CPU)",
-        "strategy": strategy,
-        "clients": fed.clients,
-        "rounds": fed.rounds,
-        "local_epochs": fed.local_epochs,
-        "client_interactions": sizes,
-        "client_users": [int(s.interactions["user"].nunique()) for s in shards],
-        "kept_round": outcome.best_round if outcome.best is not None else fed.rounds,
-        "seconds": round(seconds, 3),
-        "per_round": outcome.rounds,
     }
-    return global_model(model, config, weights, train), log
-
-
-def federated_run(
-    recipe: DataRecipe,
-    model: str,
-    overrides: dict[str, Any],
-    out: Path,
-    cache_dir: Path,
-    fed: FederatedOptions,
-    options: FitOptions | None = None,
-) -> Run:
-    """Load, split, train by :func:`federated_fit` and save a run directory laid out as
-    ``lmrec train --out`` writes one (``run.json`` records the federation under ``federated``)."""
-    options = options or FitOptions()
-    recipe = recipe.resolved()
-    the_split, reports = recipe.make_split(cache_dir)
-    for report in reports:
-        options.say(str(report))
-    train, valid = the_split.train_dataset(), the_split.eval_set("valid")
-    options.say(f"{the_split.dataset.name}: {the_split.dataset.summary()} split {the_split.sizes()}")
     started = time.perf_counter()
-    recommender, log = federated_fit(model, overrides, train, valid if len(valid) else None, fed, options)
+    for attempt in range(1, START_ATTEMPTS + 1):
+        try:
+            run_simulation(server_app=server, client_app=client, num_supernodes=fed.clients, backend_config=backend)
+            break
+        except RuntimeError as err:
+            # Ray gives its node 30 s to start; on a loaded machine it can miss that before any round
+            if outcomes or attempt == START_ATTEMPTS:
+                raise LmrecError(f"federated {model}: Flower's simulation failed ({err})") from err
+            options.say(f"federated {model}: the simulation did not start ({err}); trying again")
+            import ray
+
+            ray.shutdown()  # what the failed start left running
     seconds = time.perf_counter() - started
-    out.mkdir(parents=True, exist_ok=True)
-    recommender.save(out / "model")
-    the_split.dataset.users.save(out / "users.json")
-    the_split.dataset.items.save(out / "items.json")
-    meta = {
-        "lmrec_version": __version__,
-        "model": model,
-        "config": recommender.config.to_dict(),
-        "data": asdict(recipe),
-        "filters": [str(r) for r in reports],
-        "split_sizes": the_split.sizes(),
-        "seed": options.seed,
-        "train_seconds": round(seconds, 3),
-        "training": {"federated": log},
-        "federated": {**asdict(fed), "engine": log["engine"], "strategy": log["strategy"]},
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
-    (out / RUN_FILE).write_text(json.dumps(meta, indent=2))
-    run = Run(out, meta, recommender, the_split)
-    if len(valid):
-        (out / "valid.json").write_text(json.dumps(run.evaluate("valid"), indent=2))
-    return run
+    if not outcomes:
+        raise LmrecError(f"federated {model}: Flower's simulation did not run the ServerApp")
+    recommender, log = finish(model, config, train, fed, outcomes[0], sizes)
+    return recommender, {"engine": "flwr.simulation (ray, 1 CPU)", **log, "seconds": round(seconds, 3)}
 
 
 __all__ = [
@@ -443,7 +429,6 @@ __all__ = [
     "StartFrom",
     "fedavg",
     "federated_fit",
-    "federated_run",
     "global_model",
     "local_fit",
     "shard_users",
