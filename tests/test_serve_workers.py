@@ -124,7 +124,7 @@ def test_a_batch_scores_as_each_query_alone(runs: dict[str, Path], tmp_path: Pat
         assert top.shape == (1, query.n)
         assert top.tolist() == alone_top.tolist()
         np.testing.assert_allclose(scores, alone_scores, rtol=1e-5, atol=1e-6)
-    assert live.answer(queries[0], *together[0]) == live.recommend("u0", None, 5)
+    assert live.answer(queries[0], *together[0])[0] == live.recommend("u0", None, 5)
 
 
 def test_requests_in_flight_share_one_forward_pass(

@@ -835,8 +835,8 @@ def create_app(
             ((top, scores),) = score_together([query])
         else:
             top, scores = await batcher.score(query)
-        out = live.answer(query, top, scores)
-        out = describe(live, out, body.user, body.history, explain=body.explain)  # year, genres, reasons
+        out, stored = live.answer(query, top, scores)
+        out = describe(live, out, body.user, body.history, explain=body.explain, stored=stored)  # year, genres, why
         return Response(recommend_json(out), media_type="application/json")
 
     @app.post("/feedback", status_code=202, response_model=FeedbackResponse, dependencies=[_need("write")])

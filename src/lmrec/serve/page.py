@@ -21,7 +21,7 @@ from __future__ import annotations
 import re
 import threading
 import weakref
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -109,16 +109,18 @@ def describe(
     user: str | None,
     history: Sequence[str] | None,
     explain: bool = False,
+    stored: Mapping[str, Item] | None = None,
 ) -> dict[str, Any]:
     """``answer`` (from :meth:`LiveState.recommend`) with ``year`` and ``genres`` in every item and,
-    with ``explain``, ``because`` (one sentence) and ``cited`` (the history item IDs it rests on)."""
+    with ``explain``, ``because`` (one sentence) and ``cited`` (the history item IDs it rests on).
+    ``stored``: the store's items among the answer's, when already read (:meth:`LiveState.answer`)."""
     items = answer["items"]
     if not items:
         return answer
     data = _data(live)
     ds = live.run.dataset
     raws = [str(it["item"]) for it in items]
-    stored = live.store.get_items(raws)
+    stored = live.store.get_items(raws) if stored is None else stored
     for entry, raw in zip(items, raws, strict=True):
         row = ds.items.row(raw) if raw in ds.items else -1
         entry["year"], entry["genres"] = _facts(data, row, entry.get("title", raw), stored.get(raw))

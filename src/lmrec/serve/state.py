@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -202,10 +202,11 @@ class LiveState:
         stored = self.store.get_items(outside)
         return [i for i in outside if i not in stored]
 
-    def titles(self, items: Sequence[str]) -> list[str]:
-        """Titles, where a title set with ``PUT /items`` wins over the dataset's catalog."""
+    def titles(self, items: Sequence[str], stored: Mapping[str, Item] | None = None) -> list[str]:
+        """Titles, where a title set with ``PUT /items`` wins over the dataset's catalog (``stored``:
+        the store's items among ``items``, when already read)."""
         ds = self.run.dataset
-        stored = self.store.get_items(items)
+        stored = self.store.get_items(items) if stored is None else stored
         out = []
         for raw in items:
             it = stored.get(raw)
@@ -268,7 +269,7 @@ class LiveState:
         optionally re-ranked from the model's top ``rerank.candidates``."""
         query = self.query(user, history, k, exclude_seen, rerank)
         ((top, scores),) = score_together([query])
-        return self.answer(query, top, scores)
+        return self.answer(query, top, scores)[0]
 
     def query(
         self,
@@ -298,8 +299,10 @@ class LiveState:
         n = max(k, rerank.candidates) if rerank is not None else k
         return Prepared(user, served, rows, user_row, k, n, exclude_seen, rerank, reranker)
 
-    def answer(self, query: Prepared, top: np.ndarray, scores: np.ndarray) -> dict[str, Any]:
-        """The response for ``query`` from its scored top (one row): the second half of :meth:`recommend`."""
+    def answer(self, query: Prepared, top: np.ndarray, scores: np.ndarray) -> tuple[dict[str, Any], dict[str, Item]]:
+        """The response for ``query`` from its scored top (one row), the second half of :meth:`recommend`,
+        and what the store holds about the recommended items (read once, for the titles and for
+        :func:`lmrec.serve.page.describe`)."""
         ds = self.run.dataset
         rerank, reranker = query.rerank, query.reranker
         if reranker is not None:  # over trained items only: the re-rankers know nothing else
@@ -312,11 +315,12 @@ class LiveState:
             scores = np.array([[score_of.get(int(i), np.nan) for i in top[0]]])
         keep = (top[0] >= 0) & np.isfinite(scores[0])
         raws = query.served.items.raw(top[0][keep])
-        return {
+        stored = self.store.get_items(raws)
+        answer = {
             "user": query.user,
             "items": [
                 {"item": raw, "score": round(float(s), 6), "title": t}
-                for raw, s, t in zip(raws, scores[0][keep], self.titles(raws), strict=True)
+                for raw, s, t in zip(raws, scores[0][keep], self.titles(raws, stored), strict=True)
             ],
             "model": self.model_name,
             "version": self.version,
@@ -330,6 +334,7 @@ class LiveState:
                 "reranker": repr(reranker),
             },
         }
+        return answer, stored
 
 
 @dataclass(frozen=True)
