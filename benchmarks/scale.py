@@ -311,8 +311,8 @@ def part_ann(args: argparse.Namespace, work: Path, large: dict[str, Any]) -> dic
         "exact_ms_per_query": round(exact_ms, 2),
     }
     settings = {
-        "hnsw": {"m": 32, "ef_construction": args.ef_construction, "ef_search": 128},
-        "ivf": {"nprobe": args.nprobe},
+        "hnsw": {"m": args.hnsw_m, "ef_construction": args.ef_construction, "ef_search": args.ef_search},
+        "ivf": {"nlist": args.nlist, "nprobe": args.nprobe},
     }
     for kind, params in settings.items():
         started = time.process_time()
@@ -422,9 +422,12 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--inbatch-steps", type=int, default=20)
     parser.add_argument("--ce-steps", type=int, default=3)
-    parser.add_argument("--ann-queries", type=int, default=2000)
-    parser.add_argument("--ef-construction", type=int, default=64)
-    parser.add_argument("--nprobe", type=int, default=64)
+    parser.add_argument("--ann-queries", type=int, default=1000)
+    parser.add_argument("--hnsw-m", type=int, default=16)
+    parser.add_argument("--ef-construction", type=int, default=40)
+    parser.add_argument("--ef-search", type=int, default=128)
+    parser.add_argument("--nlist", type=int, default=1024, help="IVF cells (k-means trains on 256 points per cell)")
+    parser.add_argument("--nprobe", type=int, default=32)
     parser.add_argument("--report", action="store_true", help="print the markdown tables of --out and stop")
     parser.add_argument("--train-fraction", type=float, default=1.0, help="large: share of the epoch's batches to run")
     parser.add_argument("--train-worker", help=argparse.SUPPRESS)
