@@ -150,6 +150,24 @@ def part_large(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     }
 
 
+def part_prepare(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """``lmrec prepare`` alone on the large log (as in ``large``), into a directory of its own."""
+    log = work / f"log-{args.events}-{args.users}-{args.items}.parquet"
+    if not log.exists():
+        raise SystemExit(f"no {log}: run --parts large first")
+    out = work / "prepared-alone"
+    subprocess.run(["rm", "-rf", str(out)], check=True)
+    prep = child(
+        lmrec(
+            "prepare", "--input", str(log), "--out", str(out), "--shards", str(args.shards),
+            "--batch-rows", str(args.batch_rows), "--json",
+        )
+    )  # fmt: skip
+    report = json.loads(prep.pop("stdout"))
+    keep = ("rows", "users", "items", "shards", "largest_batch", "largest_shard")
+    return {**prep, "peak_rss_gib": gib(prep["peak_rss_bytes"]), **{k: report[k] for k in keep}}
+
+
 # -- softmax: ce against inbatch on ml-100k ---------------------------------------------------------
 
 
@@ -462,6 +480,8 @@ def main() -> None:
         started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         if part == "large":
             results["large"] = part_large(args, args.work)
+        elif part == "prepare":
+            results["prepare"] = part_prepare(args, args.work)
         elif part == "softmax":
             results["softmax"] = part_softmax(args, args.work)
         elif part == "step":
