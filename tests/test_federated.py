@@ -77,7 +77,9 @@ def test_federated_options_refuse_what_cannot_work() -> None:
         family("ease")
 
 
-def test_two_clients_three_rounds_through_flower_make_a_normal_run(tmp_path: Path) -> None:
+def test_two_clients_three_rounds_through_flower_make_a_normal_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """The CLI on Flower's Simulation Engine; the saved global model is FedAvg of the clients'
     local training replayed here round by round, beats popularity, and `lmrec evaluate` reads it."""
     pytest.importorskip("flwr")
@@ -89,7 +91,10 @@ def test_two_clients_three_rounds_through_flower_make_a_normal_run(tmp_path: Pat
     args = ["--cache-dir", str(cache), "federated", "--dataset", str(data), "--model", "bpr", "--quiet"]
     args += ["--clients", "2", "--rounds", "3", "--no-validate", "--out", str(out), "--seed", "3"]
     args += [f"--set={k}={v}" for k, v in BPR.items()]
-    assert main(args) == 0
+    code = main(args)
+    if code != 0 and "did not start in" in capsys.readouterr().err:  # the machine, not the code
+        pytest.skip("Ray could not start its node within its 30 s on this (loaded) machine")
+    assert code == 0
     meta = json.loads((out / "run.json").read_text())
     log = meta["training"]["federated"]
     assert meta["federated"]["clients"] == 2 and [r["round"] for r in log["per_round"]] == [1, 2, 3]

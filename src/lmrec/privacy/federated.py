@@ -28,6 +28,7 @@ engine (a SuperLink and SuperNodes on other machines, :mod:`lmrec.flower_app`): 
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -361,6 +362,19 @@ def federated_config(model: str, overrides: dict[str, Any], fed: FederatedOption
     return config
 
 
+def _stop_ray(since: float) -> None:
+    """End what a Ray that failed to start left running: the processes this one started since
+    ``since`` (Ray's own shutdown knows only a node that came up)."""
+    import psutil  # a dependency of Ray
+    import ray
+
+    ray.shutdown()
+    for child in psutil.Process().children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            if child.create_time() >= since - 1 and any("ray" in part for part in child.cmdline()):
+                child.kill()
+
+
 def federated_fit(
     model: str,
     overrides: dict[str, Any],
@@ -405,17 +419,21 @@ def federated_fit(
     }
     started = time.perf_counter()
     for attempt in range(1, START_ATTEMPTS + 1):
+        attempt_started = time.time()
         try:
             run_simulation(server_app=server, client_app=client, num_supernodes=fed.clients, backend_config=backend)
             break
         except RuntimeError as err:
             # Ray gives its node 30 s to start; on a loaded machine it can miss that before any round
-            if outcomes or attempt == START_ATTEMPTS:
+            if outcomes:
                 raise LmrecError(f"federated {model}: Flower's simulation failed ({err})") from err
+            if attempt == START_ATTEMPTS:
+                raise LmrecError(
+                    f"federated {model}: Flower's simulation did not start in {START_ATTEMPTS} attempts ({err});"
+                    " Ray needs its node up within 30 s: try again on a less loaded machine"
+                ) from err
             options.say(f"federated {model}: the simulation did not start ({err}); trying again")
-            import ray
-
-            ray.shutdown()  # what the failed start left running
+            _stop_ray(since=attempt_started)
     seconds = time.perf_counter() - started
     if not outcomes:
         raise LmrecError(f"federated {model}: Flower's simulation did not run the ServerApp")
