@@ -172,3 +172,12 @@ def fit_sasrec(spec: DPSpec, train: object, valid: object = None, **extra: objec
     klass = model_class("sasrec")
     model = klass(klass.config_class.from_dict(SASREC | extra))
     return model.fit(train, valid, FitOptions(seed=0, dp=spec))  # type: ignore[arg-type]
+
+
+def test_sgd_is_an_optimizer_choice_without_per_coordinate_scaling() -> None:
+    from lmrec.train.trainer import TrainConfig, Trainer
+
+    optimizer = Trainer(TrainConfig(optimizer="sgd", lr=0.5))._optimizer(torch.nn.Linear(2, 1))
+    assert isinstance(optimizer, torch.optim.SGD) and optimizer.defaults["momentum"] == 0.9
+    with pytest.raises(ConfigError, match="optimizer must be one of"):
+        TrainConfig(optimizer="lamb")
