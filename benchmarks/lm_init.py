@@ -7,6 +7,7 @@ settings are the defaults unless ``--set`` says otherwise):
   sasrec-bce         the same with one-negative BCE, as most published SASRec numbers are trained
   init-minilm        ID rows start from the packaged MiniLM's item-text embeddings, PCA-whitened
   init-smollm2       the same from SmolLM2-135M's mean-pooled hidden states
+  init-smollm2-pull  the same, the rows pulled towards their text start all along (item_init_pull 0.1)
 
 Each row gives test NDCG@10 / Recall@10 (mean over seeds), the paired test against sasrec on the
 per-user NDCG@10 averaged over seeds (t-test and Wilcoxon p-values, bootstrap interval), and fit
@@ -39,6 +40,7 @@ ROWS: dict[str, dict[str, Any]] = {
     "sasrec-bce": {"loss": "bce"},
     "init-minilm": {"item_init": "text", "text_encoder": "minilm"},
     "init-smollm2": {"item_init": "text", "text_encoder": "smollm2"},
+    "init-smollm2-pull": {"item_init": "text", "text_encoder": "smollm2", "item_init_pull": 0.1},
 }
 
 
