@@ -205,6 +205,13 @@ def cpu_by_process(root: int | None) -> dict[int, float]:
     return out
 
 
+def machine_busy_seconds() -> float:
+    """CPU seconds every core of the machine has spent busy since boot (/proc/stat, all processes)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle, iowait
+    return (sum(fields[:8]) - idle) / TICKS
+
+
 def cpu_seconds(root: int | None) -> float:
     return sum(cpu_by_process(root).values())
 
@@ -428,12 +435,15 @@ def main(argv: list[str]) -> int:
             conn.close()
             # The client's CPU: wrk is a child that exits within the window; the Python client is this process.
             client = resource.RUSAGE_CHILDREN if args.client == "wrk" else resource.RUSAGE_SELF
+            busy = machine_busy_seconds()
             cpu = (cpu_by_process(pid), own_cpu(client), cpu_seconds(pg_pid))
             measured = load_wrk(port, cycle, args, tmp) if args.client == "wrk" else load_python(port, cycle, args)
             per_process = {p: s - cpu[0].get(p, 0.0) for p, s in cpu_by_process(pid).items()}
             server_cpu = sum(per_process.values())
             client_cpu = own_cpu(client) - cpu[1]
             pg_cpu = cpu_seconds(pg_pid) - cpu[2] if pg_pid is not None else None
+            # Whatever else ran on the machine meanwhile (other users' jobs): the noise in this run.
+            others_cpu = machine_busy_seconds() - busy - server_cpu - client_cpu - (pg_cpu or 0.0)
 
     n, seconds = measured["requests"], measured["seconds"]
 
@@ -465,6 +475,7 @@ def main(argv: list[str]) -> int:
         # The server's busy processes (a worker each, with --workers) and their CPU seconds over the run:
         # how evenly the kernel shared the connections between the workers.
         "server_cpu_s_by_process": sorted((round(v, 2) for v in per_process.values() if v > 0.5), reverse=True),
+        "other_processes_cpu_s": round(others_cpu, 2),
         "cpu_ms_per_request": {
             "server": per_request(server_cpu),
             "client": per_request(client_cpu),
@@ -480,7 +491,8 @@ def main(argv: list[str]) -> int:
         f"{result['store']}, {args.client} x{result['connections']}): {n} requests ({measured['errors']} errors), "
         f"{result['throughput_rps']} req/s; latency ms p50 {lat['p50']} p95 {lat['p95']} p99 {lat['p99']}; "
         f"CPU ms/request server {cpu_ms['server']} client {cpu_ms['client']} postgres {cpu_ms['postgres']}; "
-        f"server CPU s by process {result['server_cpu_s_by_process']}"
+        f"server CPU s by process {result['server_cpu_s_by_process']}; "
+        f"other processes' CPU s {result['other_processes_cpu_s']} over {result['seconds']} s"
     )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with args.out.open("a") as f:
