@@ -551,6 +551,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--dp-delta", type=float, help="δ of the DP guarantee (default 1 / (10 · users))")
     p.add_argument("--dp-clip", type=float, default=1.0, help="per-user gradient clip of DP-SGD")
+    p.add_argument("--dp-accountant", choices=("prv", "rdp"), default="prv", help="privacy accountant of DP-SGD")
     p.add_argument("--stop-after", type=_positive, metavar="EPOCHS", help="stop after this many epochs (then --resume)")
     p.add_argument(
         "--column",
@@ -561,7 +562,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--split", default="leave-one-out", choices=["leave-one-out", "temporal", "ratio", "cold-items"])
     p.add_argument("--split-param", action="append", default=[], metavar="KEY=VALUE", help="e.g. test=0.2, share=0.1")
-    p.add_argument("--dp-accountant", choices=("prv", "rdp"), default="prv", help="privacy accountant of DP-SGD")
     p.add_argument("--kcore", type=int, help="keep users and items with at least this many interactions")
     p.add_argument("--min-rating", type=float, help="drop interactions rated below this")
     p.add_argument("--dedupe", action="store_true", help="keep only the last of repeated user-item pairs")
