@@ -37,7 +37,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     # a trained run on disk (data, split, model), its HTML report, new catalog items added to it
     ("runs", ("lmrec.runs", "lmrec.report", "lmrec.newitems")),
     ("serve", ("lmrec.serve",)),
-    ("cli", ("lmrec.cli", "lmrec.__main__")),  # `lmrec` and `python -m lmrec` (torchrun)
+    ("cli", ("lmrec.cli", "lmrec.__main__", "lmrec.flower_app")),  # `lmrec`, `python -m lmrec` (torchrun), `flwr run`
 )
 ORDER = " → ".join(name for name, _ in LAYERS)
 
