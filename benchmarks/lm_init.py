@@ -16,7 +16,7 @@ CPU seconds. Results go to benchmarks/results/lm_init.json after every fit.
 ``--cold`` also fits each row once (the first seed) on the cold-items split (10 % of the items
 held out with all their interactions) and reports Recall@10 / NDCG@10 on the test interactions
 whose target is a cold item: an ID row that starts from text keeps that start where no training
-interaction moves it, so cold items score from their text.
+interaction moves it; this measures whether that start is enough to score cold items.
 
     .venv/bin/python benchmarks/lm_init.py --seeds 0,1,2 --threads 1
 """
