@@ -33,6 +33,7 @@ import json
 import os
 import platform
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -68,6 +69,18 @@ def lmrec(*args: str) -> list[str]:
     return [sys.executable, "-m", "lmrec", *args]
 
 
+def prepare_log(log: Path, out: Path, args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``lmrec prepare`` of ``log`` into a fresh ``out`` in a child: its usage record and its report."""
+    shutil.rmtree(out, ignore_errors=True)
+    prep = child(
+        lmrec(
+            "prepare", "--input", str(log), "--out", str(out), "--shards", str(args.shards),
+            "--batch-rows", str(args.batch_rows), "--json",
+        )
+    )  # fmt: skip
+    return prep, json.loads(prep.pop("stdout"))
+
+
 def gib(n: float) -> float:
     return round(n / GIB, 3)
 
@@ -84,16 +97,8 @@ def part_large(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         rows = write_large_log(log, events=args.events, users=args.users, items=args.items, seed=0)
         print(f"wrote {rows:,} rows to {log} in {time.process_time() - started:.1f} CPU s", file=sys.stderr)
     prepared, run = work / "prepared", work / "run-large"
-    for path in (prepared, run):
-        if path.exists():
-            subprocess.run(["rm", "-rf", str(path)], check=True)
-    prep = child(
-        lmrec(
-            "prepare", "--input", str(log), "--out", str(prepared), "--shards", str(args.shards),
-            "--batch-rows", str(args.batch_rows), "--json",
-        )
-    )  # fmt: skip
-    report = json.loads(prep.pop("stdout"))
+    shutil.rmtree(run, ignore_errors=True)
+    prep, report = prepare_log(log, prepared, args)
     train_args = [
         "--cache-dir", str(work / "cache"), "train", "--dataset", str(prepared), "--model", "sasrec",
         "--set", "epochs=1", "--out", str(run), "--threads", str(args.threads), "--quiet",
@@ -155,15 +160,7 @@ def part_prepare(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     log = work / f"log-{args.events}-{args.users}-{args.items}.parquet"
     if not log.exists():
         raise SystemExit(f"no {log}: run --parts large first")
-    out = work / "prepared-alone"
-    subprocess.run(["rm", "-rf", str(out)], check=True)
-    prep = child(
-        lmrec(
-            "prepare", "--input", str(log), "--out", str(out), "--shards", str(args.shards),
-            "--batch-rows", str(args.batch_rows), "--json",
-        )
-    )  # fmt: skip
-    report = json.loads(prep.pop("stdout"))
+    prep, report = prepare_log(log, work / "prepared-alone", args)
     keep = ("rows", "users", "items", "shards", "largest_batch", "largest_shard")
     return {**prep, "peak_rss_gib": gib(prep["peak_rss_bytes"]), **{k: report[k] for k in keep}}
 
@@ -199,8 +196,7 @@ def part_softmax(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     rows = {}
     for loss in ("ce", "inbatch"):
         run = work / f"run-ml100k-{loss}"
-        if run.exists():
-            subprocess.run(["rm", "-rf", str(run)], check=True)
+        shutil.rmtree(run, ignore_errors=True)
         train = child(
             lmrec(
                 "train", "--dataset", "ml-100k", "--model", "sasrec", "--set", f"loss={loss}",
