@@ -60,6 +60,26 @@ def test_a_nan_loss_stops_with_a_clear_error() -> None:
         Trainer(TrainConfig(epochs=2)).fit(task, torch.Generator())
 
 
+def test_ema_returns_and_validates_the_averaged_weights() -> None:
+    """With ema the weights that come back (and that validation saw) are the moving average, which
+    trails the raw weights: from 0 towards 3 on y = 3x, it is still below where training got."""
+    raw, averaged = LineTask(), LineTask()
+    for task in (raw, averaged):
+        nn.init.zeros_(task.module.weight)
+    Trainer(TrainConfig(epochs=3, lr=0.1)).fit(raw, torch.Generator().manual_seed(0))
+    seen: list[float] = []
+
+    def validate() -> float:
+        seen.append(averaged.module.weight.item())
+        return seen[-1]  # rising: every epoch is the best so far
+
+    Trainer(TrainConfig(epochs=3, lr=0.1, ema=0.9)).fit(averaged, torch.Generator().manual_seed(0), validate)
+    assert 0 < averaged.module.weight.item() < raw.module.weight.item()
+    assert averaged.module.weight.item() == pytest.approx(seen[-1])
+    with pytest.raises(ConfigError, match="ema"):
+        TrainConfig(ema=1.0)
+
+
 def test_seeded_restores_the_callers_random_state() -> None:
     torch.manual_seed(123)
     expected = torch.rand(1)
@@ -80,6 +100,7 @@ def test_resume_without_checkpoint_is_an_error(tmp_path: Path) -> None:
     [
         ("sasrec", {"dim": 16, "inner": 32, "layers": 1, "heads": 2, "max_len": 8, "batch_size": 8, "dropout": 0.2}),
         ("bpr", {"dim": 8, "batch_size": 64}),
+        ("sasrec", {"dim": 16, "inner": 32, "layers": 1, "heads": 2, "max_len": 8, "batch_size": 8, "ema": 0.9}),
     ],
 )
 def test_resume_continues_to_the_same_result(tmp_path: Path, name: str, config: dict) -> None:

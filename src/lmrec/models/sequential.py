@@ -82,6 +82,7 @@ class SequentialConfig(ModelConfig):
     weight_decay: float = 0.0
     optimizer: str = "adamw"  # "adamw" | "adam" | "sgd" (momentum 0.9; for DP-SGD, whose noise Adam scales up)
     patience: int = 20  # ml-100k, 3 seeds: valid NDCG@10 0.1174 at 20, 0.1142 at 10 (it stopped improving runs)
+    ema: float = 0.0  # > 0: validate and keep a moving average of the weights (decay per step)
     pretrain_epochs: int = 0  # > 0: masked-item pretraining first, then the objective above
     init_from: str | None = None  # a run or model directory whose weights to start from
     amp: bool | None = None  # bf16 autocast; None: where bf16 is native (lmrec.train.trainer.fast_bf16)
@@ -483,6 +484,7 @@ class SequentialRecommender(ReadsItemText, DotProductModel):
             weight_decay=cfg.weight_decay,
             optimizer=cfg.optimizer,
             patience=cfg.patience,
+            ema=cfg.ema,
             amp=fast_bf16(self.device) if cfg.amp is None else cfg.amp,
             compile=cfg.compile,
             desc=desc,

@@ -3,8 +3,8 @@
 A model says *what* it trains — a :class:`Task`: the ``nn.Module`` whose parameters move, the
 batches of one epoch, and the loss of one batch — and the :class:`Trainer` decides *how*: the
 optimizer and its parameter groups, warm-up and schedule, device, bf16 autocast and
-``torch.compile``, gradient clipping and accumulation, early stopping on a validation number with
-the best weights restored, progress, and checkpoints (weights, optimizer state, step, random
+``torch.compile``, gradient clipping and accumulation, a moving average of the weights, early
+stopping on a validation number with the best weights restored, progress, and checkpoints (weights, optimizer state, step, random
 state) from which a stopped run resumes to the same result as an uninterrupted one.
 
 The seams other features plug into, so that none of them writes its own loop:
@@ -96,6 +96,9 @@ class TrainConfig:
     amp: bool = False  # bf16 autocast (see fast_bf16: worth it where the hardware has bf16 units)
     compile: bool = False  # torch.compile the module
     patience: int = 5  # validations without improvement before stopping
+    # > 0: keep an exponential moving average of the weights (this decay per optimizer step); it is
+    # what is validated, snapshotted as the best epoch and returned
+    ema: float = 0.0
     eval_every: int = 1  # epochs between validations
     desc: str = "train"  # progress-bar label
 
@@ -108,6 +111,8 @@ class TrainConfig:
             raise ConfigError("need epochs, accumulate, eval_every >= 1, warmup >= 0 and lr > 0")
         if self.clip is not None and self.clip <= 0:
             raise ConfigError("clip must be > 0 (or None)")
+        if not 0 <= self.ema < 1:
+            raise ConfigError(f"ema must be in [0, 1), got {self.ema}")
 
 
 @dataclass
@@ -131,6 +136,7 @@ class _State:
     log: TrainLog = field(default_factory=TrainLog)
     stopper: EarlyStopping = field(default_factory=EarlyStopping)
     best: dict[str, torch.Tensor] | None = None
+    average: dict[str, torch.Tensor] | None = None  # the moving average of the weights (ema > 0)
 
 
 class Trainer:
@@ -166,6 +172,8 @@ class Trainer:
         if cfg.compile:
             forward = torch.compile(forward)  # type: ignore[assignment]
         state = _State(stopper=EarlyStopping(cfg.patience))
+        if cfg.ema:
+            state.average = {k: p.detach().clone() for k, p in _params(module).items()}
         if opts.resume:
             state = self._load_checkpoint(module, optimizer, generator, state)
         autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.amp)
@@ -187,23 +195,22 @@ class Trainer:
                         f"{cfg.desc}: the loss is {losses[-1]} at epoch {state.epoch + 1}, batch {len(losses)}"
                     )
                 if len(losses) % cfg.accumulate == 0:
-                    self._step(module, optimizer, state.step, total_steps)
-                    state.step += 1
+                    self._step(module, optimizer, state, total_steps)
             if not losses:
                 raise ConfigError(f"{cfg.desc}: an epoch without a training batch (too little data?)")
             if len(losses) % cfg.accumulate:  # a last, partial accumulation
-                self._step(module, optimizer, state.step, total_steps)
-                state.step += 1
+                self._step(module, optimizer, state, total_steps)
             state.log.losses.append(sum(losses) / len(losses))
             state.log.epoch_seconds.append(time.perf_counter() - t0)
             postfix = {"loss": f"{state.log.losses[-1]:.4f}"}
             if validate is not None and ((state.epoch + 1) % cfg.eval_every == 0 or state.epoch + 1 == cfg.epochs):
                 module.eval()
-                value = opts.strategy.agree(float(validate()))
-                state.log.valid.append(value)
-                postfix["valid"] = f"{value:.4f}"
-                if state.stopper.update(value, state.epoch):
-                    state.best = {k: v.detach().clone() for k, v in learned(module).items()}
+                with _swapped(module, state.average):
+                    value = opts.strategy.agree(float(validate()))
+                    state.log.valid.append(value)
+                    postfix["valid"] = f"{value:.4f}"
+                    if state.stopper.update(value, state.epoch):
+                        state.best = {k: v.detach().clone() for k, v in learned(module).items()}
             state.epoch += 1
             state.log.seconds = time.perf_counter() - start
             bar.update(1)
@@ -213,6 +220,8 @@ class Trainer:
         bar.close()
         if state.best is not None:
             module.load_state_dict(state.best, strict=False)
+        elif state.average is not None:
+            _copy_into(module, state.average)
         module.eval()
         state.log.best_epoch = state.stopper.best_epoch if validate is not None else len(state.log.losses) - 1
         return {**state.log.as_dict(), "steps": state.step}
@@ -237,15 +246,20 @@ class Trainer:
     def _trainable(module: nn.Module) -> list[nn.Parameter]:
         return [p for p in module.parameters() if p.requires_grad]
 
-    def _step(self, module: nn.Module, optimizer: torch.optim.Optimizer, step: int, total: int | None) -> None:
+    def _step(self, module: nn.Module, optimizer: torch.optim.Optimizer, state: _State, total: int | None) -> None:
         cfg = self.config
         if cfg.clip is not None:
             torch.nn.utils.clip_grad_norm_(self._trainable(module), cfg.clip)
-        factor = lr_factor(step, cfg.warmup, cfg.schedule, total)
+        factor = lr_factor(state.step, cfg.warmup, cfg.schedule, total)
         for group in optimizer.param_groups:
             group["lr"] = group.setdefault("base_lr", group["lr"]) * factor
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        state.step += 1
+        if state.average is not None:  # average ← average + (1 − decay)·(weights − average)
+            params = _params(module)
+            averages = [state.average[k] for k in params]
+            torch._foreach_lerp_(averages, [p.detach() for p in params.values()], 1 - cfg.ema)
 
     # -- checkpoints ------------------------------------------------------------------------------
     def _save_checkpoint(
@@ -258,6 +272,7 @@ class Trainer:
         directory.mkdir(parents=True, exist_ok=True)
         tensors = {f"module.{k}": v for k, v in learned(module).items()}
         tensors.update({f"best.{k}": v for k, v in (state.best or {}).items()})
+        tensors.update({f"average.{k}": v for k, v in (state.average or {}).items()})
         opt = optimizer.state_dict()
         for index, moments in opt["state"].items():
             tensors.update({f"optim.{index}.{k}": torch.as_tensor(v) for k, v in moments.items()})
@@ -294,13 +309,13 @@ class Trainer:
         optimizer.load_state_dict({"state": moments, "param_groups": meta["param_groups"]})
         generator.set_state(tensors["rng.generator"])
         torch.set_rng_state(tensors["rng.torch"])
-        best = _prefixed(tensors, "best.") or None
         return _State(
             epoch=meta["epoch"],
             step=meta["step"],
             log=TrainLog(**meta["log"]),
             stopper=EarlyStopping(**meta["stopper"]),
-            best=best,
+            best=_prefixed(tensors, "best.") or None,
+            average=_prefixed(tensors, "average.") or state.average,
         )
 
 
@@ -311,6 +326,31 @@ def learned(module: nn.Module) -> dict[str, torch.Tensor]:
     out: dict[str, torch.Tensor] = {name: p for name, p in module.named_parameters() if p.requires_grad}
     out.update(dict(module.named_buffers()))
     return out
+
+
+def _params(module: nn.Module) -> dict[str, nn.Parameter]:
+    return {name: p for name, p in module.named_parameters() if p.requires_grad}
+
+
+def _copy_into(module: nn.Module, tensors: Mapping[str, torch.Tensor]) -> None:
+    with torch.no_grad():
+        for name, p in _params(module).items():
+            p.copy_(tensors[name])
+
+
+@contextlib.contextmanager
+def _swapped(module: nn.Module, average: Mapping[str, torch.Tensor] | None) -> Iterator[None]:
+    """The block sees the averaged weights (when there are any) and training goes on from the
+    raw ones afterwards."""
+    if average is None:
+        yield
+        return
+    raw = {k: p.detach().clone() for k, p in _params(module).items()}
+    _copy_into(module, average)
+    try:
+        yield
+    finally:
+        _copy_into(module, raw)
 
 
 def fast_bf16(device: str | torch.device) -> bool:
