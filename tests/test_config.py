@@ -127,3 +127,22 @@ def test_updated_changes_one_field_and_keeps_the_rest() -> None:
     new = base.updated({"rate": "0.5"})
     assert new == DemoConfig(size=4, layers=(2,), rate=0.5)
     assert base.rate == 0.1
+
+
+def test_a_run_saved_when_every_config_had_item_features_still_loads(tmp_path: Any) -> None:
+    """Until item_features moved to the text-reading models, every saved config carried
+    ``"item_features": "text"``; such a model directory loads (the key meant nothing), while a
+    real feature spec on a model that reads no features is still refused."""
+    from lmrec.models import load_model
+    from tests.conftest import checkerboard
+
+    data = checkerboard(n_users=12, n_items=10, per_user=4)
+    path = model_class("pop")().fit(data).save(tmp_path / "model")
+    meta = json.loads((path / "config.json").read_text())
+    meta["config"]["item_features"] = "text"
+    (path / "config.json").write_text(json.dumps(meta))
+    assert load_model(path).n_items == 10
+    meta["config"]["item_features"] = "text,genres"
+    (path / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(ConfigError, match="item_features"):
+        load_model(path)

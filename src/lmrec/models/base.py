@@ -291,7 +291,7 @@ class Recommender(ABC):
         meta = read_model_meta(path)
         if meta["model"] != getattr(cls, "name", None):
             raise ConfigError(f"{path} holds a {meta['model']!r} model, not {getattr(cls, 'name', cls.__name__)!r}")
-        model = cls(cls.config_class.from_dict(meta["config"]))
+        model = cls(cls.config_class.from_dict(_current_options(cls.config_class, meta["config"])))
         model.n_users, model.n_items = int(meta["n_users"]), int(meta["n_items"])
         model.load_state(load_file(path / WEIGHTS_FILE))
         if "item_features" in meta:
@@ -299,6 +299,16 @@ class Recommender(ABC):
 
             model.item_feature_schema = FeatureSchema.from_dict(meta["item_features"])  # type: ignore[attr-defined]
         return model
+
+
+def _current_options(config_class: type[ModelConfig], saved: dict[str, Any]) -> dict[str, Any]:
+    """A saved config as today's class reads it. Runs saved before ``item_features`` moved to the
+    models that read item text carry ``"item_features": "text"`` (then every config's default,
+    meaning nothing) on every model; that key is dropped where the class has no such option."""
+    names = {f.name for f in dataclasses.fields(config_class)}
+    if "item_features" not in names and saved.get("item_features") == "text":
+        saved = {k: v for k, v in saved.items() if k != "item_features"}
+    return saved
 
 
 @dataclass(frozen=True)
