@@ -30,6 +30,18 @@ def test_windows_supervise_every_transition_once() -> None:
     assert all(len(w) <= 4 for w in windows)
 
 
+def test_shifted_windows_still_supervise_every_transition_once() -> None:
+    history = QueryBatch.from_histories([0], [list(range(10))])
+    boundaries = set()
+    for shift in range(3):  # 0 ≤ shift ≤ size − 2
+        windows = sequence_windows(history, size=4, min_length=2, shifts=np.array([shift]))
+        pairs = [(int(w[i]), int(w[i + 1])) for w in windows for i in range(len(w) - 1)]
+        assert sorted(pairs) == [(i + 1, i + 2) for i in range(9)]
+        assert all(2 <= len(w) <= 4 for w in windows)
+        boundaries.add(tuple(int(w[0]) for w in windows))
+    assert len(boundaries) == 3  # each shift cuts the history elsewhere
+
+
 def test_windows_keep_single_item_history_only_when_asked() -> None:
     histories = QueryBatch.from_histories([0, 1, 2], [[5], [], [1, 2]])
     assert [w.tolist() for w in sequence_windows(histories, size=4)] == [[6], [2, 3]]  # masked items: any
@@ -108,9 +120,10 @@ def test_init_from_rejects_other_catalog(board: Dataset, tmp_path: Path) -> None
         SASRec(cfg).fit(leave_one_out(board).train_dataset(), None, FitOptions())
 
 
-def test_learns_parity_of_history(board: Dataset) -> None:
+@pytest.mark.parametrize("shift_windows", [False, True])
+def test_learns_parity_of_history(board: Dataset, shift_windows: bool) -> None:
     split = leave_one_out(board)
-    model = _fit("sasrec", board, epochs=15)
+    model = _fit("sasrec", board, epochs=15, shift_windows=shift_windows)
     pop = model_class("pop")().fit(split.train_dataset())
     test = split.eval_set("test")
     ours = evaluate(model, test, metrics=("ndcg",)).metrics["ndcg@10"]

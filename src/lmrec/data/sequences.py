@@ -14,24 +14,30 @@ import torch
 from lmrec.data.batch import QueryBatch
 
 
-def sequence_windows(histories: QueryBatch, size: int, min_length: int = 1) -> list[np.ndarray]:
+def sequence_windows(
+    histories: QueryBatch, size: int, min_length: int = 1, shifts: np.ndarray | None = None
+) -> list[np.ndarray]:
     """Cut each history into windows of at most ``size`` items, from the end backwards, and keep
     those of at least ``min_length`` items (2 for next-item training: one item has no target).
 
     Consecutive windows overlap by one item so that, for next-item training, every transition
-    (a → b) is supervised exactly once. Items are shifted by one (0 is padding).
+    (a → b) is supervised exactly once. Items are shifted by one (0 is padding). ``shifts[i]``
+    (0 ≤ shift ≤ size − 2) shortens the most recent window of history i, when it is cut at all (longer
+    than ``size``), by that many items, which moves every window boundary before it: drawn afresh
+    each epoch, an item is read after contexts of different lengths while each transition is still
+    supervised once. Histories that fit in one window stay whole.
     """
     out = []
     stride = max(1, size - 1)
     for i in range(len(histories)):
         h = histories.history(i) + 1
-        end = len(h)
+        end, cut = len(h), 0 if shifts is None or len(h) <= size else int(shifts[i])
         while end > 1 or (end == 1 and len(h) == 1):
-            start = max(0, end - size)
+            start = max(0, end - size + cut)
             out.append(h[start:end])
             if start == 0:
                 break
-            end = start + (size - stride)
+            end, cut = start + (size - stride), 0
     return [w for w in out if len(w) >= min_length]
 
 

@@ -83,6 +83,7 @@ class SequentialConfig(ModelConfig):
     optimizer: str = "adamw"  # "adamw" | "adam" | "sgd" (momentum 0.9; for DP-SGD, whose noise Adam scales up)
     patience: int = 20  # ml-100k, 3 seeds: valid NDCG@10 0.1174 at 20, 0.1142 at 10 (it stopped improving runs)
     ema: float = 0.0  # > 0: validate and keep a moving average of the weights (decay per step)
+    shift_windows: bool = False  # each epoch, histories are cut into windows at new random boundaries
     pretrain_epochs: int = 0  # > 0: masked-item pretraining first, then the objective above
     init_from: str | None = None  # a run or model directory whose weights to start from
     amp: bool | None = None  # bf16 autocast; None: where bf16 is native (lmrec.train.trainer.fast_bf16)
@@ -699,13 +700,18 @@ class SequenceTask:
         self.model, self.module, self.causal = model, model.net, objective == "causal"
         cfg = model.config
         # next-item windows hold max_len inputs and one more target; a lone item has no target
-        size, shortest = (cfg.max_len + 1, 2) if self.causal else (cfg.max_len, 1)
-        self.windows = sequence_windows(histories, size, min_length=shortest)
+        self.histories = histories
+        self.size, self.shortest = (cfg.max_len + 1, 2) if self.causal else (cfg.max_len, 1)
+        self.windows = sequence_windows(histories, self.size, min_length=self.shortest)
         if not self.windows:
             raise ConfigError(f"{model.name}: no training sequence has a target (every history has one item?)")
 
     def batches(self, epoch: int, gen: torch.Generator) -> Iterator[torch.Tensor]:
-        for batch in length_buckets(self.windows, self.model.config.batch_size, gen):
+        windows = self.windows
+        if self.model.config.shift_windows and self.size > 2:  # window boundaries drawn afresh
+            shifts = torch.randint(0, self.size - 1, (len(self.histories),), generator=gen).numpy()
+            windows = sequence_windows(self.histories, self.size, min_length=self.shortest, shifts=shifts)
+        for batch in length_buckets(windows, self.model.config.batch_size, gen):
             yield pad_right(batch)[0]
 
     def loss(self, module: nn.Module, seq: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
