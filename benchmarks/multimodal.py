@@ -36,7 +36,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from classic import BENCH, REPO, command_line, machine, thread_env
 
-BASE = {"max_len": 50, "batch_size": 128, "patience": 3}
+BASE = {"max_len": 50, "batch_size": 128}
 VARIANTS = {
     "image": {
         "id": None,
@@ -55,7 +55,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--variants", default=None, help="comma list of variant names (default: all)")
     parser.add_argument("--combine", nargs="+", type=Path, help="merge result files of earlier runs into --out")
     parser.add_argument("--item-repr", default="aligned", help="text-sasrec item_repr: text, fused or aligned")
-    parser.add_argument("--epochs", type=int, default=10, help="most epochs per fit (early stopping, patience 3)")
+    parser.add_argument("--epochs", type=int, default=10, help="most epochs per fit (early stopping decides)")
+    parser.add_argument("--patience", type=int, default=3, help="validations without improvement before stopping")
     parser.add_argument("--image-size", type=int, default=128, help="EfficientNet-Lite0 input size (images are 64 px)")
     parser.add_argument("--items", type=int, default=400, help="generated benchmark: items")
     parser.add_argument("--users", type=int, default=800, help="generated benchmark: users")
@@ -95,7 +96,7 @@ def fit(
 ) -> tuple[Any, float, float]:
     from lmrec.models import FitOptions, model_class
 
-    cfg: dict[str, Any] = {**BASE, "epochs": 2 if args.smoke else args.epochs}
+    cfg: dict[str, Any] = {**BASE, "epochs": 2 if args.smoke else args.epochs, "patience": args.patience}
     name = "sasrec"
     if spec is not None:
         name = "text-sasrec"
@@ -321,6 +322,7 @@ def main(argv: list[str] | None = None) -> None:
         "threads": args.threads,
         "item_repr": args.item_repr,
         "epochs_cap": args.epochs,
+        "patience": args.patience,
         "seeds": args.seeds,
         "image_size": args.image_size,
         "machine": machine(),
