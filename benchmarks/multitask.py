@@ -68,6 +68,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--cache-dir", type=Path, default=default_cache(), help="lmrec dataset cache")
     parser.add_argument("--out", type=Path, default=BENCH / "results" / "multitask.json")
+    parser.add_argument("--report", type=Path, help="print the tables of a results file (a stopped run's too) and stop")
     return parser.parse_args(argv)
 
 
@@ -188,7 +189,7 @@ def render(summary: dict[str, dict[str, Any]], verdict: dict[str, dict[str, Any]
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     lines.append(
-        f"Means of {info['seeds']} seeds. In brackets: relative change against the single-task row of that task, "
+        f"Means of {info['seeds']} seed(s). In brackets: relative change against the single-task row of that task, "
         "signed so that + is better (for RMSE, MAE and log-loss + means lower)."
     )
     for name, v in verdict.items():
@@ -212,9 +213,53 @@ def render(summary: dict[str, dict[str, Any]], verdict: dict[str, dict[str, Any]
     return "\n".join(lines)
 
 
+def stopping_table(rows: list[dict[str, Any]]) -> str:
+    """Validation of each multi-task fit at the epoch it stopped on (the one kept) against each
+    task's own best epoch, beside the single-task fits' best: where one stopping point cannot
+    serve every task, this shows it."""
+    lines = [
+        "| fit | seed | task | valid at the kept epoch | best valid (epoch) | single-task best valid |",
+        "|---|---|---|---|---|---|",
+    ]
+    single_best: dict[tuple[str, int], float] = {}
+    for r in rows:
+        for task, metrics in TASK_METRICS.items():
+            if r["model"] == SINGLE[task] and r.get("valid_tasks"):
+                main, higher = next(iter(metrics.items()))
+                values = [e[task][main] for e in r["valid_tasks"]]
+                single_best[(task, r["seed"])] = max(values) if higher else min(values)
+    for r in rows:
+        if r["model"] not in MULTI:
+            continue
+        for task, metrics in TASK_METRICS.items():
+            main, higher = next(iter(metrics.items()))
+            values = [e[task][main] for e in r["valid_tasks"]]
+            best = max(range(len(values)), key=lambda e: values[e] if higher else -values[e])
+            single = single_best.get((task, r["seed"]))
+            lines.append(
+                f"| {r['model']} | {r['seed']} | {task} {main} | {values[r['best_epoch']]:.4f} (epoch {r['best_epoch'] + 1}) "
+                f"| {values[best]:.4f} ({best + 1}) | {DASH if single is None else f'{single:.4f}'} |"
+            )
+    return "\n".join(lines)
+
+
+def report(path: Path) -> None:
+    saved = json.loads(path.read_text())
+    rows = saved["runs"]
+    names = list(dict.fromkeys(r["model"] for r in rows))
+    info = {**saved, "seeds": len({r["seed"] for r in rows})}
+    summary = summarise(rows, names)
+    print(render(summary, verdicts(summary), info))
+    print()
+    print(stopping_table(rows))
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
+    if args.report:
+        report(args.report)
+        return
     os.environ.update(thread_env(args.threads))
     import torch
 
