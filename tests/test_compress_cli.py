@@ -4,6 +4,8 @@ and recommend load like any other."""
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import importlib.util
 import json
 from pathlib import Path
@@ -104,6 +106,19 @@ def test_save_load_identical_scores_and_no_pickle(
     assert type(loaded) is CompressedSequential and loaded.config == model.config
     q = _queries(split)
     assert torch.equal(model.score(q), loaded.score(q))
+
+
+@pytest.mark.parametrize("method", ["int8", "pq"])
+def test_an_expanded_table_scores_as_its_codes_do(method: str, tiny: tuple[SASRec, Any], compressed: dict) -> None:
+    """Small tables are expanded to float rows once (``table_cache_mb``); the scores are those
+    read from the codes, which a table over the budget (0 MB) still uses."""
+    _, split = tiny
+    q = _queries(split)
+    model = compressed[method]
+    codes = copy.copy(model)
+    codes.config = dataclasses.replace(model.config, table_cache_mb=0)
+    assert model._expanded() is not None and codes._expanded() is None
+    assert torch.allclose(model.score(q), codes.score(q), atol=1e-4)
 
 
 def test_unknown_users_and_items_are_handled(tiny: tuple[SASRec, Any], compressed: dict) -> None:

@@ -76,6 +76,9 @@ class CompressedConfig(ModelConfig):
     finetune_epochs: int = 5  # prune: next-item training after pruning (early-stopped on validation)
     finetune_lr: float = 1e-3
     threads: int = 0  # ONNX Runtime intra-op threads (0: its default)
+    # a quantized or PQ table whose float rows fit in this many MB is expanded once when first used
+    # and scored by one matmul (the file stays compressed); larger ones are scored from the codes
+    table_cache_mb: float = 64.0
     seed: int = 0  # pq k-means and prune fine-tuning draws
     # the model compressed: `lmrec compress` records the source run's; `lmrec train --model
     # compressed` trains this one first (source_config: its options, a dict or JSON)
@@ -95,6 +98,8 @@ class CompressedConfig(ModelConfig):
             )
         if self.heads < 0 or self.inner < 0 or self.finetune_epochs < 0 or self.finetune_lr <= 0 or self.threads < 0:
             raise ConfigError("heads, inner, finetune_epochs and threads must be >= 0 and finetune_lr > 0")
+        if self.table_cache_mb < 0:
+            raise ConfigError(f"table_cache_mb must be >= 0, got {self.table_cache_mb}")
         if isinstance(self.source_config, str):  # `--set source_config={"dim": 32}` from the command line
             try:
                 self.source_config = json.loads(self.source_config) if self.source_config.strip() else {}
@@ -161,25 +166,45 @@ class CompressedSequential(DotProductModel):
         self.runner = OnnxRunner(self.encoder_bytes, threads=threads)
 
     # -- the table --------------------------------------------------------------------------------
+    def _expanded(self) -> torch.Tensor | None:
+        """The whole table as float rows, where it is a float table or its float form fits
+        ``table_cache_mb`` (built once per table); None: read rows and scores from the codes."""
+        table, budget = self.table, self.config.table_cache_mb
+        cached = getattr(self, "_expanded_rows", None)
+        if cached is not None and cached[0] is table and cached[1] == budget:
+            return cached[2]
+        rows = None
+        if isinstance(table, torch.Tensor):
+            rows = table.float()
+        elif table is not None:
+            n_rows = table.n_rows if isinstance(table, quantize.QuantizedTable) else len(table.codes)
+            if n_rows * self.table_dim * 4 <= budget * 2**20:
+                rows = self._decode(torch.arange(n_rows))
+        self._expanded_rows = (table, budget, rows)
+        return rows
+
     def _rows(self, index: torch.Tensor) -> torch.Tensor:
         """Float rows ``index`` of the (pad, items, mask) table."""
+        expanded = self._expanded()
+        return expanded[index] if expanded is not None else self._decode(index)
+
+    def _decode(self, index: torch.Tensor) -> torch.Tensor:
+        """Rows ``index`` of a quantized or PQ table, only those dequantized or decoded."""
         table = self.table
         if isinstance(table, quantize.QuantizedTable):
             return quantize.gather(table, index)
-        if isinstance(table, PQTable):
-            return table.pq.decode(table.codes[index])
-        assert table is not None
-        return table[index].float()
+        assert isinstance(table, PQTable)
+        return table.pq.decode(table.codes[index])
 
     def _scores(self, vectors: torch.Tensor) -> torch.Tensor:
-        """(B, n_items) dot products with the item rows, read from the codes."""
-        table, n = self.table, self.n_items
+        """(B, n_items) dot products with the item rows (the expanded ones, else from the codes)."""
+        table, n, expanded = self.table, self.n_items, self._expanded()
+        if expanded is not None:
+            return vectors @ expanded[1 : n + 1].T
         if isinstance(table, quantize.QuantizedTable):
             return quantize.scores(vectors, quantize.row_slice(table, 1, n + 1))
-        if isinstance(table, PQTable):
-            return PQTable(table.pq, table.codes[1 : n + 1]).scores(vectors)
-        assert table is not None
-        return vectors @ table[1 : n + 1].float().T
+        assert isinstance(table, PQTable)
+        return PQTable(table.pq, table.codes[1 : n + 1]).scores(vectors)
 
     # -- the vectors protocol -----------------------------------------------------------------------
     def item_embeddings(self) -> torch.Tensor:
