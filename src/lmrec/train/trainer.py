@@ -4,8 +4,9 @@ A model says *what* it trains — a :class:`Task`: the ``nn.Module`` whose param
 batches of one epoch, and the loss of one batch — and the :class:`Trainer` decides *how*: the
 optimizer and its parameter groups, warm-up and schedule, device, bf16 autocast and
 ``torch.compile``, gradient clipping and accumulation, a moving average of the weights, early
-stopping on a validation number with the best weights restored, progress, and checkpoints (weights, optimizer state, step, random
-state) from which a stopped run resumes to the same result as an uninterrupted one.
+stopping on a validation number with the best weights restored, progress, and checkpoints
+(weights, optimizer state, step, random state) from which a stopped run resumes to the same
+result as an uninterrupted one.
 
 The seams other features plug into, so that none of them writes its own loop:
 
