@@ -236,8 +236,9 @@ def stopping_table(rows: list[dict[str, Any]]) -> str:
             values = [e[task][main] for e in r["valid_tasks"]]
             best = max(range(len(values)), key=lambda e: values[e] if higher else -values[e])
             single = single_best.get((task, r["seed"]))
+            kept = r["best_epoch"]
             lines.append(
-                f"| {r['model']} | {r['seed']} | {task} {main} | {values[r['best_epoch']]:.4f} (epoch {r['best_epoch'] + 1}) "
+                f"| {r['model']} | {r['seed']} | {task} {main} | {values[kept]:.4f} (epoch {kept + 1}) "
                 f"| {values[best]:.4f} ({best + 1}) | {DASH if single is None else f'{single:.4f}'} |"
             )
     return "\n".join(lines)
