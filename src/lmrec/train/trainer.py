@@ -177,6 +177,7 @@ class Trainer:
             state.average = {k: p.detach().clone() for k, p in _params(module).items()}
         if opts.resume:
             state = self._load_checkpoint(module, optimizer, generator, state)
+        average = _averager(module, state.average, cfg.ema)
         autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.amp)
         bar = tqdm(total=cfg.epochs, initial=state.epoch, disable=not opts.progress, desc=cfg.desc, unit="epoch")
         start = time.perf_counter() - state.log.seconds
@@ -196,11 +197,11 @@ class Trainer:
                         f"{cfg.desc}: the loss is {losses[-1]} at epoch {state.epoch + 1}, batch {len(losses)}"
                     )
                 if len(losses) % cfg.accumulate == 0:
-                    self._step(module, optimizer, state, total_steps)
+                    self._step(module, optimizer, state, total_steps, average)
             if not losses:
                 raise ConfigError(f"{cfg.desc}: an epoch without a training batch (too little data?)")
             if len(losses) % cfg.accumulate:  # a last, partial accumulation
-                self._step(module, optimizer, state, total_steps)
+                self._step(module, optimizer, state, total_steps, average)
             state.log.losses.append(sum(losses) / len(losses))
             state.log.epoch_seconds.append(time.perf_counter() - t0)
             postfix = {"loss": f"{state.log.losses[-1]:.4f}"}
@@ -245,9 +246,16 @@ class Trainer:
 
     @staticmethod
     def _trainable(module: nn.Module) -> list[nn.Parameter]:
-        return [p for p in module.parameters() if p.requires_grad]
+        return list(_params(module).values())
 
-    def _step(self, module: nn.Module, optimizer: torch.optim.Optimizer, state: _State, total: int | None) -> None:
+    def _step(
+        self,
+        module: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        state: _State,
+        total: int | None,
+        average: Callable[[], None] | None,
+    ) -> None:
         cfg = self.config
         if cfg.clip is not None:
             torch.nn.utils.clip_grad_norm_(self._trainable(module), cfg.clip)
@@ -257,10 +265,8 @@ class Trainer:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         state.step += 1
-        if state.average is not None:  # average ← average + (1 − decay)·(weights − average)
-            params = _params(module)
-            averages = [state.average[k] for k in params]
-            torch._foreach_lerp_(averages, [p.detach() for p in params.values()], 1 - cfg.ema)
+        if average is not None:
+            average()
 
     # -- checkpoints ------------------------------------------------------------------------------
     def _save_checkpoint(
@@ -324,13 +330,23 @@ def learned(module: nn.Module) -> dict[str, torch.Tensor]:
     """What training changes: the trainable parameters and the buffers. Frozen weights (a
     language model's base under LoRA) are rebuilt from their source, so snapshots and
     checkpoints leave them out."""
-    out: dict[str, torch.Tensor] = {name: p for name, p in module.named_parameters() if p.requires_grad}
+    out: dict[str, torch.Tensor] = dict(_params(module))
     out.update(dict(module.named_buffers()))
     return out
 
 
 def _params(module: nn.Module) -> dict[str, nn.Parameter]:
     return {name: p for name, p in module.named_parameters() if p.requires_grad}
+
+
+def _averager(module: nn.Module, average: Mapping[str, torch.Tensor] | None, decay: float) -> Callable[[], None] | None:
+    """The update after each optimizer step, average ← average + (1 − decay)·(weights − average),
+    over tensors paired once (the optimizer updates the weights in place); None without an average."""
+    if average is None:
+        return None
+    params = _params(module)
+    averages, weights = [average[k] for k in params], [p.detach() for p in params.values()]
+    return lambda: torch._foreach_lerp_(averages, weights, 1 - decay)
 
 
 def _copy_into(module: nn.Module, tensors: Mapping[str, torch.Tensor]) -> None:
