@@ -4,7 +4,9 @@ like any other model (``lmrec compress``, registered as ``compressed``).
 SASRec's item table is both its input embedding and its output scorer, so a compressed model keeps
 it once: the encoder graph (:class:`~lmrec.compress.onnx.RowsQueryEncoder`) holds no item table
 and is handed the few rows each batch reads, dequantized on the spot, and the catalog is scored
-straight from the codes (:func:`lmrec.compress.quantize.scores`, :meth:`PQTable.scores`).
+straight from the codes (:func:`lmrec.compress.quantize.scores`, :meth:`PQTable.scores`). A table
+whose float form fits ``table_cache_mb`` is instead expanded once in memory: the graph reads the
+batch's ids from it directly and the catalog is scored by one matmul.
 
 Methods, each a choice of encoder and table (``--set encoder=… table=…`` mixes them):
 
@@ -168,7 +170,8 @@ class CompressedSequential(DotProductModel):
     # -- the table --------------------------------------------------------------------------------
     def _expanded(self) -> torch.Tensor | None:
         """The whole table as float rows, where it is a float table or its float form fits
-        ``table_cache_mb`` (built once per table); None: read rows and scores from the codes."""
+        ``table_cache_mb`` (built once per table), its padding row zero; None: read rows and
+        scores from the codes."""
         table, budget = self.table, self.config.table_cache_mb
         cached = getattr(self, "_expanded_rows", None)
         if cached is not None and cached[0] is table and cached[1] == budget:
@@ -180,6 +183,9 @@ class CompressedSequential(DotProductModel):
             n_rows = table.n_rows if isinstance(table, quantize.QuantizedTable) else len(table.codes)
             if n_rows * self.table_dim * 4 <= budget * 2**20:
                 rows = self._decode(torch.arange(n_rows))
+        if rows is not None and bool(rows[0].any()):  # the encoder reads row 0 as the padding
+            rows = rows.clone()
+            rows[0] = 0
         self._expanded_rows = (table, budget, rows)
         return rows
 
@@ -218,13 +224,17 @@ class CompressedSequential(DotProductModel):
         cfg = self.source_config
         seq, lengths = histories_to_inputs(batch, self.n_items, cfg.max_len, append_mask=cfg.objective == "masked")
         out = torch.empty(len(batch), self.table_dim)
+        expanded = self._expanded()
         for s in range(0, len(batch), CHUNK):
             part, n = seq[s : s + CHUNK], lengths[s : s + CHUNK]
             part = part[:, : max(1, int(n.max()))]
-            ids, inverse = torch.unique(part, return_inverse=True)
+            if expanded is not None:  # the whole float table is at hand: the graph reads the ids from it
+                out[s : s + len(part)] = torch.from_numpy(self.runner(part, n, expanded))
+                continue
+            ids, inverse = torch.unique(part, return_inverse=True)  # else only the rows the batch reads
             if int(ids[0]) != 0:  # row 0 of the rows handed over is the padding
                 ids, inverse = torch.cat([torch.zeros(1, dtype=ids.dtype), ids]), inverse + 1
-            rows = self._rows(ids)
+            rows = self._decode(ids)
             rows[0] = 0
             out[s : s + len(part)] = torch.from_numpy(self.runner(inverse, n, rows))
         return Queries(out, torch.zeros(len(batch)), lengths > 0)
