@@ -189,20 +189,14 @@ def quantize_int8(src: str | Path, dst: str | Path) -> Path:
 class OnnxRunner:
     """An ONNX Runtime CPU session over an exported :class:`QueryEncoder` or
     :class:`RowsQueryEncoder`, from its file or its bytes; ``threads`` bounds the intra-op thread
-    pool (None: ONNX Runtime's default). ``spin``: whether the pool's threads busy-wait for the
-    next run after each one (ONNX Runtime's default). Off, they sleep: a call then wakes them,
-    but they no longer take the cores from the work done between calls (the scoring and top-k
-    after each encode)."""
+    pool (None: ONNX Runtime's default)."""
 
-    def __init__(self, model: str | Path | bytes, threads: int | None = None, spin: bool = True) -> None:
+    def __init__(self, model: str | Path | bytes, threads: int | None = None) -> None:
         ort = _ort()
         options = ort.SessionOptions()
         if threads is not None:
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
-        if not spin:
-            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-            options.add_session_config_entry("session.inter_op.allow_spinning", "0")
         options.log_severity_level = 3
         self.path = None if isinstance(model, bytes) else Path(model)
         self._size = len(model) if isinstance(model, bytes) else 0
