@@ -110,8 +110,9 @@ def test_save_load_identical_scores_and_no_pickle(
 
 @pytest.mark.parametrize("method", ["int8", "pq"])
 def test_an_expanded_table_scores_as_its_codes_do(method: str, tiny: tuple[SASRec, Any], compressed: dict) -> None:
-    """Small tables are expanded to float rows once (``table_cache_mb``); the scores are those
-    read from the codes, which a table over the budget (0 MB) still uses."""
+    """Small tables are expanded to float rows once (``table_cache_mb``) and handed to the encoder
+    whole; the scores are those of the rows gathered and read from the codes, which a table over
+    the budget (0 MB) still uses."""
     _, split = tiny
     q = _queries(split)
     model = compressed[method]
