@@ -111,8 +111,8 @@ def splits(ds: Any) -> tuple[Any, Any, Any, dict[str, int]]:
     history = QueryBatch.from_interactions(known.interactions[part < 2], asked)
     target = QueryBatch.from_interactions(targets, asked)
     cold_test = EvalSet(history, target.indptr, target.items)
-    sizes = {name: n for name, n in warm.sizes().items()}
-    sizes.update(warm_items=known.n_items, cold_items=len(new_items), cold_test=int(target.indptr[-1]))
+    sizes = warm.sizes()
+    sizes.update(warm_items=known.n_items, cold_items=len(new_items), cold_test=len(target.items))
     sizes["cold_users"] = len(asked)
     return warm, catalog, cold_test, sizes
 
