@@ -180,26 +180,29 @@ def test_requests_during_reloads_all_succeed(base: dict[str, Path], tmp_path: Pa
     store = with_feedback(db)
     new = retrain(base["run"], store, tmp_path / "new", base["cache"], FitOptions()).directory
     store.close()
-    client = TestClient(create_app(base["run"], db, base["cache"], require_keys=False))
-    versions = {client.get("/health").json()["version"]}
     answers: list[tuple[int, str | None]] = []
     stop = threading.Event()
+    # One event loop for every request, as under uvicorn (without the context manager each call
+    # would start a loop of its own, and one such run hung on a request that never completed).
+    with TestClient(create_app(base["run"], db, base["cache"], require_keys=False)) as client:
+        versions = {client.get("/health").json()["version"]}
 
-    def ask() -> None:
-        while not stop.is_set():
-            r = client.post("/recommend", json={"user": "u0", "k": 5})
-            answers.append((r.status_code, r.json().get("version")))
+        def ask() -> None:
+            while not stop.is_set():
+                r = client.post("/recommend", json={"user": "u0", "k": 5})
+                answers.append((r.status_code, r.json().get("version")))
 
-    askers = [threading.Thread(target=ask) for _ in range(2)]
-    for t in askers:
-        t.start()
-    for run in (new, base["run"], new, base["run"], new):
-        r = client.post("/admin/reload", json={"run": str(run)})
-        assert r.status_code == 200, r.text
-        versions.add(r.json()["version"])
-    stop.set()
-    for t in askers:
-        t.join()
+        askers = [threading.Thread(target=ask, daemon=True) for _ in range(2)]
+        for t in askers:
+            t.start()
+        for run in (new, base["run"], new, base["run"], new):
+            r = client.post("/admin/reload", json={"run": str(run)})
+            assert r.status_code == 200, r.text
+            versions.add(r.json()["version"])
+        stop.set()
+        for t in askers:
+            t.join(timeout=60)
+        assert not any(t.is_alive() for t in askers), "a request during the reloads never completed"
     assert len(versions) == 2 and answers
     assert all(code == 200 for code, _ in answers) and {v for _, v in answers} <= versions
 
