@@ -263,6 +263,16 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     return out
 
 
+METRIC_COLUMNS = (  # summary keys, in the order of the table's metric columns
+    "warm_ndcg@10",
+    "warm_recall@10",
+    "warm_with_new_ndcg@10",
+    "cold_recall@10",
+    "cold_ndcg@10",
+    "cold_among_cold_recall@10",
+)
+
+
 def render(results: dict[str, Any], info: dict[str, Any]) -> str:
     lines = []
     for name, res in results.items():
@@ -276,8 +286,7 @@ def render(results: dict[str, Any], info: dict[str, Any]) -> str:
         ]
         for variant, m in s.items():
             enc = res["encode_cpu_s_per_1000"].get(variant)
-            keys = ("warm_ndcg@10", "warm_recall@10", "warm_with_new_ndcg@10", "cold_recall@10", "cold_ndcg@10")
-            cells = [m.get(k, float("nan")) for k in (*keys, "cold_among_cold_recall@10")]  # older files lack some
+            cells = [m.get(k, float("nan")) for k in METRIC_COLUMNS]  # older result files lack some
             lines.append(
                 f"| {variant} | " + " | ".join("–" if np.isnan(c) else f"{c:.4f}" for c in cells) + " | "
                 f"{m['fit_s_median']:.0f}; "
