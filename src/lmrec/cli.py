@@ -166,6 +166,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise ConfigError("--resume RUN continues RUN as it was started: no --dataset, --model or --out")
         options = _fit_options(args, args.seed)
         run = resume_run(Path(args.resume), args.cache_dir, options)
+        options.strategy.close()
         if options.strategy.is_main:
             _report_trained(run)
         return 0
@@ -183,6 +184,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     )
     options = _fit_options(args, args.seed)
     run = train_run(recipe, args.model, _model_overrides(args), Path(args.out), args.cache_dir, options)
+    options.strategy.close()
     if options.strategy.is_main:
         _report_trained(run)
     return 0

@@ -60,6 +60,13 @@ class DDPStrategy(Strategy):
         dist.broadcast(out, src=0)
         return float(out.item())
 
+    def close(self) -> None:
+        # Every process waits until the main one has written the run, then the group is torn
+        # down in order: a process that exits with gloo's threads still running aborts (SIGABRT).
+        if dist.is_initialized():
+            dist.barrier()
+            dist.destroy_process_group()
+
 
 def shard(batch: Any, rank: int, world: int) -> Any:
     """Rows ``rank::world`` of every tensor (and list) in a batch."""

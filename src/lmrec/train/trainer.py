@@ -81,6 +81,9 @@ class Strategy:
         """A number every process must act on alike (the validation score): the main one's."""
         return value
 
+    def close(self) -> None:
+        """Leave whatever the strategy joined (the process group), once the work is done."""
+
 
 @dataclass
 class TrainConfig:
