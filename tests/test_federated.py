@@ -49,6 +49,18 @@ def test_fedavg_weights_by_examples_and_takes_each_user_row_from_its_client() ->
     assert torch.allclose(plain["users"][0], torch.tensor([0.25, 0.25]))
 
 
+def test_a_server_learning_rate_scales_the_shared_change_and_leaves_user_rows_alone() -> None:
+    previous = {"items": torch.ones(2, 2), "users": torch.zeros(2, 2), "step": torch.tensor(3)}
+    a = {"items": torch.full((2, 2), 2.0), "users": torch.tensor([[1.0, 1.0], [0.0, 0.0]]), "step": torch.tensor(4)}
+    b = {"items": torch.full((2, 2), 4.0), "users": torch.tensor([[0.0, 0.0], [2.0, 2.0]]), "step": torch.tensor(4)}
+    out = fedavg([(a, 1.0), (b, 1.0)], previous, per_user=("users",), server_lr=3.0)
+    assert torch.allclose(out["items"], torch.full((2, 2), 1.0 + 3.0 * (3.0 - 1.0)))  # mean change 2, three times
+    assert torch.equal(out["users"], torch.tensor([[1.0, 1.0], [2.0, 2.0]]))
+    assert out["step"].item() == 4  # a count is averaged, never extrapolated
+    with pytest.raises(ConfigError, match="server_lr"):
+        FederatedOptions(server_lr=0.0)
+
+
 @pytest.mark.parametrize(("name", "config"), [("bpr", BPR), ("sasrec", SASREC)])
 def test_local_training_starts_from_the_weights_it_is_given(name: str, config: dict) -> None:
     train = leave_one_out(checkerboard(n_users=20)).train_dataset()

@@ -485,6 +485,7 @@ def cmd_federated(args: argparse.Namespace) -> int:
         clients=args.clients,
         rounds=args.rounds,
         local_epochs=args.local_epochs,
+        server_lr=args.server_lr,
         seed=args.seed,
         validate=not args.no_validate,
     )
@@ -696,6 +697,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clients", type=_positive, default=10, help="clients, each holding a disjoint share of the users")
     p.add_argument("--rounds", type=_positive, default=20, help="rounds of FedAvg")
     p.add_argument("--local-epochs", type=_positive, default=1, help="each client's epochs over its data per round")
+    p.add_argument(
+        "--server-lr", type=float, default=1.0, help="server step along the clients' mean change (1: plain FedAvg)"
+    )
     p.add_argument("--no-validate", action="store_true", help="keep the last round, not the best on validation")
     p.add_argument("--out", required=True, help="run directory to create")
     p.add_argument("--config", help="YAML file of model options")

@@ -7,6 +7,10 @@ model's own fit and the one Trainer* (:mod:`lmrec.train.trainer`), starting from
 (:class:`StartFrom`, a Trainer strategy that loads them into the task's module before the first
 step) for ``local_epochs`` epochs, and sends its weights back with its number of training
 interactions; the server averages them weighted by those numbers (FedAvg, McMahan et al. 2017).
+With ``server_lr`` η ≠ 1 the server steps η times along the clients' mean change instead of to it
+(FedAvg with a server learning rate, Reddi et al., ICLR 2021): each client moves a shared item row
+only by its own users' share of the data, so the mean change is about 1/clients of the change one
+pass over all the data makes, and η > 1 gives that back.
 
 Tables with one row per user (BPR's user factors) are the exception: a user's row is trained by
 the one client that holds the user and left unchanged by every other (zero gradient, so Adam does
@@ -90,6 +94,7 @@ class FederatedOptions:
     clients: int = 10
     rounds: int = 20
     local_epochs: int = 1  # each client's epochs over its own data per round
+    server_lr: float = 1.0  # the server's step along the clients' mean change of the shared weights (1: FedAvg)
     seed: int = 0  # the user split; round r of client k trains with seed + 1000·r + k
     validate: bool = True  # validation NDCG@10 of the global model after each round; the best round is kept
     ray_memory_mb: int = 256  # Ray's object store (Ray's minimum is 75 MB)
@@ -97,6 +102,8 @@ class FederatedOptions:
     def __post_init__(self) -> None:
         if self.clients < 2 or self.rounds < 1 or self.local_epochs < 1:
             raise ConfigError("federated training needs clients >= 2, rounds >= 1 and local_epochs >= 1")
+        if not self.server_lr > 0:
+            raise ConfigError(f"server_lr must be > 0, got {self.server_lr}")
         if self.ray_memory_mb < 80:
             raise ConfigError("ray_memory_mb must be at least 80 (Ray needs 75 MB for its object store)")
 
@@ -152,10 +159,13 @@ def local_fit(
     return strategy.trained(), fitted.training_log
 
 
-def fedavg(replies: list[tuple[Weights, float]], previous: Weights, per_user: tuple[str, ...] = ()) -> Weights:
-    """FedAvg of the clients' ``(weights, number of examples)``: the mean weighted by examples; for
-    the ``per_user`` tables the previous global table plus the sum of the clients' changes (each
-    row changes on the one client that holds its user, so that is the row that client trained)."""
+def fedavg(
+    replies: list[tuple[Weights, float]], previous: Weights, per_user: tuple[str, ...] = (), server_lr: float = 1.0
+) -> Weights:
+    """FedAvg of the clients' ``(weights, number of examples)``: the mean weighted by examples (with
+    ``server_lr`` η ≠ 1, the previous weights plus η times the change to that mean); for the
+    ``per_user`` tables the previous global table plus the sum of the clients' changes (each row
+    changes on the one client that holds its user, so that is the row that client trained)."""
     if not replies:
         raise LmrecError("no client replied")
     total = float(sum(n for _, n in replies))
@@ -167,8 +177,11 @@ def fedavg(replies: list[tuple[Weights, float]], previous: Weights, per_user: tu
             base = previous[name].double()
             out[name] = (base + sum(w[name].double() - base for w, _ in replies)).to(previous[name].dtype)
         else:
-            mean = sum(w[name].double() * (n / total) for w, n in replies)
-            out[name] = torch.as_tensor(mean).to(replies[0][0][name].dtype)
+            mean = torch.as_tensor(sum(w[name].double() * (n / total) for w, n in replies))
+            if server_lr != 1.0 and previous[name].is_floating_point():  # a count is averaged, never extrapolated
+                base = previous[name].double()
+                mean = base + server_lr * (mean - base)
+            out[name] = mean.to(replies[0][0][name].dtype)
     return out
 
 
@@ -244,9 +257,9 @@ def _strategy_class() -> Any:
         """Flower's FedAvg, aggregated by :func:`fedavg` (per-user tables row by row), in partition
         order (the same sums in the same order every run), and a failed client stops the run."""
 
-        def __init__(self, per_user: tuple[str, ...], outcome: _Outcome, **kwargs: Any) -> None:
+        def __init__(self, per_user: tuple[str, ...], server_lr: float, outcome: _Outcome, **kwargs: Any) -> None:
             super().__init__(**kwargs)
-            self.per_user, self.outcome = per_user, outcome
+            self.per_user, self.server_lr, self.outcome = per_user, server_lr, outcome
             self.current: Weights = {}
 
         def configure_train(self, server_round: int, arrays: Any, config: Any, grid: Any) -> Any:
@@ -260,7 +273,7 @@ def _strategy_class() -> Any:
                 raise LmrecError(f"round {server_round}: {len(failed)} client(s) failed: {failed[0]}")
             contents = sorted((msg.content for msg in replies), key=lambda c: int(c["metrics"]["partition"]))
             pairs = [(c["arrays"].to_torch_state_dict(), float(c["metrics"]["num-examples"])) for c in contents]
-            aggregated = fedavg(pairs, self.current, self.per_user)
+            aggregated = fedavg(pairs, self.current, self.per_user, self.server_lr)
             losses = [float(c["metrics"]["train-loss"]) * float(c["metrics"]["num-examples"]) for c in contents]
             seconds = sum(float(c["metrics"]["seconds"]) for c in contents)
             total = sum(n for _, n in pairs)
@@ -307,6 +320,7 @@ def serve_rounds(
 
     strategy = _strategy_class()(
         family(model).per_user,
+        fed.server_lr,
         outcome,
         fraction_train=1.0,
         fraction_evaluate=0.0,
@@ -337,6 +351,8 @@ def finish(
     spec = family(model)
     weights = outcome.best if outcome.best is not None else outcome.last
     strategy = "FedAvg weighted by training interactions"
+    if fed.server_lr != 1.0:
+        strategy += f", server learning rate {fed.server_lr:g}"
     if spec.per_user:
         strategy += f"; per-user rows ({', '.join(spec.per_user)}) from the client holding the user"
     log = {
@@ -344,6 +360,7 @@ def finish(
         "clients": fed.clients,
         "rounds": fed.rounds,
         "local_epochs": fed.local_epochs,
+        "server_lr": fed.server_lr,
         "client_interactions": sizes,
         "kept_round": outcome.best_round if outcome.best is not None else fed.rounds,
         "per_round": outcome.rounds,
