@@ -44,6 +44,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--rounds", default="bpr=30,sasrec=15", help="MODEL=ROUNDS,... (= centralised epochs)")
     parser.add_argument("--local-epochs", type=int, default=1)
     parser.add_argument("--server-lr", type=float, default=1.0, help="1: plain FedAvg")
+    parser.add_argument("--lr-schedule", default="constant", choices=["constant", "cosine"])
     parser.add_argument("--attack", default="bpr", help="models to attack (comma-separated; '' for none)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
@@ -86,6 +87,7 @@ def main(argv: list[str]) -> int:
             rounds=n_rounds,
             local_epochs=args.local_epochs,
             server_lr=args.server_lr,
+            lr_schedule=args.lr_schedule,
             seed=args.seed,
         )
 
@@ -116,6 +118,7 @@ def main(argv: list[str]) -> int:
             "rounds": n_rounds,
             "local_epochs": args.local_epochs,
             "server_lr": args.server_lr,
+            "lr_schedule": args.lr_schedule,
             "central_ndcg@10": c_metrics["ndcg@10"],
             "central_recall@10": c_metrics["recall@10"],
             "central_epochs_run": len(c_model.training_log["losses"]),
@@ -155,7 +158,7 @@ def table(records: list[dict[str, Any]]) -> str:
     """The markdown table of one or more result files (one per model when run side by side)."""
     rows = [r for record in records for r in record["rows"]]
     lines = [
-        "| model | rounds × local epochs (clients), server lr | centralised NDCG@10 (best epoch) "
+        "| model | rounds × local epochs (clients), server lr, client lr | centralised NDCG@10 (best epoch) "
         "| federated NDCG@10 (kept round) | federated / centralised | Recall@10 c / f | attack AUC c / f "
         "| fit s c / f |",
         "|---|---|---|---|---|---|---|---|",
@@ -165,7 +168,8 @@ def table(records: list[dict[str, Any]]) -> str:
             f"{r['central_attack_auc']:.3f} / {r['federated_attack_auc']:.3f}" if "central_attack_auc" in r else "–"
         )
         lines.append(
-            f"| {r['model']} | {r['rounds']} × {r['local_epochs']} ({r['clients']}), η {r.get('server_lr', 1.0):g} "
+            f"| {r['model']} | {r['rounds']} × {r['local_epochs']} ({r['clients']}), η {r.get('server_lr', 1.0):g}, "
+            f"{r.get('lr_schedule', 'constant')} "
             f"| {r['central_ndcg@10']:.4f} ({r['central_best_epoch']}) "
             f"| {r['federated_ndcg@10']:.4f} ({r['federated_kept_round']}) | {r['share_of_central']:.1%} "
             f"| {r['central_recall@10']:.4f} / {r['federated_recall@10']:.4f} | {attack} "

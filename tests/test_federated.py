@@ -3,6 +3,7 @@ global weights, and 2 clients × 3 rounds through Flower's Simulation Engine and
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -59,6 +60,16 @@ def test_a_server_learning_rate_scales_the_shared_change_and_leaves_user_rows_al
     assert out["step"].item() == 4  # a count is averaged, never extrapolated
     with pytest.raises(ConfigError, match="server_lr"):
         FederatedOptions(server_lr=0.0)
+
+
+def test_a_cosine_schedule_lowers_the_clients_learning_rate_over_the_rounds() -> None:
+    fed = FederatedOptions(rounds=4, lr_schedule="cosine")
+    factors = [fed.lr_factor(r) for r in range(1, 5)]
+    assert factors[0] == 1.0 and factors[2] == pytest.approx(0.5)
+    assert all(a > b > 0 for a, b in itertools.pairwise(factors))
+    assert FederatedOptions(rounds=4).lr_factor(4) == 1.0
+    with pytest.raises(ConfigError, match="lr_schedule"):
+        FederatedOptions(lr_schedule="step")
 
 
 @pytest.mark.parametrize(("name", "config"), [("bpr", BPR), ("sasrec", SASREC)])

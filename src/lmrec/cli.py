@@ -486,6 +486,7 @@ def cmd_federated(args: argparse.Namespace) -> int:
         rounds=args.rounds,
         local_epochs=args.local_epochs,
         server_lr=args.server_lr,
+        lr_schedule=args.lr_schedule,
         seed=args.seed,
         validate=not args.no_validate,
     )
@@ -699,6 +700,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--local-epochs", type=_positive, default=1, help="each client's epochs over its data per round")
     p.add_argument(
         "--server-lr", type=float, default=1.0, help="server step along the clients' mean change (1: plain FedAvg)"
+    )
+    p.add_argument(
+        "--lr-schedule", default="constant", choices=["constant", "cosine"], help="clients' learning rate over rounds"
     )
     p.add_argument("--no-validate", action="store_true", help="keep the last round, not the best on validation")
     p.add_argument("--out", required=True, help="run directory to create")

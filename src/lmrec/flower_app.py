@@ -4,10 +4,11 @@
 both are the pieces :mod:`lmrec.privacy.federated` runs in its simulation. It sits beside the
 CLI (it writes a run directory, :mod:`lmrec.runs`), imported only by Flower. They read the run
 config (``[tool.flwr.app.config]`` of the app's ``pyproject.toml``, or ``flwr run --run-config``):
-``dataset``, ``model``, ``clients``, ``rounds``, ``local-epochs``, ``server-lr``, ``seed``, ``overrides`` (model
-options as JSON), ``out`` (the run directory the ServerApp writes) and ``cache-dir`` (empty: the
-default cache). A SuperNode's ``--node-config "partition-id=K"`` says which shard of the users it
-trains on: every machine reads the same dataset recipe and keeps the users of its shard.
+``dataset``, ``model``, ``clients``, ``rounds``, ``local-epochs``, ``server-lr``, ``lr-schedule``,
+``seed``, ``overrides`` (model options as JSON), ``out`` (the run directory the ServerApp writes)
+and ``cache-dir`` (empty: the default cache). A SuperNode's ``--node-config "partition-id=K"``
+says which shard of the users it trains on: every machine reads the same dataset recipe and keeps
+the users of its shard.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ def settings(run_config: Any) -> tuple[DataRecipe, str, dict[str, Any], Federate
             rounds=int(run_config["rounds"]),
             local_epochs=int(run_config.get("local-epochs", 1)),
             server_lr=float(run_config.get("server-lr", 1.0)),
+            lr_schedule=str(run_config.get("lr-schedule", "constant")),
             seed=int(run_config.get("seed", 0)),
         )
         recipe = DataRecipe(dataset=str(run_config["dataset"])).resolved()

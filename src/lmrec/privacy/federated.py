@@ -10,7 +10,10 @@ interactions; the server averages them weighted by those numbers (FedAvg, McMaha
 With ``server_lr`` η ≠ 1 the server steps η times along the clients' mean change instead of to it
 (FedAvg with a server learning rate, Reddi et al., ICLR 2021): each client moves a shared item row
 only by its own users' share of the data, so the mean change is about 1/clients of the change one
-pass over all the data makes, and η > 1 gives that back.
+pass over all the data makes, and η > 1 gives that back. ``lr_schedule="cosine"`` lowers the
+clients' learning rate over the rounds (a cosine from the model's ``lr`` in round 1 towards 0 after
+the last): every round a client starts a fresh optimizer, so at a constant rate the global model
+keeps jumping by a full step's worth each round instead of settling.
 
 Tables with one row per user (BPR's user factors) are the exception: a user's row is trained by
 the one client that holds the user and left unchanged by every other (zero gradient, so Adam does
@@ -33,6 +36,7 @@ engine (a SuperLink and SuperNodes on other machines, :mod:`lmrec.flower_app`): 
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -51,6 +55,7 @@ from lmrec.train.trainer import Strategy
 from lmrec.train.validation import validation_ndcg
 
 Weights = dict[str, torch.Tensor]
+LR_SCHEDULES = ("constant", "cosine")
 START_ATTEMPTS = 3  # Flower's simulation is started again when Ray fails to start (nothing has run yet)
 
 
@@ -95,6 +100,7 @@ class FederatedOptions:
     rounds: int = 20
     local_epochs: int = 1  # each client's epochs over its own data per round
     server_lr: float = 1.0  # the server's step along the clients' mean change of the shared weights (1: FedAvg)
+    lr_schedule: str = "constant"  # the clients' learning rate over the rounds: "constant" or "cosine"
     seed: int = 0  # the user split; round r of client k trains with seed + 1000·r + k
     validate: bool = True  # validation NDCG@10 of the global model after each round; the best round is kept
     ray_memory_mb: int = 256  # Ray's object store (Ray's minimum is 75 MB)
@@ -104,6 +110,14 @@ class FederatedOptions:
             raise ConfigError("federated training needs clients >= 2, rounds >= 1 and local_epochs >= 1")
         if not self.server_lr > 0:
             raise ConfigError(f"server_lr must be > 0, got {self.server_lr}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ConfigError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
+
+    def lr_factor(self, server_round: int) -> float:
+        """The clients' learning rate in round ``server_round`` (1-based) over the model's own."""
+        if self.lr_schedule == "constant":
+            return 1.0
+        return 0.5 * (1.0 + math.cos(math.pi * (server_round - 1) / self.rounds))
         if self.ray_memory_mb < 80:
             raise ConfigError("ray_memory_mb must be at least 80 (Ray needs 75 MB for its object store)")
 
@@ -219,9 +233,13 @@ class _Outcome:
 
 def client_round(msg: Any, model: str, config: ModelConfig, shard: Dataset, partition: int, seed: int) -> Any:
     """A ClientApp's answer to a train message: ``shard`` trained from the global weights it carries
-    (round r of partition k with seed + 1000·r + k), its weights and number of examples back."""
+    (round r of partition k with seed + 1000·r + k; the learning rate times the message's
+    ``lr-factor``), its weights and number of examples back."""
     app, _, _, _ = _flower()
     server_round = int(msg.content["config"]["server-round"])
+    factor = float(msg.content["config"].get("lr-factor", 1.0))
+    if factor != 1.0:
+        config = config.updated({"lr": config.to_dict()["lr"] * factor})
     weights = msg.content["arrays"].to_torch_state_dict()
     trained, log = local_fit(model, config, shard, weights, seed + 1000 * server_round + partition)
     metrics = {
@@ -257,13 +275,14 @@ def _strategy_class() -> Any:
         """Flower's FedAvg, aggregated by :func:`fedavg` (per-user tables row by row), in partition
         order (the same sums in the same order every run), and a failed client stops the run."""
 
-        def __init__(self, per_user: tuple[str, ...], server_lr: float, outcome: _Outcome, **kwargs: Any) -> None:
+        def __init__(self, per_user: tuple[str, ...], fed: FederatedOptions, outcome: _Outcome, **kwargs: Any) -> None:
             super().__init__(**kwargs)
-            self.per_user, self.server_lr, self.outcome = per_user, server_lr, outcome
+            self.per_user, self.fed, self.outcome = per_user, fed, outcome
             self.current: Weights = {}
 
         def configure_train(self, server_round: int, arrays: Any, config: Any, grid: Any) -> Any:
             self.current = arrays.to_torch_state_dict()
+            config["lr-factor"] = self.fed.lr_factor(server_round)
             return super().configure_train(server_round, arrays, config, grid)
 
         def aggregate_train(self, server_round: int, replies: Any) -> tuple[Any, Any]:
@@ -273,7 +292,7 @@ def _strategy_class() -> Any:
                 raise LmrecError(f"round {server_round}: {len(failed)} client(s) failed: {failed[0]}")
             contents = sorted((msg.content for msg in replies), key=lambda c: int(c["metrics"]["partition"]))
             pairs = [(c["arrays"].to_torch_state_dict(), float(c["metrics"]["num-examples"])) for c in contents]
-            aggregated = fedavg(pairs, self.current, self.per_user, self.server_lr)
+            aggregated = fedavg(pairs, self.current, self.per_user, self.fed.server_lr)
             losses = [float(c["metrics"]["train-loss"]) * float(c["metrics"]["num-examples"]) for c in contents]
             seconds = sum(float(c["metrics"]["seconds"]) for c in contents)
             total = sum(n for _, n in pairs)
@@ -320,7 +339,7 @@ def serve_rounds(
 
     strategy = _strategy_class()(
         family(model).per_user,
-        fed.server_lr,
+        fed,
         outcome,
         fraction_train=1.0,
         fraction_evaluate=0.0,
@@ -353,6 +372,8 @@ def finish(
     strategy = "FedAvg weighted by training interactions"
     if fed.server_lr != 1.0:
         strategy += f", server learning rate {fed.server_lr:g}"
+    if fed.lr_schedule != "constant":
+        strategy += f", clients' learning rate on a {fed.lr_schedule} over the rounds"
     if spec.per_user:
         strategy += f"; per-user rows ({', '.join(spec.per_user)}) from the client holding the user"
     log = {
@@ -361,6 +382,7 @@ def finish(
         "rounds": fed.rounds,
         "local_epochs": fed.local_epochs,
         "server_lr": fed.server_lr,
+        "lr_schedule": fed.lr_schedule,
         "client_interactions": sizes,
         "kept_round": outcome.best_round if outcome.best is not None else fed.rounds,
         "per_round": outcome.rounds,
