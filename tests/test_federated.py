@@ -94,6 +94,8 @@ def evaluate_queries(train: Dataset) -> QueryBatch:
 def test_federated_options_refuse_what_cannot_work() -> None:
     with pytest.raises(ConfigError, match="clients >= 2"):
         FederatedOptions(clients=1)
+    with pytest.raises(ConfigError, match="ray_memory_mb"):
+        FederatedOptions(ray_memory_mb=50)
     with pytest.raises(ConfigError, match="supports"):
         from lmrec.privacy.federated import family
 

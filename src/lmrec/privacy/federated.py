@@ -112,14 +112,14 @@ class FederatedOptions:
             raise ConfigError(f"server_lr must be > 0, got {self.server_lr}")
         if self.lr_schedule not in LR_SCHEDULES:
             raise ConfigError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
+        if self.ray_memory_mb < 80:
+            raise ConfigError("ray_memory_mb must be at least 80 (Ray needs 75 MB for its object store)")
 
     def lr_factor(self, server_round: int) -> float:
         """The clients' learning rate in round ``server_round`` (1-based) over the model's own."""
         if self.lr_schedule == "constant":
             return 1.0
         return 0.5 * (1.0 + math.cos(math.pi * (server_round - 1) / self.rounds))
-        if self.ray_memory_mb < 80:
-            raise ConfigError("ray_memory_mb must be at least 80 (Ray needs 75 MB for its object store)")
 
 
 # -- the pieces -------------------------------------------------------------------------------------
