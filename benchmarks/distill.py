@@ -1,9 +1,10 @@
 """Distillation on ml-100k: a small SASRec student trained on a teacher's full-catalog distribution
 (softened logits, KL + the usual cross-entropy; ``teacher=RUN``) against the same student alone.
 
-The teacher is the default SASRec; the student has ``--student`` overrides (default dim 16, one
-layer, inner 64). Every row is evaluated on all test users; the paired test compares the
-distilled student with the student alone on per-user NDCG@10.
+The teacher is the default SASRec, or a larger one (``--teacher`` overrides); the student has
+``--student`` overrides (default dim 16, one layer, inner 64), and the distilled one ``--distill``
+overrides on top (the distillation weight and temperature). Every row is evaluated on all test
+users; the paired test compares the distilled student with the student alone on per-user NDCG@10.
 
     .venv/bin/python benchmarks/distill.py --threads 1
 """
@@ -27,7 +28,9 @@ STUDENT = {"dim": 16, "layers": 1, "heads": 1, "inner": 64}
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--teacher", default="{}", help="teacher overrides (JSON; default: the default sasrec)")
     parser.add_argument("--student", default=json.dumps(STUDENT), help="student overrides (JSON)")
+    parser.add_argument("--distill", default="{}", help="the distilled student's extra overrides (JSON)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-epochs", type=int, help="cap every fit's epochs (a smoke run)")
     parser.add_argument("--threads", type=int, default=2)
@@ -56,9 +59,9 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="lmrec-distill-") as tmp:
         teacher_dir = Path(tmp) / "teacher"
         plans = [
-            ("teacher", {}),
+            ("teacher", json.loads(args.teacher)),
             ("student alone", student),
-            ("student distilled", {**student, "teacher": str(teacher_dir)}),
+            ("student distilled", {**student, **json.loads(args.distill), "teacher": str(teacher_dir)}),
         ]
         for name, overrides in plans:
             t0 = time.process_time()

@@ -290,3 +290,22 @@ def test_item_init_pull_keeps_id_rows_near_their_text_start(board: Dataset) -> N
     assert drift(10.0) < 0.5 * drift(0.0)  # the pull holds the rows; without it they move freely
     with pytest.raises(ConfigError, match="item_init_pull"):
         SequentialConfig(item_init_pull=0.1)  # nothing to pull towards with random rows
+
+
+def test_item_decay_to_text_decays_id_rows_towards_their_text_start(board: Dataset) -> None:
+    from tests.conftest import KeywordEncoder
+
+    def rows(decay_to: str) -> tuple[torch.Tensor, torch.Tensor]:
+        config = SequentialConfig(
+            **{**TINY, "epochs": 5, "lr": 0.01, "weight_decay": 50.0, "item_init": "text", "item_decay_to": decay_to}
+        )
+        model = SASRec(config).fit(board, None, FitOptions(seed=0, text_encoder=KeywordEncoder()))
+        assert model.init_rows is not None
+        return model.net.items.weight[1 : board.n_items + 1].detach(), model.init_rows
+
+    to_zero, start = rows("zero")
+    to_text, _ = rows("text")
+    drift = lambda r: float((r - start).norm(dim=1).mean())  # noqa: E731
+    assert drift(to_text) < 0.5 * drift(to_zero)  # strong decay: towards the text start, not towards 0
+    with pytest.raises(ConfigError, match="item_decay_to"):
+        SequentialConfig(item_decay_to="text")  # nothing to decay towards with random rows

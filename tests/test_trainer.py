@@ -53,6 +53,24 @@ def test_extra_loss_terms_are_added() -> None:
     assert abs(task.module.weight.item()) < 0.5  # the extra term dominates
 
 
+@pytest.mark.parametrize("optimizer", ["adamw", "adam", "sgd"])
+def test_weight_decay_pulls_towards_decay_to(optimizer: str) -> None:
+    task = LineTask()
+    task.loss = lambda module, x, gen: 0 * module(x).sum()  # type: ignore[method-assign]  # decay alone moves it
+    task.decay_to = {"weight": torch.full((1, 1), 2.0)}  # type: ignore[attr-defined]
+    with torch.no_grad():
+        task.module.weight.fill_(-1.0)
+    config = TrainConfig(epochs=50, lr=0.05, weight_decay=1.0, optimizer=optimizer)
+    Trainer(config).fit(task, torch.Generator().manual_seed(0))
+    weight = task.module.weight.item()
+    if optimizer == "adamw":  # decoupled: w ← w − lr·wd·(w − 2) at each of the 200 steps
+        assert weight == pytest.approx(2.0 - 3.0 * (1 - 0.05) ** 200, abs=1e-5)
+    assert abs(weight - 2.0) < 0.1  # towards the target, not towards 0
+    task.decay_to = {"bias": torch.zeros(1)}  # type: ignore[attr-defined]
+    with pytest.raises(ConfigError, match="decay_to"):
+        Trainer(config).fit(task, torch.Generator())
+
+
 def test_a_nan_loss_stops_with_a_clear_error() -> None:
     task = LineTask()
     task.loss = lambda module, x, gen: module(x).sum() * float("nan")  # type: ignore[method-assign]

@@ -92,6 +92,10 @@ class SequentialConfig(ModelConfig):
     # "random" | "text": ID rows start from the item text embeddings, PCA-whitened to dim (lmrec.text.whiten)
     item_init: str = "random"
     item_init_pull: float = 0.0  # item_init=text: weight of an L2 pull of the ID rows towards their text start
+    # item_init=text: what weight decay pulls the ID rows towards: "zero", or "text", their text start
+    # (decoupled, L2-SP), so an item keeps what its text says unless its interactions say otherwise
+    item_decay_to: str = "zero"
+    item_init_scale: float = 0.02  # item_init=text: RMS of the whitened rows' entries (random init: 0.02)
     text_encoder: str = "minilm"  # "minilm" (packaged all-MiniLM-L6-v2) or a local model directory
     text_template: str | None = None  # str.format over catalog columns; None: title, year, genres, text
     # the item blocks the item vectors hold, e.g. "text,genres,year,image" (lmrec.features); "text": the text alone
@@ -124,6 +128,10 @@ class SequentialConfig(ModelConfig):
             raise ConfigError("diversity_weight must be >= 0 and needs loss=ce (it reads the full distribution)")
         if self.item_init_pull < 0 or (self.item_init_pull > 0 and self.item_init != "text"):
             raise ConfigError("item_init_pull must be >= 0 and needs item_init=text (the rows it pulls towards)")
+        if self.item_decay_to not in ("zero", "text") or (self.item_decay_to == "text" and self.item_init != "text"):
+            raise ConfigError(f"item_decay_to must be zero or text (needs item_init=text), got {self.item_decay_to!r}")
+        if self.item_init_scale <= 0:
+            raise ConfigError(f"item_init_scale must be > 0, got {self.item_init_scale}")
         if not (0 <= self.dropout < 1 and 0 <= self.id_dropout < 1 and 0 < self.mask_prob < 1 and self.lr > 0):
             raise ConfigError("need 0 <= dropout < 1, 0 <= id_dropout < 1, 0 < mask_prob < 1 and lr > 0")
 
@@ -412,7 +420,8 @@ class SequentialRecommender(ReadsItemText, DotProductModel):
         self.init_rows: torch.Tensor | None = None  # the text start of the ID rows, for item_init_pull
         if text is not None and cfg.item_init == "text":
             # isotropic, at the random init's scale; then trained freely (LLMInit, WhitenRec)
-            self.init_rows = torch.from_numpy(whiten(text, cfg.dim, seed=options.seed)).to(self.device)
+            rows = whiten(text, cfg.dim, scale=cfg.item_init_scale, seed=options.seed)
+            self.init_rows = torch.from_numpy(rows).to(self.device)
             with torch.no_grad():
                 self.net.items.weight[1 : self.n_items + 1] = self.init_rows
         if cfg.init_from:
@@ -453,6 +462,7 @@ class SequentialRecommender(ReadsItemText, DotProductModel):
             "no init_from": not cfg.init_from,
             "no teacher": not cfg.teacher,
             "diversity_weight=0": cfg.diversity_weight == 0,
+            "item_decay_to=zero": cfg.item_decay_to == "zero",
             "compile=false": not cfg.compile,
         }
         if not all(needs.values()):
@@ -711,6 +721,12 @@ class SequenceTask:
         self.windows = sequence_windows(histories, self.size, min_length=self.shortest)
         if not self.windows:
             raise ConfigError(f"{model.name}: no training sequence has a target (every history has one item?)")
+        self.decay_to: dict[str, torch.Tensor] = {}  # the Trainer's weight decay pulls these rows here, not to 0
+        if cfg.item_decay_to == "text":
+            assert model.init_rows is not None
+            anchor = torch.zeros_like(model.net.items.weight)  # pad and mask rows: to zero, as before
+            anchor[1 : model.n_items + 1] = model.init_rows
+            self.decay_to["items.weight"] = anchor
 
     def batches(self, epoch: int, gen: torch.Generator) -> Iterator[torch.Tensor]:
         windows = self.windows

@@ -13,7 +13,10 @@ The seams other features plug into, so that none of them writes its own loop:
 * a :class:`Strategy` wraps the module and optimizer and picks each process's batches
   (:mod:`lmrec.train.distributed` for DDP; DP-SGD hands module, optimizer and batches to Opacus);
 * ``extra_losses`` add named terms to a task's loss (distillation, alignment, diversity);
-* a task's loss may be a dict of named terms (multi-task): they are summed and logged one by one.
+* a task's loss may be a dict of named terms (multi-task): they are summed and logged one by one;
+* a task may name ``decay_to``, {parameter name: tensor}: weight decay pulls those parameters
+  towards these tensors instead of towards zero (L2-SP: a table that starts from text embeddings
+  keeps that start where the data says nothing else).
 
 Read it top to bottom: :meth:`Trainer.fit` is the loop.
 """
@@ -172,6 +175,7 @@ class Trainer:
         cfg, opts = self.config, self.options
         module = task.module.to(self.device)
         optimizer = self._optimizer(module)
+        anchors = _anchors(module, optimizer, getattr(task, "decay_to", None) or {})
         forward, optimizer = opts.strategy.prepare(module, optimizer)
         if cfg.compile:
             forward = torch.compile(forward)  # type: ignore[assignment]
@@ -200,11 +204,11 @@ class Trainer:
                         f"{cfg.desc}: the loss is {losses[-1]} at epoch {state.epoch + 1}, batch {len(losses)}"
                     )
                 if len(losses) % cfg.accumulate == 0:
-                    self._step(module, optimizer, state, total_steps, average)
+                    self._step(module, optimizer, state, total_steps, average, anchors)
             if not losses:
                 raise ConfigError(f"{cfg.desc}: an epoch without a training batch (too little data?)")
             if len(losses) % cfg.accumulate:  # a last, partial accumulation
-                self._step(module, optimizer, state, total_steps, average)
+                self._step(module, optimizer, state, total_steps, average, anchors)
             state.log.losses.append(sum(losses) / len(losses))
             state.log.epoch_seconds.append(time.perf_counter() - t0)
             postfix = {"loss": f"{state.log.losses[-1]:.4f}"}
@@ -261,6 +265,7 @@ class Trainer:
         state: _State,
         total: int | None,
         average: Callable[[], None] | None,
+        anchors: list[tuple[dict[str, Any], list[torch.Tensor], list[torch.Tensor]]],
     ) -> None:
         cfg = self.config
         if cfg.clip is not None:
@@ -268,7 +273,17 @@ class Trainer:
         factor = lr_factor(state.step, cfg.warmup, cfg.schedule, total)
         for group in optimizer.param_groups:
             group["lr"] = group.setdefault("base_lr", group["lr"]) * factor
+        decoupled = cfg.optimizer == "adamw"
+        for group, params, targets in anchors:  # L2 decay adds wd·p to the gradient: make it wd·(p − target)
+            for p, target in zip(params, targets, strict=True):
+                if not decoupled and group["weight_decay"] and p.grad is not None:
+                    p.grad.add_(target, alpha=-group["weight_decay"])
         optimizer.step()
+        for group, params, targets in anchors:  # decoupled decay took lr·wd·p: give back lr·wd·target
+            for p, target in zip(params, targets, strict=True):
+                if decoupled and group["weight_decay"] and p.grad is not None:  # AdamW skips grad-less ones
+                    with torch.no_grad():
+                        p.add_(target, alpha=group["lr"] * group["weight_decay"])
         optimizer.zero_grad(set_to_none=True)
         state.step += 1
         if average is not None:
@@ -343,6 +358,25 @@ def learned(module: nn.Module) -> dict[str, torch.Tensor]:
 
 def _params(module: nn.Module) -> dict[str, nn.Parameter]:
     return {name: p for name, p in module.named_parameters() if p.requires_grad}
+
+
+def _anchors(
+    module: nn.Module, optimizer: torch.optim.Optimizer, decay_to: Mapping[str, torch.Tensor]
+) -> list[tuple[dict[str, Any], list[torch.Tensor], list[torch.Tensor]]]:
+    """(param group, parameters, their decay targets) for every group holding a parameter named in
+    ``decay_to``; a name that is not a trainable parameter of ``module``, or a target of another
+    shape, is an error (a silent no-op would leave the rows decaying to zero)."""
+    params = _params(module)
+    for name, target in decay_to.items():
+        if name not in params or params[name].shape != target.shape:
+            raise ConfigError(f"decay_to: {name!r} is not a trainable parameter of that shape")
+    targets = {id(params[name]): target.to(params[name]) for name, target in decay_to.items()}
+    out = []
+    for group in optimizer.param_groups:
+        mine = [p for p in group["params"] if id(p) in targets]
+        if mine:
+            out.append((group, mine, [targets[id(p)] for p in mine]))
+    return out
 
 
 def _averager(module: nn.Module, average: Mapping[str, torch.Tensor] | None, decay: float) -> Callable[[], None] | None:
