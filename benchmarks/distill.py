@@ -30,7 +30,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--teacher", default="{}", help="teacher overrides (JSON; default: the default sasrec)")
     parser.add_argument("--student", default=json.dumps(STUDENT), help="student overrides (JSON)")
-    parser.add_argument("--distill", default="{}", help="the distilled student's extra overrides (JSON)")
+    parser.add_argument(
+        "--distill", action="append", default=[], help="a distilled student's extra overrides (JSON); repeatable"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-epochs", type=int, help="cap every fit's epochs (a smoke run)")
     parser.add_argument("--threads", type=int, default=2)
@@ -61,8 +63,10 @@ def main(argv: list[str] | None = None) -> None:
         plans = [
             ("teacher", json.loads(args.teacher)),
             ("student alone", student),
-            ("student distilled", {**student, **json.loads(args.distill), "teacher": str(teacher_dir)}),
         ]
+        for extra in args.distill or ["{}"]:
+            label = "student distilled" + (f" {extra}" if extra != "{}" else "")
+            plans.append((label, {**student, **json.loads(extra), "teacher": str(teacher_dir)}))
         for name, overrides in plans:
             t0 = time.process_time()
             cap = {"epochs": args.max_epochs} if args.max_epochs else {}
@@ -76,7 +80,8 @@ def main(argv: list[str] | None = None) -> None:
             rows[name] = {"config": overrides, "parameters": count_parameters(model.net), "fit_cpu_s": round(cpu, 1),
                           "epochs": len(model.training_log["valid"]), **result.metrics}  # fmt: skip
             print(name, json.dumps({k: v for k, v in rows[name].items() if k != "config"}), flush=True)
-    test_ = paired_test(per_user["student alone"], per_user["student distilled"])
+    distilled = [name for name in rows if name.startswith("student distilled")]
+    tests = {name: paired_test(per_user["student alone"], per_user[name]) for name in distilled}
     teacher = rows["teacher"]
     print("\n| model | parameters | share of teacher | NDCG@10 | of teacher | Recall@10 | fit CPU s | epochs |")
     print("|---|---|---|---|---|---|---|---|")
@@ -84,9 +89,10 @@ def main(argv: list[str] | None = None) -> None:
         print(f"| {name} | {row['parameters']:,} | {row['parameters'] / teacher['parameters']:.0%} | "
               f"{row['ndcg@10']:.4f} | {row['ndcg@10'] / teacher['ndcg@10']:.1%} | {row['recall@10']:.4f} | "
               f"{row['fit_cpu_s']:.0f} | {row['epochs']} |")  # fmt: skip
-    print(f"\ndistilled vs alone: {test_['relative_change']:+.1%} NDCG@10, t p={test_['t_pvalue']:.3g}, "
-          f"Wilcoxon p={test_['wilcoxon_pvalue']:.3g}, {test_['n']} users")  # fmt: skip
-    out = {"command": command_line(argv), "machine": machine(), "rows": rows, "distilled_vs_alone": test_}
+    for name, test_ in tests.items():
+        print(f"\n{name} vs alone: {test_['relative_change']:+.1%} NDCG@10, t p={test_['t_pvalue']:.3g}, "
+              f"Wilcoxon p={test_['wilcoxon_pvalue']:.3g}, {test_['n']} users")  # fmt: skip
+    out = {"command": command_line(argv), "machine": machine(), "rows": rows, "distilled_vs_alone": tests}
     args.out.write_text(json.dumps(out, indent=1))
 
 
