@@ -16,7 +16,7 @@ from lmrec.data.splits import leave_one_out
 from lmrec.errors import ConfigError
 from lmrec.evaluate import evaluate
 from lmrec.models import FitOptions, Recommender, model_class
-from lmrec.models.sequential import BERT4RecConfig, SASRec, SequentialConfig
+from lmrec.models.sequential import BERT4RecConfig, SASRec, SequentialConfig, regularization
 from tests.conftest import checkerboard
 
 TINY = {"dim": 16, "inner": 32, "layers": 1, "heads": 2, "max_len": 12, "epochs": 4, "batch_size": 16, "lr": 0.01}
@@ -309,3 +309,18 @@ def test_item_decay_to_text_decays_id_rows_towards_their_text_start(board: Datas
     assert drift(to_text) < 0.5 * drift(to_zero)  # strong decay: towards the text start, not towards 0
     with pytest.raises(ConfigError, match="item_decay_to"):
         SequentialConfig(item_decay_to="text")  # nothing to decay towards with random rows
+
+
+def test_regularization_follows_the_logs_density(board: Dataset) -> None:
+    assert regularization(58.3) == (0.4, 1.0)  # ml-100k: the values tuned there
+    assert regularization(288.0) == (0.2, 0.0)  # the MovieLens-1M-shaped log: the values tuned there
+    dropout, decay = regularization(130.0)
+    assert 0.2 < dropout < 0.4 and 0.0 < decay < 1.0  # in between, in between
+    assert regularization(1.0) == regularization(58.3) and regularization(1e5) == regularization(288.0)
+
+    fitted = SASRec(SequentialConfig(**{**TINY, "epochs": 1})).fit(board)
+    per_item = len(board.interactions) / board.n_items
+    assert (fitted.config.dropout, fitted.config.weight_decay) == regularization(per_item)  # numbers, saved
+    given = SASRec(SequentialConfig(**{**TINY, "epochs": 1, "dropout": 0.1})).fit(board)
+    assert given.config.dropout == 0.1 and given.config.weight_decay == regularization(per_item)[1]
+    assert BERT4RecConfig().for_data(board).dropout == 0.1  # bert4rec's own tuned values stay

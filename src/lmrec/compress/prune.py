@@ -137,7 +137,7 @@ class PrunedEncoder(SequenceEncoder):
             raise ConfigError(f"spec needs {cfg.layers} (heads >= 1, inner >= 1) pairs, got {spec}")
         self.spec = [(int(h), int(i)) for h, i in spec]
         head_dim = cfg.dim // cfg.heads
-        blocks = nn.ModuleList(PrunedBlock(cfg.dim, h, head_dim, i, cfg.dropout) for h, i in self.spec)
+        blocks = nn.ModuleList(PrunedBlock(cfg.dim, h, head_dim, i, cfg.dropout_value) for h, i in self.spec)
         self.blocks = blocks  # type: ignore[assignment]  # the same name, so states read alike
 
     def forward(self, seq: torch.Tensor, causal: bool, table: torch.Tensor | None = None) -> torch.Tensor:

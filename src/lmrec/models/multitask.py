@@ -208,9 +208,9 @@ class TaskMixer(nn.Module):
         self.kind, self.n_tasks = cfg.mixer, n_tasks
         n_shared = 0 if cfg.mixer == "shared" else cfg.experts
         n_own = cfg.task_experts if cfg.mixer == "ple" else 0
-        self.shared = nn.ModuleList(_expert(dim, cfg.expert_inner, cfg.dropout) for _ in range(n_shared))
+        self.shared = nn.ModuleList(_expert(dim, cfg.expert_inner, cfg.dropout_value) for _ in range(n_shared))
         self.n_own = n_own  # task k's own experts are own[k * n_own : (k + 1) * n_own]
-        self.own = nn.ModuleList(_expert(dim, cfg.expert_inner, cfg.dropout) for _ in range(n_own * n_tasks))
+        self.own = nn.ModuleList(_expert(dim, cfg.expert_inner, cfg.dropout_value) for _ in range(n_own * n_tasks))
         self.gates = nn.ModuleList(nn.Linear(dim, n_shared + n_own) for _ in range(n_tasks) if n_shared)
 
     def expert_names(self, task_names: list[str]) -> dict[str, list[str]]:
@@ -257,7 +257,7 @@ class MultiTaskNet(nn.Module):
         self.encoder = encoder
         self.mixer = TaskMixer(cfg.dim, len(specs), cfg)
         self.heads = nn.ModuleDict(
-            {s.name: PairHead(cfg.dim, cfg.head_hidden, cfg.dropout) for s in specs if s.kind != "next_item"}
+            {s.name: PairHead(cfg.dim, cfg.head_hidden, cfg.dropout_value) for s in specs if s.kind != "next_item"}
         )
         self.register_buffer("baseline", torch.zeros(len(specs)))
         self.log_vars = nn.Parameter(torch.zeros(len(specs))) if cfg.weighting == "uncertainty" else None

@@ -25,10 +25,11 @@ a target once), windows of similar length are batched together so little compute
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -54,11 +55,25 @@ from lmrec.train.losses import (
 from lmrec.train.privacy import DPSpec, DPStrategy
 from lmrec.train.trainer import TrainConfig, fast_bf16
 
+S = TypeVar("S", bound="SequentialRecommender")
 OBJECTIVES = ("causal", "masked")
 LOSSES = ("auto", "ce", "inbatch", "sampled", "gbce", "bce")
 FULL_SOFTMAX_ITEMS = 20_000  # loss=auto: full softmax up to this many items, in-batch + log-Q beyond
 ITEM_REPRS = ("id", "text", "fused", "aligned")
 ITEM_INITS = ("random", "text")
+# Regularisation by the log's density: (training events per item, dropout, AdamW weight decay), the
+# best found on validation on ml-100k (58 events per item; 3 seeds, benchmarks/tune.py) and on the
+# MovieLens-1M-shaped log (288; one seed each at a 600-s budget, benchmarks/speed.py): a denser log
+# needs less of both. Between the two points both follow log(events per item) linearly; outside
+# them, the nearer point's values hold.
+REGULARIZATION = ((60.0, 0.4, 1.0), (280.0, 0.2, 0.0))
+
+
+def regularization(events_per_item: float) -> tuple[float, float]:
+    """(dropout, weight decay) for a log with this many training events per item (REGULARIZATION)."""
+    (e0, d0, w0), (e1, d1, w1) = REGULARIZATION
+    t = min(1.0, max(0.0, math.log(max(events_per_item, 1e-9) / e0) / math.log(e1 / e0)))
+    return round(d0 + t * (d1 - d0), 3), round(w0 + t * (w1 - w0), 3)
 
 
 @dataclass
@@ -69,7 +84,7 @@ class SequentialConfig(ModelConfig):
     inner: int = 256  # feed-forward size
     layers: int = 2
     heads: int = 2
-    dropout: float = 0.4  # ml-100k, 3 seeds (benchmarks/tune.py): valid NDCG@10 0.1186; 0.5: 0.1181; 0.2: 0.1165
+    dropout: float | None = None  # None: from the log's size (REGULARIZATION: 0.4 on ml-100k)
     # "auto": "ce" up to FULL_SOFTMAX_ITEMS items, else "inbatch" | "ce" full softmax | "inbatch": the
     # batch's targets + uniform negatives with log-Q correction | "sampled" softmax | "gbce" | "bce"
     loss: str = "auto"
@@ -79,7 +94,7 @@ class SequentialConfig(ModelConfig):
     epochs: int = 200
     batch_size: int = 128
     lr: float = 1e-3
-    weight_decay: float = 1.0  # AdamW; ml-100k, 3 seeds, valid NDCG@10: 0.1257 at 1, 0.1223 at .5, 0.1186 at 0
+    weight_decay: float | None = None  # AdamW; None: from the log's size (REGULARIZATION: 1.0 on ml-100k)
     optimizer: str = "adamw"  # "adamw" | "adam" | "sgd" (momentum 0.9; for DP-SGD, whose noise Adam scales up)
     patience: int = 20  # ml-100k, 3 seeds: valid NDCG@10 0.1174 at 20, 0.1142 at 10 (it stopped improving runs)
     ema: float = 0.0  # > 0: validate and keep a moving average of the weights (decay per step)
@@ -132,8 +147,29 @@ class SequentialConfig(ModelConfig):
             raise ConfigError(f"item_decay_to must be zero or text (needs item_init=text), got {self.item_decay_to!r}")
         if self.item_init_scale <= 0:
             raise ConfigError(f"item_init_scale must be > 0, got {self.item_init_scale}")
-        if not (0 <= self.dropout < 1 and 0 <= self.id_dropout < 1 and 0 < self.mask_prob < 1 and self.lr > 0):
+        dropout = 0.0 if self.dropout is None else self.dropout
+        if not (0 <= dropout < 1 and 0 <= self.id_dropout < 1 and 0 < self.mask_prob < 1 and self.lr > 0):
             raise ConfigError("need 0 <= dropout < 1, 0 <= id_dropout < 1, 0 < mask_prob < 1 and lr > 0")
+        if self.weight_decay is not None and self.weight_decay < 0:
+            raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay}")
+
+    @property
+    def dropout_value(self) -> float:
+        """``dropout``; while it is open (None, before :meth:`for_data`), the sparse-log value, which
+        is what an encoder built outside ``fit`` (a profile, a test) uses."""
+        return REGULARIZATION[0][1] if self.dropout is None else self.dropout
+
+    @property
+    def weight_decay_value(self) -> float:
+        """``weight_decay``, the same way."""
+        return REGULARIZATION[0][2] if self.weight_decay is None else self.weight_decay
+
+    def for_data(self, train: Dataset) -> SequentialConfig:
+        """This config, with a ``dropout`` or ``weight_decay`` left as None set from the training
+        log's events per item (:func:`regularization`); values given explicitly are kept."""
+        dropout, decay = regularization(len(train.interactions) / max(1, train.n_items))
+        chosen = {"dropout": dropout, "weight_decay": decay}
+        return self.updated({k: v for k, v in chosen.items() if getattr(self, k) is None})
 
 
 @dataclass
@@ -282,9 +318,9 @@ class SequenceEncoder(nn.Module):
             # fused, aligned: 1 where an item's ID row was trained; 0 reads the item from its text (cold items)
             self.register_buffer("id_trained", torch.ones(n_items + 2, 1), persistent=False)
         self.positions = nn.Embedding(cfg.max_len + 1, cfg.dim)  # +1: the appended mask slot
-        self.dropout = ByteDropout(cfg.dropout)
+        self.dropout = ByteDropout(cfg.dropout_value)
         self.norm = nn.LayerNorm(cfg.dim)
-        self.blocks = transformer_blocks(cfg.dim, cfg.heads, cfg.inner, cfg.dropout, cfg.layers)
+        self.blocks = transformer_blocks(cfg.dim, cfg.heads, cfg.inner, cfg.dropout_value, cfg.layers)
         self.final_norm = nn.LayerNorm(cfg.dim)
         nn.init.normal_(self.items.weight, std=0.02)
         nn.init.normal_(self.positions.weight, std=0.02)
@@ -363,7 +399,7 @@ class PrivateSequenceEncoder(SequenceEncoder):
     def __init__(self, n_items: int, cfg: SequentialConfig) -> None:
         super().__init__(n_items, cfg)
         for block in self.blocks.layers:
-            block.self_attn = SelfAttention(cfg.dim, cfg.heads, cfg.dropout, linear_in=True)
+            block.self_attn = SelfAttention(cfg.dim, cfg.heads, cfg.dropout_value, linear_in=True)
         self.head = nn.Linear(cfg.dim, n_items + 2, bias=False)
         self.head.weight = self.items.weight
 
@@ -406,6 +442,12 @@ class SequentialRecommender(ReadsItemText, DotProductModel):
 
     devices = ("cpu", "cuda", "mps")
     private = True  # user-level DP-SGD (item_repr=id): _fit_private
+
+    def fit(self: S, train: Dataset, valid: EvalSet | None = None, options: FitOptions | None = None) -> S:
+        """As every model's, with the regularisation the config leaves open chosen for ``train``
+        first (:meth:`SequentialConfig.for_data`); the saved config holds the numbers used."""
+        self.config = self.config.for_data(train)
+        return super().fit(train, valid, options)
 
     def _fit(self, train: Dataset, valid: EvalSet | None, options: FitOptions) -> None:
         cfg = self.config
@@ -498,7 +540,7 @@ class SequentialRecommender(ReadsItemText, DotProductModel):
         return TrainConfig(
             epochs=epochs,
             lr=cfg.lr,
-            weight_decay=cfg.weight_decay,
+            weight_decay=cfg.weight_decay_value,
             optimizer=cfg.optimizer,
             patience=cfg.patience,
             ema=cfg.ema,
