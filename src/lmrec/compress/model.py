@@ -425,7 +425,14 @@ def _prune_and_finetune(
     scorer = _EncoderScorer(net, source.n_items, scfg.max_len, source.popularity.float())
     validate = (lambda: validation_ndcg(scorer, valid)) if valid is not None and len(valid) else None
     trainer = Trainer(
-        TrainConfig(epochs=config.finetune_epochs, lr=config.finetune_lr, patience=scfg.patience, desc="fine-tune"),
+        TrainConfig(  # the source's own regularisation: without its weight decay the pruned model overfits
+            epochs=config.finetune_epochs,
+            lr=config.finetune_lr,
+            weight_decay=scfg.weight_decay_value,
+            optimizer=scfg.optimizer,
+            patience=scfg.patience,
+            desc="fine-tune",
+        ),
         TrainerOptions(progress=options.progress),
     )
     with seeded(config.seed):  # dropout draws
