@@ -461,7 +461,7 @@ class SequentialRecommender(ReadsItemText, DotProductModel):
             self.net.text[1 : self.n_items + 1] = torch.from_numpy(text)
         self.init_rows: torch.Tensor | None = None  # the text start of the ID rows, for item_init_pull
         if text is not None and cfg.item_init == "text":
-            # isotropic, at the random init's scale; then trained freely (LLMInit, WhitenRec)
+            # isotropic, at item_init_scale (the random init's 0.02 by default); then trained (LLMInit, WhitenRec)
             rows = whiten(text, cfg.dim, scale=cfg.item_init_scale, seed=options.seed)
             self.init_rows = torch.from_numpy(rows).to(self.device)
             with torch.no_grad():
