@@ -10,6 +10,8 @@ settings are the defaults unless ``--set`` says otherwise):
   init-smollm2-pull  the same, the rows pulled towards their text start all along (item_init_pull 0.1)
   anchor-minilm      MiniLM-initialised rows whose weight decay pulls them towards their text start
   anchor-smollm2     the same from SmolLM2 (item_decay_to=text: decoupled decay towards the start, L2-SP)
+  late-minilm        late fusion: ID rows in, each logit the ID one plus a frozen MiniLM text branch's
+  late-smollm2       the same with SmolLM2's embeddings (item_repr=late)
 
 Each row gives test NDCG@10 / Recall@10 (mean over seeds), the paired test against sasrec on the
 per-user NDCG@10 averaged over seeds (t-test and Wilcoxon p-values, bootstrap interval), and fit
@@ -45,6 +47,8 @@ ROWS: dict[str, dict[str, Any]] = {
     "init-smollm2-pull": {"item_init": "text", "text_encoder": "smollm2", "item_init_pull": 0.1},
     "anchor-minilm": {"item_init": "text", "text_encoder": "minilm", "item_decay_to": "text"},
     "anchor-smollm2": {"item_init": "text", "text_encoder": "smollm2", "item_decay_to": "text"},
+    "late-minilm": {"item_repr": "late", "text_encoder": "minilm"},
+    "late-smollm2": {"item_repr": "late", "text_encoder": "smollm2"},
 }
 
 

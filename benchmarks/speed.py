@@ -49,6 +49,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--set", action="append", default=[], metavar="K=V", help="override for every side")
     parser.add_argument("--budget-s", type=float, default=600.0, help="training seconds per side")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0, help="the model's seed (the data's is 0)")
     parser.add_argument("--recbole-curve", type=Path)
     parser.add_argument("--cache-dir", type=Path, default=REPO / ".cache" / "lmrec")
     parser.add_argument("--out", type=Path, default=BENCH / "results" / "speed.json")
@@ -97,10 +98,12 @@ def child(args: argparse.Namespace) -> None:
         return value
 
     validation.validation_ndcg = timed  # type: ignore[assignment]
+    if hasattr(config, "for_data"):  # the regularisation that fit will choose for this log
+        config = config.for_data(train)
     print("CONFIG", json.dumps(config.to_dict(), default=str), flush=True)
     clock["start"] = time.perf_counter()
     with contextlib.suppress(OutOfTime):  # the budget is spent: the curve is what was wanted
-        klass(config).fit(train, valid, FitOptions(seed=0))
+        klass(config).fit(train, valid, FitOptions(seed=args.seed))
 
 
 def run_side(side: str, args: argparse.Namespace, data_file: Path | None, work: Path) -> dict[str, Any]:
@@ -112,7 +115,7 @@ def run_side(side: str, args: argparse.Namespace, data_file: Path | None, work: 
         src = tree / "src"
     command = [sys.executable, __file__, "--child", str(data_file or "-"), "--data", args.data,
                "--model", args.model, "--budget-s", str(args.budget_s), "--threads", str(args.threads),
-               "--cache-dir", str(args.cache_dir)]  # fmt: skip
+               "--cache-dir", str(args.cache_dir), "--seed", str(args.seed)]  # fmt: skip
     for kv in args.set:
         command += ["--set", kv]
     env = {**os.environ, **thread_env(args.threads), "PYTHONPATH": str(src)}

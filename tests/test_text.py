@@ -47,7 +47,7 @@ def test_cache_encodes_only_new_texts(tmp_path: Path) -> None:
     assert len(reopened.keys) == 3
 
 
-@pytest.mark.parametrize("item_repr", ["text", "fused", "aligned"])
+@pytest.mark.parametrize("item_repr", ["text", "fused", "aligned", "late"])
 def test_text_model_save_load_identical(item_repr: str, board: Dataset, tmp_path: Path) -> None:
     model = _fit(board, item_repr=item_repr, epochs=2)
     model.save(tmp_path / "m")
@@ -56,7 +56,7 @@ def test_text_model_save_load_identical(item_repr: str, board: Dataset, tmp_path
     assert torch.equal(model.score(q), loaded.score(q))
 
 
-@pytest.mark.parametrize("item_repr", ["text", "fused", "aligned"])
+@pytest.mark.parametrize("item_repr", ["text", "fused", "aligned", "late"])
 def test_text_models_recommend_cold_items(item_repr: str, board: Dataset) -> None:
     split = cold_items(board, share=0.2, seed=1)
     cold = np.setdiff1d(np.arange(board.n_items), split.train_dataset().interactions["item"].unique())
@@ -70,7 +70,7 @@ def test_text_models_recommend_cold_items(item_repr: str, board: Dataset) -> Non
     assert set(items[0]) & set(cold.tolist())  # cold items are recommended
 
 
-@pytest.mark.parametrize("item_repr", ["text", "fused", "aligned"])
+@pytest.mark.parametrize("item_repr", ["text", "fused", "aligned", "late"])
 def test_new_items_are_scored_from_their_text(item_repr: str, board: Dataset) -> None:
     model = _fit(board, item_repr=item_repr)
     new = pd.DataFrame({"title": ["Brand new", "Also new"], "categories": [["even"], ["odd"]]})
@@ -85,6 +85,20 @@ def test_new_items_are_scored_from_their_text(item_repr: str, board: Dataset) ->
     assert after[even_new] > torch.sort(after[: board.n_items]).values[board.n_items // 2]  # upper half
     # A new item in the history is read like any other.
     assert grown.score(QueryBatch.from_histories([-1], [[0, 2, even_new]])).shape == (1, board.n_items + 2)
+
+
+def test_late_fusion_reads_id_rows_and_starts_as_the_id_model(board: Dataset) -> None:
+    klass = model_class("text-sasrec")
+    config = klass.config_class.from_dict({**TINY, "item_repr": "late", "id_dropout": 0.0, "epochs": 1, "lr": 1e-12})
+    model = klass(config).fit(leave_one_out(board).train_dataset(), None, FitOptions(text_encoder=ParityEncoder()))
+    net = model.net  # type: ignore[attr-defined]
+    assert torch.equal(net.item_table(), net.items.weight)  # the text adaptor's output starts at zero
+    with torch.no_grad():
+        net.adaptor[-1].bias.fill_(1.0)  # now the text branch adds to every item's output row
+        seq = torch.tensor([[1, 2, 3]])
+        table = net.item_table()
+        assert not torch.equal(table, net.items.weight)
+        assert torch.equal(net(seq, causal=True, table=table), net(seq, causal=True, table=net.items.weight))
 
 
 def test_id_model_cannot_grow(board: Dataset) -> None:

@@ -11,7 +11,10 @@ embedding from a sentence encoder (``"text"``: an item never seen in training is
 its text is known, and the weights transfer to another catalog), by a learned per-dimension
 gate between the two (``"fused"``), or by its ID row where it has a trained one and by its text
 mapped into the ID space otherwise (``"aligned"``: the text adaptor learns to predict trained ID
-rows, so warm items score exactly as with IDs and cold ones from text).
+rows, so warm items score exactly as with IDs and cold ones from text), or late (``"late"``: the
+sequence is read through ID rows alone, and the text enters at the output, each item's logit the
+ID one plus one from its frozen text embedding through a learned adaptor that starts at zero, so
+training starts from the ID model; an item without a trained ID row is scored by its text part).
 
 Both can be pretrained by masked-item modelling and fine-tuned on their own objective
 (``pretrain_epochs``), or start from a saved run (``init_from``). ``score`` returns logits over the
@@ -59,7 +62,7 @@ S = TypeVar("S", bound="SequentialRecommender")
 OBJECTIVES = ("causal", "masked")
 LOSSES = ("auto", "ce", "inbatch", "sampled", "gbce", "bce")
 FULL_SOFTMAX_ITEMS = 20_000  # loss=auto: full softmax up to this many items, in-batch + log-Q beyond
-ITEM_REPRS = ("id", "text", "fused", "aligned")
+ITEM_REPRS = ("id", "text", "fused", "aligned", "late")
 ITEM_INITS = ("random", "text")
 # Regularisation by the log's density: (training events per item, dropout, AdamW weight decay), the
 # best found on validation on ml-100k (58 events per item; 3 seeds, benchmarks/tune.py) and on the
@@ -103,7 +106,9 @@ class SequentialConfig(ModelConfig):
     init_from: str | None = None  # a run or model directory whose weights to start from
     amp: bool | None = None  # bf16 autocast; None: where bf16 is native (lmrec.train.trainer.fast_bf16)
     compile: bool = False  # torch.compile the encoder
-    item_repr: str = "id"  # "id" | "text" (text alone) | "fused" (gated ID + text) | "aligned" (ID, else text)
+    # "id" | "text" (text alone) | "fused" (gated ID + text) | "aligned" (ID, else text) | "late" (ID in,
+    # ID + text logits out)
+    item_repr: str = "id"
     # "random" | "text": ID rows start from the item text embeddings, PCA-whitened to dim (lmrec.text.whiten)
     item_init: str = "random"
     item_init_pull: float = 0.0  # item_init=text: weight of an L2 pull of the ID rows towards their text start
@@ -116,7 +121,7 @@ class SequentialConfig(ModelConfig):
     # the item blocks the item vectors hold, e.g. "text,genres,year,image" (lmrec.features); "text": the text alone
     item_features: str = "text"
     diversity_weight: float = 0.0  # > 0: penalise the expected category similarity of the predicted top (ce loss)
-    id_dropout: float = 0.0  # fused: share of items read from their text alone in each training step
+    id_dropout: float = 0.0  # fused, late: share of items read from their text alone in each training step
     teacher: str | None = None  # a sequential run or model over the same items to distil from (loss=ce)
     distill_weight: float = 0.5  # α: weight of the teacher's softened distribution against the labels
     distill_temperature: float = 2.0
@@ -310,13 +315,17 @@ class SequenceEncoder(nn.Module):
                 raise ConfigError(f"item_repr={cfg.item_repr!r} needs item text embeddings")
             # rows aligned with the shifted ids; pad and mask rows stay zero
             self.register_buffer("text", torch.zeros(n_items + 2, text_dim))
-            self.adaptor = nn.Sequential(nn.Linear(text_dim, cfg.dim), nn.GELU(), nn.Linear(cfg.dim, cfg.dim))
+            out = nn.Linear(cfg.dim, cfg.dim)
+            self.adaptor = nn.Sequential(nn.Linear(text_dim, cfg.dim), nn.GELU(), out)
             self.gate = nn.Parameter(torch.zeros(cfg.dim))  # fused: sigmoid(gate) weighs the ID part
             is_item = torch.zeros(n_items + 2, 1, dtype=torch.bool)
             is_item[1 : n_items + 1] = True
             self.register_buffer("is_item", is_item, persistent=False)
             # fused, aligned: 1 where an item's ID row was trained; 0 reads the item from its text (cold items)
             self.register_buffer("id_trained", torch.ones(n_items + 2, 1), persistent=False)
+            if cfg.item_repr == "late":  # the text logits start at zero: training starts from the ID model
+                nn.init.zeros_(out.weight)
+                nn.init.zeros_(out.bias)
         self.positions = nn.Embedding(cfg.max_len + 1, cfg.dim)  # +1: the appended mask slot
         self.dropout = ByteDropout(cfg.dropout_value)
         self.norm = nn.LayerNorm(cfg.dim)
@@ -328,15 +337,18 @@ class SequenceEncoder(nn.Module):
             self.items.weight[0].zero_()
 
     def item_table(self, id_drop: torch.Tensor | None = None) -> torch.Tensor:
-        """The (n_items + 2, dim) item representations used for both input and output. ``id_drop``
-        (bool, n_items + 2, 1): fused rows to read from their text alone (ID dropout in training)."""
+        """The (n_items + 2, dim) item representations the output scores (and, but for ``late``, the
+        input reads). ``id_drop`` (bool, n_items + 2, 1): fused or late rows to read from their text
+        alone (ID dropout in training)."""
         if self.item_repr == "id":
             return self.items.weight
         text = self.adaptor(self.text)
+        trained = self.id_trained if id_drop is None else self.id_trained * ~id_drop
         if self.item_repr == "fused":
-            trained = self.id_trained if id_drop is None else self.id_trained * ~id_drop
             g = torch.sigmoid(self.gate) * trained
             text = g * self.items.weight + (1 - g) * text
+        elif self.item_repr == "late":  # h·(e + a(t)) = the ID logit + the text branch's logit
+            text = trained * self.items.weight + text
         elif self.item_repr == "aligned":
             text = torch.where(self.id_trained > 0, self.items.weight, text)
         return torch.where(self.is_item, text, self.items.weight)  # pad and mask keep their own rows
@@ -359,7 +371,8 @@ class SequenceEncoder(nn.Module):
         length = seq.shape[1]
         pos = torch.arange(length, device=seq.device)
         table = self.item_table() if table is None else table
-        x = self.dropout(self.norm(nn.functional.embedding(seq, table, padding_idx=0) + self.positions(pos)))
+        rows = self.items.weight if self.item_repr == "late" else table  # late: text only at the output
+        x = self.dropout(self.norm(nn.functional.embedding(seq, rows, padding_idx=0) + self.positions(pos)))
         # causal: padding sits after the real items, so the causal mask alone hides it
         mask = causal_mask(length, seq.device) if causal else (seq == 0)[:, None, None, :]
         return self.final_norm(self.blocks(x, mask))
@@ -612,7 +625,7 @@ class SequentialRecommender(ReadsItemText, DotProductModel):
 
     def _id_drop(self, gen: torch.Generator) -> torch.Tensor | None:
         """Which fused rows this training step reads from text alone (None: no ID dropout)."""
-        if self.config.item_repr != "fused" or self.config.id_dropout == 0:
+        if self.config.item_repr not in ("fused", "late") or self.config.id_dropout == 0:
             return None
         return (torch.rand(self.n_items + 2, 1, generator=gen) < self.config.id_dropout).to(self.device)
 
