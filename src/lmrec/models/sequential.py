@@ -370,9 +370,11 @@ class SequenceEncoder(nn.Module):
         """seq (B, L) shifted item ids, right-padded with 0 → hidden states (B, L, dim)."""
         length = seq.shape[1]
         pos = torch.arange(length, device=seq.device)
-        table = self.item_table() if table is None else table
-        rows = self.items.weight if self.item_repr == "late" else table  # late: text only at the output
-        x = self.dropout(self.norm(nn.functional.embedding(seq, rows, padding_idx=0) + self.positions(pos)))
+        if self.item_repr == "late":  # text only at the output: the input reads ID rows alone
+            table = self.items.weight
+        elif table is None:
+            table = self.item_table()
+        x = self.dropout(self.norm(nn.functional.embedding(seq, table, padding_idx=0) + self.positions(pos)))
         # causal: padding sits after the real items, so the causal mask alone hides it
         mask = causal_mask(length, seq.device) if causal else (seq == 0)[:, None, None, :]
         return self.final_norm(self.blocks(x, mask))
@@ -624,7 +626,7 @@ class SequentialRecommender(ReadsItemText, DotProductModel):
         self.net.load_state_dict(theirs, strict=False)
 
     def _id_drop(self, gen: torch.Generator) -> torch.Tensor | None:
-        """Which fused rows this training step reads from text alone (None: no ID dropout)."""
+        """Which fused or late rows this training step reads from text alone (None: no ID dropout)."""
         if self.config.item_repr not in ("fused", "late") or self.config.id_dropout == 0:
             return None
         return (torch.rand(self.n_items + 2, 1, generator=gen) < self.config.id_dropout).to(self.device)
