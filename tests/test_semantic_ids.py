@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lmrec.llm.semantic_ids import kmeans, semantic_ids
+from lmrec.llm.semantic_ids import code_usage, kmeans, semantic_ids
 
 
 def clustered(n_clusters: int = 8, per: int = 25, dim: int = 16, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -66,3 +66,14 @@ def test_rejects_bad_input() -> None:
         semantic_ids(np.zeros(4))
     with pytest.raises(ValueError):
         semantic_ids(np.zeros((4, 2)), levels=0)
+
+
+def test_code_usage_counts_codewords_and_collisions() -> None:
+    codes = np.array([[0, 1, 0], [0, 1, 1], [0, 1, 2], [2, 0, 0], [3, 1, 0]])  # 3 items share (0, 1)
+    usage = code_usage(codes, codebook=4)
+    assert usage["used_per_level"] == [3, 2]
+    assert usage["usage_per_level"] == [0.75, 0.5]
+    assert usage["distinct_prefixes"] == 3
+    assert usage["items_in_collisions"] == 3 and usage["largest_collision"] == 3
+    spread = code_usage(semantic_ids(clustered()[0], levels=2, codebook=4), codebook=4)
+    assert spread["used_per_level"] == [4, 4]  # dead codes are restarted: every codeword is used

@@ -9,7 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lmrec.llm.trie import ROOT, Trie, constrained_beam_search
+from lmrec.llm.trie import ROOT, PriorGuided, Trie, constrained_beam_search, node_log_mass
 
 VOCAB = 6
 
@@ -166,3 +166,43 @@ def test_trie_reads_back_sequences() -> None:
     assert trie.count[ROOT] == 3 and trie.count[trie.walk([3]) or 0] == 2
     assert trie.walk([4]) is None
     assert trie.banned_counts([0, 0, 7]) == {ROOT: 1, trie.walk([3]): 1, trie.walk([3, 1]): 1}
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    titles=st.lists(st.lists(st.integers(0, 3), min_size=1, max_size=4), min_size=1, max_size=20),
+    with_end=st.booleans(),
+    weight=st.sampled_from([0.5, 1.0, 3.0]),
+    seed=st.integers(0, 10_000),
+    banned=st.sets(st.integers(0, 25), max_size=5),
+)
+def test_prior_guided_search_scores_generator_plus_weighted_prior(
+    titles: list[list[int]], with_end: bool, weight: float, seed: int, banned: set[int]
+) -> None:
+    """Hybrid decoding: with a wide beam the result is the top of log p_gen + weight · log p_prior
+    over the unbanned items, whatever the trie's shape."""
+    sequences = unique(titles) if with_end else unique([t[:1] * 3 if len(t) < 3 else t[:3] for t in titles])
+    end = VOCAB - 1 if with_end else None
+    trie = Trie(sequences, end_token=end)
+    gen = torch.Generator().manual_seed(seed + 1)
+    prior = torch.log_softmax(torch.randn(len(sequences), generator=gen, dtype=torch.float64), 0)
+    prior[[i for i in banned if i < len(sequences)]] = float("-inf")
+    prior = torch.log_softmax(prior, 0) if torch.isfinite(prior).any() else prior
+    stepper = TableStepper(seed)
+    guided = PriorGuided(stepper, trie, prior, weight)
+    found = constrained_beam_search(guided, trie, beams=len(sequences), k=len(sequences), banned=banned)
+    scored = [
+        (i, stepper.logprob(s, end) + weight * float(prior[i])) for i, s in enumerate(sequences) if i not in banned
+    ]
+    assert_same(found, sorted(scored, key=lambda x: (-x[1], x[0])))
+
+
+def test_node_log_mass_sums_the_items_below() -> None:
+    sequences = [[0, 1], [0, 2], [1], [1, 0]]  # item 2 sits at an inner node, item 3 below it
+    trie = Trie(sequences, end_token=VOCAB - 1)
+    logp = torch.log_softmax(torch.tensor([0.0, 1.0, 2.0, -1.0], dtype=torch.float64), 0).numpy()
+    mass = node_log_mass(trie, logp)
+    assert mass[ROOT] == pytest.approx(0.0, abs=1e-12)
+    assert mass[trie.walk([0])] == pytest.approx(math.log(math.exp(logp[0]) + math.exp(logp[1])))
+    assert mass[trie.walk([1])] == pytest.approx(math.log(math.exp(logp[2]) + math.exp(logp[3])))
+    assert mass[trie.walk([1, 0])] == pytest.approx(logp[3])

@@ -99,3 +99,21 @@ def _rank_within_groups(keys: np.ndarray) -> np.ndarray:
     rank = np.empty(len(order), dtype=np.int64)
     rank[order] = np.arange(len(order)) - first
     return rank
+
+
+def code_usage(codes: np.ndarray, codebook: int) -> dict[str, object]:
+    """How well ``codes`` (from :func:`semantic_ids`) use their codebooks: per level the codewords
+    in use (of ``codebook``), and the collisions the last column resolves — the items that share
+    all ``levels`` codewords with another item, and the largest such group."""
+    codes = np.asarray(codes)
+    levels = codes.shape[1] - 1
+    used = [len(np.unique(codes[:, level])) for level in range(levels)]
+    _, sizes = np.unique(codes[:, :levels], axis=0, return_counts=True)
+    return {
+        "codebook": codebook,
+        "used_per_level": used,
+        "usage_per_level": [round(u / codebook, 4) for u in used],
+        "distinct_prefixes": len(sizes),
+        "items_in_collisions": int(sizes[sizes > 1].sum()),
+        "largest_collision": int(sizes.max()) if len(sizes) else 0,
+    }

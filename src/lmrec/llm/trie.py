@@ -120,6 +120,57 @@ class Stepper(Protocol):
         ...
 
 
+class PriorGuided:
+    """A :class:`Stepper` that adds an item prior to a generator's token log-probs (hybrid
+    decoding, as D3 adds a sequential model's scores): the prior's log-mass under a node,
+    ``M(node) = log Σ p(item)`` over the items at or below it, and the token from ``node`` to
+    ``child`` gains ``weight · (M(child) − M(node))`` (ending an item at a node with the end token
+    gains ``weight · (log p(item) − M(node))``). Along an item's tokens the gains sum to
+    ``weight · log p(item)`` (``M(root) = 0`` for a normalised prior), so a finished item scores
+    ``log p_gen(item) + weight · log p_prior(item)``, and at every step a beam is ranked by what
+    the prior says of the items it can still reach, not only of those it has finished."""
+
+    def __init__(self, inner: Stepper, trie: Trie, item_logprobs: torch.Tensor, weight: float) -> None:
+        self.inner, self.trie, self.weight = inner, trie, weight
+        self.item_logprobs = item_logprobs.double().cpu().numpy()
+        self.mass = node_log_mass(trie, self.item_logprobs)
+        self.nodes = [ROOT]
+
+    def _guide(self, logprobs: torch.Tensor) -> torch.Tensor:
+        out = logprobs.double().clone()
+        end = self.trie.end_token
+        for b, node in enumerate(self.nodes):
+            here = self.mass[node]
+            children = self.trie.children[node]
+            tokens, gains = list(children), [self.mass[c] for c in children.values()]
+            if end is not None and self.trie.item[node] >= 0:
+                tokens.append(end)
+                gains.append(self.item_logprobs[self.trie.item[node]])
+            if tokens:
+                gain = np.asarray(gains) - here if np.isfinite(here) else np.full(len(gains), -np.inf)
+                out[b, tokens] += torch.from_numpy(self.weight * gain).to(out.device)
+        return out
+
+    def start(self) -> torch.Tensor:
+        return self._guide(self.inner.start().unsqueeze(0))[0]
+
+    def advance(self, parents: list[int], tokens: list[int]) -> torch.Tensor:
+        self.nodes = [self.trie.children[self.nodes[p]][t] for p, t in zip(parents, tokens, strict=True)]
+        return self._guide(self.inner.advance(parents, tokens))
+
+
+def node_log_mass(trie: Trie, item_logprobs: np.ndarray) -> np.ndarray:
+    """``log Σ exp(item_logprobs)`` over the items at or below every node of ``trie`` (-inf where
+    there are none): each node's own item, then the children's masses added into their parents,
+    deepest nodes first (a child is always created after its parent)."""
+    mass = np.full(len(trie), -np.inf)
+    mass[trie.item_node] = item_logprobs
+    parent = np.asarray(trie.parent)
+    for node in range(len(trie) - 1, 0, -1):
+        mass[parent[node]] = np.logaddexp(mass[parent[node]], mass[node])
+    return mass
+
+
 def constrained_beam_search(
     stepper: Stepper,
     trie: Trie,

@@ -6,6 +6,12 @@ tells apart items sharing all of them. A causal transformer reads the codes of t
 items and writes the codes of the next one, token by token; beam search constrained to the catalog
 (:func:`lmrec.llm.trie.constrained_beam_search`) turns that into a ranked list of real items.
 
+The codes can also come from collaborative vectors, a trained SASRec's item rows (``ids_from``:
+items bought together share prefixes, as in P5's collaborative indexing and LC-Rec), or from both;
+:func:`lmrec.llm.semantic_ids.code_usage` reports how many codewords each level uses and how many
+items collide. Hybrid decoding (``hybrid_run``) adds a sequential model's distribution to the
+beam search token by token (:class:`lmrec.llm.trie.PriorGuided`, after D3).
+
 Because similar items share code prefixes, what is learned about one item carries over to its
 neighbours, and an item with no training interactions can still be generated from its code. The
 paper uses an encoder-decoder; a decoder-only model over one token stream does the same job with
@@ -21,6 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -30,10 +37,12 @@ from lmrec.data.batch import EvalSet, QueryBatch
 from lmrec.data.schema import Dataset
 from lmrec.data.sequences import length_buckets, pad_right, sequence_windows
 from lmrec.errors import ConfigError
-from lmrec.llm.semantic_ids import semantic_ids
-from lmrec.llm.trie import Trie, constrained_beam_search, generated_ranking
+from lmrec.llm.semantic_ids import code_usage, semantic_ids
+from lmrec.llm.trie import PriorGuided, Stepper, Trie, constrained_beam_search, generated_ranking
 from lmrec.models.base import FitOptions, ModelConfig, ReadsItemText, Recommender
-from lmrec.models.sequential import causal_mask, transformer_blocks
+from lmrec.models.registry import load_model
+from lmrec.models.sequential import SequentialRecommender, causal_mask, transformer_blocks
+from lmrec.text.whiten import whiten
 from lmrec.train.trainer import TrainConfig
 
 PAD, BOS, FIRST_CODE = 0, 1, 2  # token ids; code tokens start at FIRST_CODE
@@ -60,6 +69,14 @@ class TigerConfig(ModelConfig):
     text_template: str | None = None  # str.format over catalog columns; None: title, year, genres, text
     # the item blocks the item vectors hold, e.g. "text,genres,year,image" (lmrec.features); "text": the text alone
     item_features: str = "text"
+    # what the semantic IDs quantise: "text" (the item vectors above), "collab" (the item rows of
+    # the trained sequential model at collab_run) or "both" (each whitened, side by side)
+    ids_from: str = "text"
+    collab_run: str | None = None
+    # hybrid decoding: a sequential run whose next-item distribution guides the beam search
+    # (lmrec.llm.trie.PriorGuided): an item scores log p_tiger + hybrid_weight · log p_run
+    hybrid_run: str | None = None
+    hybrid_weight: float = 0.0
 
     def validate(self) -> None:
         sizes = ("levels", "codebook", "dim", "layers", "heads", "inner", "max_len")
@@ -72,6 +89,14 @@ class TigerConfig(ModelConfig):
             raise ConfigError(f"dim ({self.dim}) must be divisible by heads ({self.heads})")
         if not (0 <= self.dropout < 1 and self.lr > 0 and self.weight_decay >= 0):
             raise ConfigError("need 0 <= dropout < 1, lr > 0 and weight_decay >= 0")
+        if self.ids_from not in ("text", "collab", "both"):
+            raise ConfigError(f"ids_from must be text, collab or both, got {self.ids_from!r}")
+        if self.ids_from != "text" and not self.collab_run:
+            raise ConfigError(
+                f"ids_from={self.ids_from} needs collab_run: a trained sequential run over the same items"
+            )
+        if self.hybrid_weight < 0 or (self.hybrid_weight > 0) != bool(self.hybrid_run):
+            raise ConfigError("hybrid decoding needs both hybrid_run and hybrid_weight > 0 (or neither)")
 
 
 class CodeDecoder(nn.Module):
@@ -136,8 +161,12 @@ class Tiger(ReadsItemText, Recommender):
 
     def _fit(self, train: Dataset, valid: EvalSet | None, options: FitOptions) -> None:
         cfg = self.config
-        vectors = self._text_vectors(train, options)
-        codes = semantic_ids(vectors, cfg.levels, cfg.codebook, seed=options.seed)
+        codes = semantic_ids(self._code_vectors(train, options), cfg.levels, cfg.codebook, seed=options.seed)
+        usage = code_usage(codes, cfg.codebook)
+        options.say(
+            f"tiger: codewords used per level {usage['used_per_level']} of {cfg.codebook};"
+            f" {usage['items_in_collisions']} items share their first {cfg.levels} codes with another"
+        )
         self.popularity = torch.from_numpy(train.item_popularity().astype(np.float32))
         self._set_codes(torch.from_numpy(codes))
         self.net = CodeDecoder(self.vocab, self.n_positions, cfg).to(self.device)
@@ -150,6 +179,21 @@ class Tiger(ReadsItemText, Recommender):
             epochs=cfg.epochs, lr=cfg.lr, weight_decay=cfg.weight_decay, patience=cfg.patience, desc="tiger"
         )
         self.training_log = self._train(task, config, options, options.torch_generator(), valid=valid)
+        self.training_log["codes"] = usage
+
+    def _code_vectors(self, train: Dataset, options: FitOptions) -> np.ndarray:
+        """What the semantic IDs quantise (``ids_from``): text vectors, collaborative rows, or both,
+        each whitened to the collaborative width with unit variance per direction and set side by
+        side, so that neither dominates the distances k-means reads."""
+        cfg = self.config
+        if cfg.ids_from == "text":
+            return self._text_vectors(train, options)
+        assert cfg.collab_run is not None  # validate() asks for it
+        collab = _sequential(cfg.collab_run, train.n_items).item_embeddings().numpy()
+        if cfg.ids_from == "collab":
+            return collab
+        text, width = self._text_vectors(train, options), collab.shape[1]
+        return np.concatenate([whiten(text, width, scale=1.0), whiten(collab, width, scale=1.0)], axis=1)
 
     def _set_codes(self, codes: torch.Tensor) -> None:
         """Derive the token vocabulary, the per-item token rows and the catalog trie from the codes."""
@@ -170,12 +214,17 @@ class Tiger(ReadsItemText, Recommender):
         items included) rank after them, by popularity (finite). An empty history gets popularity."""
         cfg = self.config
         self.net.eval()
+        guide = self._guide()
 
         def generate(history: np.ndarray) -> list[tuple[int, float]]:
             recent = torch.from_numpy(history[-cfg.max_len :] + 1).to(self.device)
             ask = torch.tensor([BOS], device=self.device)  # a lone BOS asks for the next item
             prefix = torch.cat([self.item_tokens[recent].reshape(-1), ask])
-            stepper = _DecoderStepper(self.net, prefix)
+            stepper: Stepper = _DecoderStepper(self.net, prefix)
+            if guide is not None:
+                prior = guide.score(QueryBatch.from_histories([-1], [history]))[0].double()
+                prior[torch.from_numpy(history)] = float("-inf")
+                stepper = PriorGuided(stepper, self.trie, torch.log_softmax(prior, 0), cfg.hybrid_weight)
             k = min(cfg.beams, self.n_items)
             return constrained_beam_search(
                 stepper, self.trie, cfg.beams, k, banned=history.tolist(), max_steps=cfg.levels + 1
@@ -183,6 +232,14 @@ class Tiger(ReadsItemText, Recommender):
 
         with torch.no_grad():
             return generated_ranking(batch, self.popularity, generate)
+
+    def _guide(self) -> SequentialRecommender | None:
+        """The sequential model of hybrid decoding, loaded once (None without one)."""
+        if not self.config.hybrid_run:
+            return None
+        if getattr(self, "_guide_model", None) is None:
+            self._guide_model = _sequential(self.config.hybrid_run, self.n_items)
+        return self._guide_model
 
     def state(self) -> dict[str, torch.Tensor]:
         return {
@@ -198,6 +255,15 @@ class Tiger(ReadsItemText, Recommender):
         if not hasattr(self, "net"):
             self.net = CodeDecoder(self.vocab, self.n_positions, self.config).to(self.device)
         self.net.load_state_dict({k[4:]: v.clone() for k, v in tensors.items() if k.startswith("net.")})
+
+
+def _sequential(path: str, n_items: int) -> SequentialRecommender:
+    """The trained sequential model at ``path`` (a run or model directory), over ``n_items`` items."""
+    where = Path(path)
+    model = load_model(where / "model" if (where / "model").is_dir() else where)
+    if not isinstance(model, SequentialRecommender) or model.n_items != n_items:
+        raise ConfigError(f"{path}: needs a trained sequential model over the same {n_items} items")
+    return model
 
 
 class CodeTask:
