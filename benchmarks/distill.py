@@ -5,6 +5,8 @@ The teacher is the default SASRec, or a larger one (``--teacher`` overrides); th
 ``--student`` overrides (default dim 16, one layer, inner 64), and the distilled one ``--distill``
 overrides on top (the distillation weight and temperature). Every row is evaluated on all test
 users; the paired test compares the distilled student with the student alone on per-user NDCG@10.
+A language-model-initialised teacher: ``--teacher '{"item_init": "text", "text_encoder": "smollm2"}'``
+(its item rows start from SmolLM2's hidden states over the item texts, cached under ``--cache-dir``).
 
     .venv/bin/python benchmarks/distill.py --threads 1
 """
@@ -71,7 +73,7 @@ def main(argv: list[str] | None = None) -> None:
             t0 = time.process_time()
             cap = {"epochs": args.max_epochs} if args.max_epochs else {}
             config = SequentialConfig.from_dict({**overrides, **cap})
-            model = SASRec(config).fit(train, valid, FitOptions(seed=args.seed))
+            model = SASRec(config).fit(train, valid, FitOptions(seed=args.seed, cache_dir=args.cache_dir))
             cpu = time.process_time() - t0
             if name == "teacher":
                 model.save(teacher_dir)
