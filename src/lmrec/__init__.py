@@ -10,8 +10,8 @@ import os
 os.environ.setdefault("LRU_CACHE_CAPACITY", "64")
 os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "64")
 
-from lmrec.data.schema import Dataset, Vocab  # noqa: E402
-from lmrec.errors import DataError, LmrecError  # noqa: E402
+from lmrec.data.schema import Dataset, Vocab
+from lmrec.errors import DataError, LmrecError
 
 __version__ = "0.1.0"
 
