@@ -57,7 +57,8 @@ def main(argv: list[str] | None = None) -> None:
 
     from lmrec.evaluate import evaluate
     from lmrec.evaluate.significance import paired_test
-    from lmrec.models import FitOptions, load_model
+    from lmrec.models import FitOptions
+    from lmrec.models.sequential import load_sequential
     from lmrec.models.tiger import Tiger, TigerConfig
 
     torch.set_num_threads(args.threads)
@@ -80,13 +81,13 @@ def main(argv: list[str] | None = None) -> None:
         print(name, json.dumps({k: v for k, v in row.items() if k != "paired_vs_sasrec"}), flush=True)
         args.out.write_text(json.dumps(result, indent=1))
 
-    sasrec_dir = args.sasrec / "model" if (args.sasrec / "model").is_dir() else args.sasrec
-    record("sasrec", load_model(sasrec_dir), {"run": str(args.sasrec)})
+    sasrec_dir = str(args.sasrec)  # the run the collab codes and the hybrid's guide read
+    record("sasrec", load_sequential(args.sasrec, "--sasrec"), {"run": sasrec_dir})
     best: tuple[float, Tiger] | None = None
     for source in args.sources.split(","):
         overrides = {**common, "ids_from": source}
         if source != "text":
-            overrides["collab_run"] = str(sasrec_dir)
+            overrides["collab_run"] = sasrec_dir
         t0 = time.process_time()
         model = Tiger(TigerConfig.from_dict(overrides))
         model.fit(train, valid, FitOptions(seed=args.seed, cache_dir=args.cache_dir))
@@ -99,7 +100,7 @@ def main(argv: list[str] | None = None) -> None:
 
     def guided(base: Tiger, weight: float) -> Tiger:
         """``base``'s weights and codes, decoding guided by the SASRec at ``weight``."""
-        hybrid = Tiger(base.config.updated({"hybrid_run": str(sasrec_dir), "hybrid_weight": weight}))
+        hybrid = Tiger(base.config.updated({"hybrid_run": sasrec_dir, "hybrid_weight": weight}))
         hybrid.n_users, hybrid.n_items = base.n_users, base.n_items
         hybrid.load_state(base.state())
         return hybrid

@@ -596,9 +596,7 @@ class SequentialRecommender(ReadsItemText, DotProductModel):
 
     def _load_teacher(self, path: Path) -> SequentialRecommender:
         """A trained sequential model over the same items that reads at least as far back."""
-        teacher = load_model(path / "model" if (path / "model").is_dir() else path)
-        if not isinstance(teacher, SequentialRecommender) or teacher.n_items != self.n_items:
-            raise ConfigError(f"teacher {path}: needs a sequential model over the same {self.n_items} items")
+        teacher = load_sequential(path, "teacher", self.n_items)
         if teacher.config.max_len < self.config.max_len:
             raise ConfigError(f"teacher {path} reads {teacher.config.max_len} items, the student {self.config.max_len}")
         teacher.net.to(self.device).eval()
@@ -607,9 +605,7 @@ class SequentialRecommender(ReadsItemText, DotProductModel):
     def _load_pretrained(self, path: Path) -> None:
         """Start from a saved sequential model. Over the same catalog every weight is loaded;
         over another catalog (transfer) a text-only model loads everything but the item rows."""
-        source = load_model(path / "model" if (path / "model").is_dir() else path)
-        if not isinstance(source, SequentialRecommender):
-            raise ConfigError(f"init_from {path}: not a sequential model")
+        source = load_sequential(path, "init_from")
         same_catalog = source.n_items == self.n_items
         if not same_catalog and self.config.item_repr != "text":
             raise ConfigError(
@@ -861,6 +857,18 @@ class PrivateSequenceTask:
             inputs, targets = self.model._mask(seq, gen)
         logits = module(inputs, causal=self.causal)
         return sequence_ce_per_example(logits, targets.masked_fill(targets == 0, -1), self.excluded).mean()
+
+
+def load_sequential(path: str | Path, what: str, n_items: int | None = None) -> SequentialRecommender:
+    """The trained sequential model saved at ``path`` (a run directory or its ``model`` folder),
+    over ``n_items`` items when given; ``what`` names the option that points there, for errors."""
+    path = Path(path)
+    model = load_model(path / "model" if (path / "model").is_dir() else path)
+    if not isinstance(model, SequentialRecommender):
+        raise ConfigError(f"{what} {path}: not a sequential model")
+    if n_items is not None and model.n_items != n_items:
+        raise ConfigError(f"{what} {path}: a model over {model.n_items} items, here {n_items}")
+    return model
 
 
 class SASRec(SequentialRecommender):

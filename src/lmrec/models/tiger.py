@@ -27,7 +27,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -40,8 +39,7 @@ from lmrec.errors import ConfigError
 from lmrec.llm.semantic_ids import code_usage, semantic_ids
 from lmrec.llm.trie import PriorGuided, Stepper, Trie, constrained_beam_search, generated_ranking
 from lmrec.models.base import FitOptions, ModelConfig, ReadsItemText, Recommender
-from lmrec.models.registry import load_model
-from lmrec.models.sequential import SequentialRecommender, causal_mask, transformer_blocks
+from lmrec.models.sequential import SequentialRecommender, causal_mask, load_sequential, transformer_blocks
 from lmrec.text.whiten import whiten
 from lmrec.train.trainer import TrainConfig
 
@@ -189,7 +187,7 @@ class Tiger(ReadsItemText, Recommender):
         if cfg.ids_from == "text":
             return self._text_vectors(train, options)
         assert cfg.collab_run is not None  # validate() asks for it
-        collab = _sequential(cfg.collab_run, train.n_items).item_embeddings().numpy()
+        collab = load_sequential(cfg.collab_run, "collab_run", train.n_items).item_embeddings().numpy()
         if cfg.ids_from == "collab":
             return collab
         text, width = self._text_vectors(train, options), collab.shape[1]
@@ -238,7 +236,7 @@ class Tiger(ReadsItemText, Recommender):
         if not self.config.hybrid_run:
             return None
         if getattr(self, "_guide_model", None) is None:
-            self._guide_model = _sequential(self.config.hybrid_run, self.n_items)
+            self._guide_model = load_sequential(self.config.hybrid_run, "hybrid_run", self.n_items)
         return self._guide_model
 
     def state(self) -> dict[str, torch.Tensor]:
@@ -255,15 +253,6 @@ class Tiger(ReadsItemText, Recommender):
         if not hasattr(self, "net"):
             self.net = CodeDecoder(self.vocab, self.n_positions, self.config).to(self.device)
         self.net.load_state_dict({k[4:]: v.clone() for k, v in tensors.items() if k.startswith("net.")})
-
-
-def _sequential(path: str, n_items: int) -> SequentialRecommender:
-    """The trained sequential model at ``path`` (a run or model directory), over ``n_items`` items."""
-    where = Path(path)
-    model = load_model(where / "model" if (where / "model").is_dir() else where)
-    if not isinstance(model, SequentialRecommender) or model.n_items != n_items:
-        raise ConfigError(f"{path}: needs a trained sequential model over the same {n_items} items")
-    return model
 
 
 class CodeTask:
