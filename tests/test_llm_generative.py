@@ -105,6 +105,33 @@ def test_registered_and_validated() -> None:
     assert model_class("llm-gen") is GenerativeLLM
     with pytest.raises(ConfigError):
         GenerativeLLM.config_class.from_dict({"beams": 0})
+    with pytest.raises(ConfigError, match="fine-tuning"):  # untrained code tokens would mean nothing
+        GenerativeLLM.config_class.from_dict({"item_ids": "codes", "lora_r": 0})
+    with pytest.raises(ConfigError, match="collab_run"):
+        GenerativeLLM.config_class.from_dict({"item_ids": "codes", "ids_from": "collab"})
+
+
+def test_semantic_id_tokens_are_written_and_trained(toy: Path) -> None:
+    """item_ids=codes: one new token per codeword, the prompt shows title and code, the answer is
+    the code, and only the new tokens' embedding rows change (with LoRA) while the vocabulary's
+    own rows stay as they were."""
+    model = fit(toy, chain(n_users=48), item_ids="codes", levels=2, codebook=3, steps=30, lr=1e-2, batch_size=8)
+    vocab = len(load_lm(str(toy)).tokenizer)
+    assert model.code_tokens == list(range(vocab, vocab + len(model.code_tokens)))
+    assert all(len(a) == 3 and set(a) <= set(model.code_tokens) for a in model.answers)
+    assert len({tuple(a) for a in model.answers}) == N_ITEMS  # every item its own code
+    assert model.labels[0].startswith("Film 0 <a_")
+    assert model.training_log["codes"]["used_per_level"] == [3, 3]
+    history = np.array([0, 1, 2])
+    found = model.generate(history, k=5)
+    assert len({i for i, _ in found}) == 5 and not {i for i, _ in found} & set(history.tolist())
+    base = load_lm(str(toy)).model.get_input_embeddings().weight
+    rows = model.lm.model.get_input_embeddings()(torch.arange(vocab + len(model.code_tokens)))
+    assert torch.equal(rows[:vocab], base)
+    adapter = next(m for m in model.lm.model.modules() if hasattr(m, "trainable_tokens_original"))
+    start = adapter.trainable_tokens_original["default"]  # the new rows as they were added
+    assert torch.equal(rows[vocab:], adapter.trainable_tokens_delta["default"])
+    assert (rows[vocab:] - start).abs().amax() > 1e-3
 
 
 # -- re-ranking -----------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import importlib.util
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -183,8 +184,12 @@ def answer_loss(lm: LocalLM, examples: list[tuple[list[int], list[int]]], model:
     return out.loss
 
 
-def with_lora(model: Any, r: int, alpha: int, modules: tuple[str, ...] = LORA_TARGETS) -> Any:
-    """``model`` with LoRA adapters (rank ``r``) on those of ``modules`` (by name) it has."""
+def with_lora(
+    model: Any, r: int, alpha: int, modules: tuple[str, ...] = LORA_TARGETS, new_tokens: Sequence[int] = ()
+) -> Any:
+    """``model`` with LoRA adapters (rank ``r``) on those of ``modules`` (by name) it has; the
+    embedding rows of ``new_tokens`` (tokens added to the vocabulary) train too, and with them the
+    output rows tied to them (peft's trainable tokens)."""
     try:
         from peft import LoraConfig, get_peft_model
     except ImportError:
@@ -193,5 +198,11 @@ def with_lora(model: Any, r: int, alpha: int, modules: tuple[str, ...] = LORA_TA
     targets = [t for t in modules if t in names]
     if not targets:
         raise ConfigError(f"the model has none of the modules {modules} to adapt with LoRA")
-    lora = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=0.0, target_modules=targets)
+    lora = LoraConfig(
+        r=r,
+        lora_alpha=alpha,
+        lora_dropout=0.0,
+        target_modules=targets,
+        trainable_token_indices=list(new_tokens) or None,
+    )
     return get_peft_model(model, lora)

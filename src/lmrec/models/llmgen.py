@@ -8,9 +8,15 @@ user's history; the beams' log-probabilities are the scores, and items outside t
 rank after it (by popularity), so the model is evaluated by the same full-ranking harness as any
 other. :func:`hallucination_rate` measures what the same model writes without the trie.
 
+With ``item_ids=codes`` the model writes semantic IDs instead of titles (P5's collaborative
+indexing, LC-Rec): every item gets a code of ``levels`` + 1 codewords (:class:`~lmrec.models.tiger.
+SemanticItems`, from the item text, a trained SASRec's rows or both), each codeword is a new token
+of the LM's vocabulary (``<a_3>``, ``<b_17>``, ...; their embeddings train along with LoRA), the
+history shows each title followed by its code, and the answer is the next item's code.
+
 The base model is ``config.lm``: ``"smollm2"`` (the packaged SmolLM2-135M-Instruct) or any local
-Hugging Face model directory. Checkpoints hold only the LoRA weights; loading reads the base model
-again from the same place.
+Hugging Face model directory. Checkpoints hold only the LoRA weights (and the new tokens' rows);
+loading reads the base model again from the same place.
 """
 
 from __future__ import annotations
@@ -30,13 +36,15 @@ from lmrec.errors import ConfigError
 from lmrec.llm.lm import DEFAULT_LM, LocalLM, answer_loss, load_lm, with_lora
 from lmrec.llm.prompts import history_messages
 from lmrec.llm.trie import Trie, constrained_beam_search, generated_ranking
-from lmrec.models.base import FitOptions, ModelConfig, Recommender
+from lmrec.models.base import FitOptions, Recommender
+from lmrec.models.tiger import SemanticIDConfig, SemanticItems
 from lmrec.train.trainer import TrainConfig, numpy_rng, step_rounds
 
 
 @dataclass
-class GenerativeConfig(ModelConfig):
+class GenerativeConfig(SemanticIDConfig):  # the semantic-ID options apply with item_ids=codes
     lm: str = DEFAULT_LM  # "smollm2" or a local Hugging Face model directory
+    item_ids: str = "title"  # what the LM writes: "title", or "codes" (semantic IDs as new tokens)
     lora_r: int = 8  # 0: fine-tune nothing (zero-shot generation)
     lora_alpha: int = 16
     steps: int = 100  # optimisation steps of supervised fine-tuning
@@ -48,14 +56,19 @@ class GenerativeConfig(ModelConfig):
     max_title_tokens: int = 48
 
     def validate(self) -> None:
+        super().validate()
+        if self.item_ids not in ("title", "codes"):
+            raise ConfigError(f"item_ids must be title or codes, got {self.item_ids!r}")
+        if self.item_ids == "codes" and (self.lora_r == 0 or self.steps == 0):
+            raise ConfigError("item_ids=codes needs fine-tuning (lora_r > 0, steps > 0): new tokens start untrained")
         if self.lora_r < 0 or self.steps < 0 or self.batch_size < 1 or self.beams < 1 or self.max_history < 1:
             raise ConfigError("need lora_r >= 0, steps >= 0, batch_size >= 1, beams >= 1, max_history >= 1")
         if self.lr <= 0 or self.prompt_budget < 16:
             raise ConfigError("need lr > 0 and prompt_budget >= 16")
 
 
-class GenerativeLLM(Recommender):
-    """SmolLM2 (or another causal LM) fine-tuned to write the next item's title."""
+class GenerativeLLM(SemanticItems, Recommender):
+    """SmolLM2 (or another causal LM) fine-tuned to write the next item's title or semantic ID."""
 
     name = "llm-gen"
     config_class = GenerativeConfig
@@ -69,22 +82,37 @@ class GenerativeLLM(Recommender):
         cfg = self.config
         self.lm = load_lm(cfg.lm, options.cache_dir, options.device)
         titles = train.titles(list(range(train.n_items)))
-        self._set_titles([self.lm.encode(str(t))[: cfg.max_title_tokens] for t in titles])
+        codes, usage = self._semantic_ids(train, options) if cfg.item_ids == "codes" else (None, None)
+        self._set_items([self.lm.encode(str(t))[: cfg.max_title_tokens] for t in titles], codes)
         if cfg.lora_r > 0:
-            self.lm.model = with_lora(self.lm.model, cfg.lora_r, cfg.lora_alpha)
+            self.lm.model = with_lora(self.lm.model, cfg.lora_r, cfg.lora_alpha, new_tokens=self.code_tokens)
         self.popularity = torch.from_numpy(train.item_popularity().astype(np.float32))
         self.training_log = self._finetune(train, options) if cfg.lora_r > 0 and cfg.steps > 0 else {}
+        if usage is not None:
+            self.training_log["codes"] = usage
 
-    def _set_titles(self, sequences: list[list[int]]) -> None:
-        """Title tokens per item; the prompts read them back as text, the trie as tokens. Items are
-        the title tokens followed by end-of-sequence, so "Heat" and "Heat Wave" are two answers."""
-        self.title_tokens = [list(map(int, s)) for s in sequences]
+    def _set_items(self, title_tokens: list[list[int]], codes: np.ndarray | None) -> None:
+        """What the prompts show of each item and what the LM writes for it. Titles: the prompts
+        read the title tokens back as text and the answer is those tokens. Codes: each codeword
+        becomes a new token of the vocabulary (added before LoRA wraps the model), the prompts
+        show "title <a_3><b_17>..." and the answer is the code's tokens. Answers end with
+        end-of-sequence in the trie, so "Heat" and "Heat Wave" are two answers."""
+        self.title_tokens = [list(map(int, s)) for s in title_tokens]
         self.titles = [self.lm.decode(s) for s in self.title_tokens]
-        self.trie, self.trie_rows = _title_trie(self.title_tokens, self.lm.eos_id)
+        self.codes = None if codes is None else np.asarray(codes, dtype=np.int64)
+        self.code_tokens: list[int] = []
+        if self.codes is None:
+            self.labels, self.answers = self.titles, self.title_tokens
+        else:
+            self.code_tokens = _add_code_tokens(self.lm, self.codes)
+            words = [[_code_word(level, int(v)) for level, v in enumerate(row)] for row in self.codes]
+            self.labels = [f"{t} {''.join(w)}" for t, w in zip(self.titles, words, strict=True)]
+            self.answers = [[int(i) for i in self.lm.tokenizer.convert_tokens_to_ids(w)] for w in words]
+        self.trie, self.trie_rows = _title_trie(self.answers, self.lm.eos_id)
 
     def _messages(self, rows: np.ndarray) -> list[dict[str, str]]:
-        titles = [self.titles[int(r)] for r in rows[-self.config.max_history :]]
-        return history_messages(titles, lambda s: len(self.lm.encode(s)), budget=self.config.prompt_budget)
+        labels = [self.labels[int(r)] for r in rows[-self.config.max_history :]]
+        return history_messages(labels, lambda s: len(self.lm.encode(s)), budget=self.config.prompt_budget)
 
     # -- fine-tuning ----------------------------------------------------------------------------
     def _finetune(self, train: Dataset, options: FitOptions) -> dict[str, Any]:
@@ -125,26 +153,32 @@ class GenerativeLLM(Recommender):
         for row, t in enumerate(self.title_tokens):
             tokens[row, : len(t)] = torch.tensor(t, dtype=torch.long)
         out = {"popularity": self.popularity, "title_tokens": tokens}
+        if self.codes is not None:
+            out["codes"] = torch.from_numpy(self.codes)
         if self.config.lora_r > 0:
             from peft import get_peft_model_state_dict
 
-            out.update({f"lora.{k}": v for k, v in get_peft_model_state_dict(self.lm.model).items()})
+            adapters = get_peft_model_state_dict(self.lm.model, save_embedding_layers=False)
+            out.update({f"lora.{k}": v.clone() for k, v in adapters.items()})  # clone: tied rows share memory
         return out
 
     def load_state(self, tensors: dict[str, torch.Tensor]) -> None:
-        """Read the base model again from ``config.lm``, then apply the saved adapters."""
+        """Read the base model again from ``config.lm`` (with the code tokens added, as at fit),
+        then apply the saved adapters."""
         cfg = self.config
-        if not hasattr(self, "lm"):
+        fresh = not hasattr(self, "lm")
+        if fresh:
             self.lm = load_lm(cfg.lm, None, str(getattr(self, "device", "cpu")))
-            if cfg.lora_r > 0:
-                self.lm.model = with_lora(self.lm.model, cfg.lora_r, cfg.lora_alpha)
+        codes = tensors["codes"].numpy() if "codes" in tensors else None
+        self._set_items([[int(x) for x in row if x >= 0] for row in tensors["title_tokens"].tolist()], codes)
+        if fresh and cfg.lora_r > 0:
+            self.lm.model = with_lora(self.lm.model, cfg.lora_r, cfg.lora_alpha, new_tokens=self.code_tokens)
         if cfg.lora_r > 0:
             from peft import set_peft_model_state_dict
 
             set_peft_model_state_dict(self.lm.model, {k[5:]: v for k, v in tensors.items() if k.startswith("lora.")})
         self.lm.model.eval()
         self.popularity = tensors["popularity"]
-        self._set_titles([[int(x) for x in row if x >= 0] for row in tensors["title_tokens"].tolist()])
 
 
 class CachedStepper:
@@ -208,6 +242,22 @@ def _bare_title(text: str) -> str:
     return re.sub(r"\s*\(\d{4}\)$", "", text).strip(" \"'.").lower()
 
 
+def _code_word(level: int, value: int) -> str:
+    """The token of codeword ``value`` at ``level`` of a semantic ID: <a_0>, <b_5>, ..."""
+    return f"<{chr(ord('a') + level)}_{value}>"
+
+
+def _add_code_tokens(lm: LocalLM, codes: np.ndarray) -> list[int]:
+    """Add one token per (level, codeword) of ``codes`` to the LM's tokenizer and embedding table
+    (new rows at the mean of the old ones, transformers' default); their ids, in order. Adding
+    tokens that are already there (a model loaded twice) changes nothing."""
+    sizes = codes.max(0) + 1 if len(codes) else np.ones(codes.shape[1], dtype=np.int64)
+    words = [_code_word(level, v) for level, size in enumerate(sizes) for v in range(int(size))]
+    if lm.tokenizer.add_tokens(words) and lm.model.get_input_embeddings().weight.shape[0] < len(lm.tokenizer):
+        lm.model.resize_token_embeddings(len(lm.tokenizer))
+    return [int(i) for i in lm.tokenizer.convert_tokens_to_ids(words)]
+
+
 def _title_trie(sequences: list[list[int]], end: int) -> tuple[Trie, np.ndarray]:
     """The catalog's titles as a trie, and the item row of each trie item. Titles that tokenise
     the same keep their first item: a generated string cannot tell the others apart."""
@@ -220,8 +270,9 @@ def _title_trie(sequences: list[list[int]], end: int) -> tuple[Trie, np.ndarray]
 
 
 class TitleTask:
-    """Next-title SFT for the Trainer: batches of (prompt from a random history prefix, the next
-    item's title + end of sequence), ten steps an "epoch"; the loss is on the answer tokens only."""
+    """Next-item SFT for the Trainer: batches of (prompt from a random history prefix, the next
+    item's answer — title or code — + end of sequence), ten steps an "epoch"; the loss is on the
+    answer tokens only."""
 
     def __init__(self, model: GenerativeLLM, histories: QueryBatch) -> None:
         self.model, self.module, self.histories = model, model.lm.model, histories
@@ -239,7 +290,7 @@ class TitleTask:
                 h = self.histories.history(int(u))
                 t = int(rng.integers(1, len(h)))
                 prompt = lm.prompt_ids(model._messages(h[:t]))
-                answer = [*lm.encode(model.titles[int(h[t])])[: cfg.max_title_tokens], lm.eos_id]
+                answer = [*model.answers[int(h[t])], lm.eos_id]
                 examples.append((prompt, answer))
             yield examples
 

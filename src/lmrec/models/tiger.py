@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -47,9 +48,34 @@ PAD, BOS, FIRST_CODE = 0, 1, 2  # token ids; code tokens start at FIRST_CODE
 
 
 @dataclass
-class TigerConfig(ModelConfig):
+class SemanticIDConfig(ModelConfig):
+    """How items get their semantic IDs (:class:`SemanticItems`): TIGER's, and llm-gen's with
+    ``item_ids=codes``."""
+
     levels: int = 3  # residual k-means levels (codewords per item before the tie-breaker)
     codebook: int = 32  # centroids per level
+    text_encoder: str = "minilm"  # "minilm" (packaged all-MiniLM-L6-v2) or a local model directory
+    text_template: str | None = None  # str.format over catalog columns; None: title, year, genres, text
+    # the item blocks the item vectors hold, e.g. "text,genres,year,image" (lmrec.features); "text": the text alone
+    item_features: str = "text"
+    # what the semantic IDs quantise: "text" (the item vectors above), "collab" (the item rows of
+    # the trained sequential model at collab_run) or "both" (each whitened, side by side)
+    ids_from: str = "text"
+    collab_run: str | None = None
+
+    def validate(self) -> None:
+        if self.levels < 1 or self.codebook < 1:
+            raise ConfigError("levels and codebook must be >= 1")
+        if self.ids_from not in ("text", "collab", "both"):
+            raise ConfigError(f"ids_from must be text, collab or both, got {self.ids_from!r}")
+        if self.ids_from != "text" and not self.collab_run:
+            raise ConfigError(
+                f"ids_from={self.ids_from} needs collab_run: a trained sequential run over the same items"
+            )
+
+
+@dataclass
+class TigerConfig(SemanticIDConfig):
     dim: int = 64
     layers: int = 2
     heads: int = 2
@@ -63,22 +89,14 @@ class TigerConfig(ModelConfig):
     patience: int = 5
     valid_users: int = 300  # early stopping reads this many random validation users (beam search is slow)
     beams: int = 20  # beam width, also the length of the generated list
-    text_encoder: str = "minilm"  # "minilm" (packaged all-MiniLM-L6-v2) or a local model directory
-    text_template: str | None = None  # str.format over catalog columns; None: title, year, genres, text
-    # the item blocks the item vectors hold, e.g. "text,genres,year,image" (lmrec.features); "text": the text alone
-    item_features: str = "text"
-    # what the semantic IDs quantise: "text" (the item vectors above), "collab" (the item rows of
-    # the trained sequential model at collab_run) or "both" (each whitened, side by side)
-    ids_from: str = "text"
-    collab_run: str | None = None
     # hybrid decoding: a sequential run whose next-item distribution guides the beam search
     # (lmrec.llm.trie.PriorGuided): an item scores log p_tiger + hybrid_weight · log p_run
     hybrid_run: str | None = None
     hybrid_weight: float = 0.0
 
     def validate(self) -> None:
-        sizes = ("levels", "codebook", "dim", "layers", "heads", "inner", "max_len")
-        for key in (*sizes, "epochs", "batch_size", "valid_users"):
+        super().validate()
+        for key in ("dim", "layers", "heads", "inner", "max_len", "epochs", "batch_size", "valid_users"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key} must be >= 1")
         if self.beams < 1:
@@ -87,14 +105,41 @@ class TigerConfig(ModelConfig):
             raise ConfigError(f"dim ({self.dim}) must be divisible by heads ({self.heads})")
         if not (0 <= self.dropout < 1 and self.lr > 0 and self.weight_decay >= 0):
             raise ConfigError("need 0 <= dropout < 1, lr > 0 and weight_decay >= 0")
-        if self.ids_from not in ("text", "collab", "both"):
-            raise ConfigError(f"ids_from must be text, collab or both, got {self.ids_from!r}")
-        if self.ids_from != "text" and not self.collab_run:
-            raise ConfigError(
-                f"ids_from={self.ids_from} needs collab_run: a trained sequential run over the same items"
-            )
         if self.hybrid_weight < 0 or (self.hybrid_weight > 0) != bool(self.hybrid_run):
             raise ConfigError("hybrid decoding needs both hybrid_run and hybrid_weight > 0 (or neither)")
+
+
+class SemanticItems(ReadsItemText):
+    """A model whose items are named by semantic IDs (its config a :class:`SemanticIDConfig`)."""
+
+    name: ClassVar[str]
+    config: SemanticIDConfig
+
+    def _semantic_ids(self, train: Dataset, options: FitOptions) -> tuple[np.ndarray, dict[str, object]]:
+        """The codes (n_items, levels + 1) of :func:`~lmrec.llm.semantic_ids.semantic_ids` over
+        the vectors ``ids_from`` names, and their :func:`~lmrec.llm.semantic_ids.code_usage`."""
+        cfg = self.config
+        codes = semantic_ids(self._code_vectors(train, options), cfg.levels, cfg.codebook, seed=options.seed)
+        usage = code_usage(codes, cfg.codebook)
+        options.say(
+            f"{self.name}: codewords used per level {usage['used_per_level']} of {cfg.codebook};"
+            f" {usage['items_in_collisions']} items share their first {cfg.levels} codes with another"
+        )
+        return codes, usage
+
+    def _code_vectors(self, train: Dataset, options: FitOptions) -> np.ndarray:
+        """What the semantic IDs quantise (``ids_from``): text vectors, collaborative rows, or both,
+        each whitened to the collaborative width with unit variance per direction and set side by
+        side, so that neither dominates the distances k-means reads."""
+        cfg = self.config
+        if cfg.ids_from == "text":
+            return self._text_vectors(train, options)
+        assert cfg.collab_run is not None  # validate() asks for it
+        collab = load_sequential(cfg.collab_run, "collab_run", train.n_items).item_embeddings().numpy()
+        if cfg.ids_from == "collab":
+            return collab
+        text, width = self._text_vectors(train, options), collab.shape[1]
+        return np.concatenate([whiten(text, width, scale=1.0), whiten(collab, width, scale=1.0)], axis=1)
 
 
 class CodeDecoder(nn.Module):
@@ -148,7 +193,7 @@ class _DecoderStepper:
         return self._next(torch.cat([self.prefix.expand(len(tokens), -1), self.suffix], dim=1))
 
 
-class Tiger(ReadsItemText, Recommender):
+class Tiger(SemanticItems, Recommender):
     """Generative retrieval: a causal transformer writes the semantic ID of the next item."""
 
     name = "tiger"
@@ -159,12 +204,7 @@ class Tiger(ReadsItemText, Recommender):
 
     def _fit(self, train: Dataset, valid: EvalSet | None, options: FitOptions) -> None:
         cfg = self.config
-        codes = semantic_ids(self._code_vectors(train, options), cfg.levels, cfg.codebook, seed=options.seed)
-        usage = code_usage(codes, cfg.codebook)
-        options.say(
-            f"tiger: codewords used per level {usage['used_per_level']} of {cfg.codebook};"
-            f" {usage['items_in_collisions']} items share their first {cfg.levels} codes with another"
-        )
+        codes, usage = self._semantic_ids(train, options)
         self.popularity = torch.from_numpy(train.item_popularity().astype(np.float32))
         self._set_codes(torch.from_numpy(codes))
         self.net = CodeDecoder(self.vocab, self.n_positions, cfg).to(self.device)
@@ -178,20 +218,6 @@ class Tiger(ReadsItemText, Recommender):
         )
         self.training_log = self._train(task, config, options, options.torch_generator(), valid=valid)
         self.training_log["codes"] = usage
-
-    def _code_vectors(self, train: Dataset, options: FitOptions) -> np.ndarray:
-        """What the semantic IDs quantise (``ids_from``): text vectors, collaborative rows, or both,
-        each whitened to the collaborative width with unit variance per direction and set side by
-        side, so that neither dominates the distances k-means reads."""
-        cfg = self.config
-        if cfg.ids_from == "text":
-            return self._text_vectors(train, options)
-        assert cfg.collab_run is not None  # validate() asks for it
-        collab = load_sequential(cfg.collab_run, "collab_run", train.n_items).item_embeddings().numpy()
-        if cfg.ids_from == "collab":
-            return collab
-        text, width = self._text_vectors(train, options), collab.shape[1]
-        return np.concatenate([whiten(text, width, scale=1.0), whiten(collab, width, scale=1.0)], axis=1)
 
     def _set_codes(self, codes: torch.Tensor) -> None:
         """Derive the token vocabulary, the per-item token rows and the catalog trie from the codes."""
