@@ -1,5 +1,6 @@
 """Federated learning on Flower: the user shards, FedAvg's arithmetic, local training from the
-global weights, and 2 clients × 3 rounds through Flower's Simulation Engine and the CLI."""
+global weights, and 2 clients × 3 rounds through Flower's Simulation Engine and the CLI, without
+and with DP-FedAvg."""
 
 from __future__ import annotations
 
@@ -18,8 +19,16 @@ from lmrec.data.splits import leave_one_out
 from lmrec.errors import ConfigError
 from lmrec.evaluate import evaluate
 from lmrec.models import model_class
-from lmrec.privacy.federated import FederatedOptions, fedavg, global_model, local_fit, shard_users
+from lmrec.privacy.federated import (
+    FederatedOptions,
+    fedavg,
+    federated_config,
+    global_model,
+    local_fit,
+    shard_users,
+)
 from lmrec.runs import open_run
+from lmrec.train.privacy import DPSpec
 from tests.conftest import checkerboard
 
 BPR = {"dim": 8, "batch_size": 32, "lr": 0.05}
@@ -100,6 +109,10 @@ def test_federated_options_refuse_what_cannot_work() -> None:
         from lmrec.privacy.federated import family
 
         family("ease")
+    with pytest.raises(ConfigError, match="server_lr"):  # it would scale the clipped updates past the noise
+        FederatedOptions(dp=DPSpec(epsilon=8), server_lr=2.0)
+    with pytest.raises(ConfigError, match="per-user rows"):  # BPR's user rows would be released
+        federated_config("bpr", {}, FederatedOptions(dp=DPSpec(epsilon=8)))
 
 
 def test_two_clients_three_rounds_through_flower_make_a_normal_run(
@@ -143,3 +156,62 @@ def test_two_clients_three_rounds_through_flower_make_a_normal_run(
     pop = model_class("pop")().fit(train)
     assert evaluate(run.model, test).metrics["ndcg@10"] > evaluate(pop, test).metrics["ndcg@10"] + 0.1
     assert main(["--cache-dir", str(cache), "evaluate", "--run", str(out)]) == 0
+
+
+def test_dp_fedavg_through_flower_clips_adds_the_noise_and_states_the_guarantee(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--dp-epsilon on `lmrec federated`: Flower's fixed-clipping wrapper around the FedAvg, the
+    noise for the target ε from the Opacus accountant (every client every round), the guarantee in
+    run.json and in every report of the run. One round replayed here: the saved model is the
+    initial one plus the unweighted mean of the clients' updates, each clipped to norm 1, plus
+    Gaussian noise of the accounted scale σ · clip / clients."""
+    pytest.importorskip("flwr")
+    pytest.importorskip("ray")
+    pytest.importorskip("opacus")
+    from tests.test_cli import write_shop
+
+    data = write_shop(tmp_path / "shop")
+    cache, out = tmp_path / "cache", tmp_path / "run"
+    args = ["--cache-dir", str(cache), "federated", "--dataset", str(data), "--model", "sasrec", "--quiet"]
+    clip = 0.01  # below every client's update norm, so every update is clipped
+    args += ["--clients", "2", "--rounds", "1", "--out", str(out), "--seed", "3", "--dp-epsilon", "8"]
+    args += ["--dp-clip", str(clip)]
+    args += [f"--set={k}={v}" for k, v in SASREC.items()]
+    code = main(args)
+    if code != 0 and "did not start in" in capsys.readouterr().err:  # the machine, not the code
+        pytest.skip("Ray could not start its node within its 30 s on this (loaded) machine")
+    assert code == 0
+    meta = json.loads((out / "run.json").read_text())
+    assert meta["training"]["federated"]["strategy"].startswith("DP-FedAvg")
+    privacy = meta["training"]["privacy"]
+    assert privacy["unit"] == "client" and privacy["steps"] == 1 and privacy["sample_rate"] == 1.0
+    assert 7.5 < privacy["epsilon"] <= 8.0 and privacy["delta"] == 1 / 20
+    assert json.loads((out / "valid.json").read_text())["privacy"] == privacy
+
+    run = open_run(out, cache)
+    train = run.split.train_dataset()
+    config = federated_config("sasrec", SASREC, FederatedOptions(clients=2, rounds=1))
+    initial, _ = local_fit("sasrec", config, train, None, seed=3, stop_after=0)
+    updates = []
+    for k, shard in enumerate(shard_users(train, 2, seed=3)):
+        trained, _ = local_fit("sasrec", config, shard, initial, seed=3 + 1000 + k)
+        change = {name: trained[name] - initial[name] for name in initial}
+        norm = float(torch.sqrt(sum((c.double() ** 2).sum() for c in change.values())))
+        assert norm > clip
+        updates.append({name: c * clip / norm for name, c in change.items()})
+    saved = run.model.state()
+    mean = {n: (updates[0][n] + updates[1][n]) / 2 for n in initial}
+    noise = torch.cat([(saved[f"net.{n}"] - initial[n] - mean[n]).flatten() for n in initial])
+    expected = privacy["noise_multiplier"] * clip / 2
+    assert abs(float(noise.std()) / expected - 1) < 0.05 and abs(float(noise.mean())) < 0.05 * expected
+
+
+def test_the_deployment_app_reads_dp_fedavg_from_its_run_config() -> None:
+    pytest.importorskip("flwr")
+    from lmrec.flower_app import settings
+
+    config = {"dataset": "ml-100k", "model": "sasrec", "clients": 3, "rounds": 2, "out": "runs/x"}
+    assert settings(config)[3].dp is None
+    fed = settings({**config, "dp-epsilon": 4.0, "dp-clip": 0.5})[3]
+    assert fed.dp == DPSpec(epsilon=4.0, delta=None, clip=0.5)

@@ -129,8 +129,16 @@ def _fit_options(args: argparse.Namespace, seed: int) -> FitOptions:
     )
 
 
+def _dp_arguments(p: argparse.ArgumentParser, what: str, unit: str, clip: str) -> None:
+    """--dp-epsilon, --dp-delta, --dp-clip and --dp-accountant (read back by :func:`_dp_spec`)."""
+    p.add_argument("--dp-epsilon", type=float, help=f"{what} to this ε (needs lmrec[privacy])")
+    p.add_argument("--dp-delta", type=float, help=f"δ of the DP guarantee (default 1 / (10 · {unit}s))")
+    p.add_argument("--dp-clip", type=float, default=1.0, help=clip)
+    p.add_argument("--dp-accountant", choices=("prv", "rdp"), default="prv", help="privacy accountant")
+
+
 def _dp_spec(args: argparse.Namespace) -> Any:
-    """User-level DP-SGD from --dp-epsilon [--dp-delta] [--dp-clip], or None."""
+    """The DP guarantee asked for by --dp-epsilon [--dp-delta] [--dp-clip] [--dp-accountant], or None."""
     if getattr(args, "dp_epsilon", None) is None:
         return None
     from lmrec.train.privacy import DPSpec
@@ -495,6 +503,7 @@ def cmd_federated(args: argparse.Namespace) -> int:
         lr_schedule=args.lr_schedule,
         seed=args.seed,
         validate=not args.no_validate,
+        dp=_dp_spec(args),
     )
     options = FitOptions(seed=args.seed, log=_say, cache_dir=args.cache_dir)
     run = federated_run(recipe, args.model, _model_overrides(args), Path(args.out), args.cache_dir, fed, options)
@@ -556,12 +565,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="run directory to create (checkpointed every epoch)")
     p.add_argument("--resume", metavar="RUN", help="continue a stopped run from its last checkpoint")
     p.add_argument("--nproc", type=_positive, default=1, help="data-parallel processes (launches torchrun)")
-    p.add_argument(
-        "--dp-epsilon", type=float, help="user-level DP-SGD to this ε (bpr, sasrec, bert4rec; needs lmrec[privacy])"
-    )
-    p.add_argument("--dp-delta", type=float, help="δ of the DP guarantee (default 1 / (10 · users))")
-    p.add_argument("--dp-clip", type=float, default=1.0, help="per-user gradient clip of DP-SGD")
-    p.add_argument("--dp-accountant", choices=("prv", "rdp"), default="prv", help="privacy accountant of DP-SGD")
+    _dp_arguments(p, "user-level DP-SGD (bpr, sasrec, bert4rec)", "user", "per-user gradient clip")
     p.add_argument("--stop-after", type=_positive, metavar="EPOCHS", help="stop after this many epochs (then --resume)")
     p.add_argument(
         "--column",
@@ -720,6 +724,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--quiet", action="store_true", help="Flower's log at warnings only")
+    _dp_arguments(p, "client-level DP-FedAvg (sasrec, bert4rec)", "client", "clip of each client's update")
     p.set_defaults(func=cmd_federated)
 
     p = sub.add_parser("keys", help="create, list or revoke the service's API keys")

@@ -5,8 +5,9 @@ both are the pieces :mod:`lmrec.privacy.federated` runs in its simulation. It si
 CLI (it writes a run directory, :mod:`lmrec.runs`), imported only by Flower. They read the run
 config (``[tool.flwr.app.config]`` of the app's ``pyproject.toml``, or ``flwr run --run-config``):
 ``dataset``, ``model``, ``clients``, ``rounds``, ``local-epochs``, ``server-lr``, ``lr-schedule``,
-``seed``, ``overrides`` (model options as JSON), ``out`` (the run directory the ServerApp writes)
-and ``cache-dir`` (empty: the default cache). A SuperNode's ``--node-config "partition-id=K"``
+``seed``, ``overrides`` (model options as JSON), ``out`` (the run directory the ServerApp writes),
+``cache-dir`` (empty: the default cache) and, for DP-FedAvg, ``dp-epsilon`` (with ``dp-delta`` and
+``dp-clip``; 0 or absent: no DP). A SuperNode's ``--node-config "partition-id=K"``
 says which shard of the users it trains on: every machine reads the same dataset recipe and keeps
 the users of its shard.
 """
@@ -31,6 +32,7 @@ from lmrec.privacy.federated import (
     shard_users,
 )
 from lmrec.runs import DataRecipe, save_federated_run
+from lmrec.train.privacy import DPSpec
 
 try:
     from flwr.clientapp import ClientApp
@@ -52,6 +54,7 @@ def settings(run_config: Any) -> tuple[DataRecipe, str, dict[str, Any], Federate
             server_lr=float(run_config.get("server-lr", 1.0)),
             lr_schedule=str(run_config.get("lr-schedule", "constant")),
             seed=int(run_config.get("seed", 0)),
+            dp=_dp(run_config),
         )
         recipe = DataRecipe(dataset=str(run_config["dataset"])).resolved()
         model, out = str(run_config["model"]), Path(str(run_config["out"]))
@@ -61,6 +64,15 @@ def settings(run_config: Any) -> tuple[DataRecipe, str, dict[str, Any], Federate
         raise ConfigError(f"the Flower run config: {err}") from None
     cache = Path(str(run_config["cache-dir"])) if run_config.get("cache-dir") else default_cache()
     return recipe, model, overrides, fed, out, cache
+
+
+def _dp(run_config: Any) -> DPSpec | None:
+    """DP-FedAvg's target from ``dp-epsilon`` (> 0), ``dp-delta`` (0: the default) and ``dp-clip``."""
+    epsilon = float(run_config.get("dp-epsilon", 0.0))
+    if epsilon <= 0:
+        return None
+    delta = float(run_config.get("dp-delta", 0.0)) or None
+    return DPSpec(epsilon=epsilon, delta=delta, clip=float(run_config.get("dp-clip", 1.0)))
 
 
 def _split(recipe: DataRecipe, cache: Path) -> tuple[Split, list[str]]:

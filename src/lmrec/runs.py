@@ -351,7 +351,7 @@ def save_federated_run(
         "split_sizes": the_split.sizes(),
         "seed": seed,
         "train_seconds": round(time.perf_counter() - started, 3),
-        "training": {"federated": log},
+        "training": {"federated": log, **({"privacy": log["privacy"]} if "privacy" in log else {})},
         "federated": {**asdict(fed), "engine": log["engine"], "strategy": log["strategy"]},
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }

@@ -22,6 +22,16 @@ rows are aggregated as the global row plus the sum of the clients' changes — e
 the client holding the user (:func:`fedavg`). They reach the server so that the saved run can
 score its known users as ``lmrec train``'s would; everything else that is learned is shared.
 
+DP-FedAvg (``dp``, a :class:`~lmrec.train.privacy.DPSpec`): Flower's own wrapper
+(``DifferentialPrivacyServerSideFixedClipping``) clips every client's update to ``dp.clip`` and
+adds Gaussian noise to their mean, which is then unweighted (weights by examples would let a big
+client move the model by more than the clip). The noise multiplier for the target ε comes from the
+same Opacus accountant as DP-SGD, with every client in every round (sampling rate 1) and a round
+for a step. The guarantee is about a whole client, all the users it holds: user-level when each
+client holds one user. It needs a model without per-user tables (their rows would be released) and
+a server learning rate of 1, and it keeps the last round (choosing a round on validation would
+spend privacy the accountant does not count).
+
 After every round the server scores the global model on the validation users (full ranking,
 NDCG@10) and keeps the best round's weights, as centralised training keeps its best epoch; the
 result is a normal run directory (:func:`lmrec.runs.federated_run`, the layout of ``lmrec train
@@ -51,6 +61,7 @@ from lmrec.data.schema import Dataset
 from lmrec.errors import ConfigError, LmrecError, MissingExtraError
 from lmrec.models.base import FitOptions, ModelConfig, Recommender
 from lmrec.models.registry import model_class
+from lmrec.train.privacy import DPSpec, DPStrategy
 from lmrec.train.trainer import Strategy
 from lmrec.train.validation import validation_ndcg
 
@@ -104,6 +115,7 @@ class FederatedOptions:
     seed: int = 0  # the user split; round r of client k trains with seed + 1000·r + k
     validate: bool = True  # validation NDCG@10 of the global model after each round; the best round is kept
     ray_memory_mb: int = 256  # Ray's object store (Ray's minimum is 75 MB)
+    dp: DPSpec | None = None  # DP-FedAvg to this client-level ε: clipped updates, noise on their mean
 
     def __post_init__(self) -> None:
         if self.clients < 2 or self.rounds < 1 or self.local_epochs < 1:
@@ -114,6 +126,8 @@ class FederatedOptions:
             raise ConfigError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
         if self.ray_memory_mb < 80:
             raise ConfigError("ray_memory_mb must be at least 80 (Ray needs 75 MB for its object store)")
+        if self.dp is not None and self.server_lr != 1.0:
+            raise ConfigError("DP-FedAvg needs server_lr 1: a larger step scales the clipped updates past the noise")
 
     def lr_factor(self, server_round: int) -> float:
         """The clients' learning rate in round ``server_round`` (1-based) over the model's own."""
@@ -229,6 +243,7 @@ class _Outcome:
     best_valid: float = -1.0
     last: Weights | None = None
     error: str | None = None
+    privacy: dict[str, Any] | None = None  # DP-FedAvg: the guarantee after the last round
 
 
 def client_round(msg: Any, model: str, config: ModelConfig, shard: Dataset, partition: int, seed: int) -> Any:
@@ -291,11 +306,13 @@ def _strategy_class() -> Any:
             if failed:
                 raise LmrecError(f"round {server_round}: {len(failed)} client(s) failed: {failed[0]}")
             contents = sorted((msg.content for msg in replies), key=lambda c: int(c["metrics"]["partition"]))
-            pairs = [(c["arrays"].to_torch_state_dict(), float(c["metrics"]["num-examples"])) for c in contents]
+            weight = (lambda c: 1.0) if self.fed.dp else (lambda c: float(c["metrics"]["num-examples"]))
+            pairs = [(c["arrays"].to_torch_state_dict(), weight(c)) for c in contents]
             aggregated = fedavg(pairs, self.current, self.per_user, self.fed.server_lr)
-            losses = [float(c["metrics"]["train-loss"]) * float(c["metrics"]["num-examples"]) for c in contents]
+            examples = [float(c["metrics"]["num-examples"]) for c in contents]
+            losses = [float(c["metrics"]["train-loss"]) * n for c, n in zip(contents, examples, strict=True)]
             seconds = sum(float(c["metrics"]["seconds"]) for c in contents)
-            total = sum(n for _, n in pairs)
+            total = sum(examples)
             self.outcome.rounds.append(
                 {
                     "round": server_round,
@@ -321,19 +338,23 @@ def serve_rounds(
     """What a ServerApp does: ``fed.rounds`` rounds of FedAvg over all ``fed.clients`` clients on
     ``grid`` from ``initial``; after each, the global model's validation NDCG@10 (the best round is
     kept). An error is recorded in the outcome, not raised (the ServerApp runs in Flower's thread)."""
-    app, _, _, _ = _flower()
+    app, _, _, strategies = _flower()
     outcome = _Outcome()
     started = time.perf_counter()
+    privacy = None if fed.dp is None else DPStrategy(fed.dp, fed.clients, 1.0, fed.rounds, fed.seed, unit="client")
 
     def after_round(server_round: int, arrays: Any) -> Any:
         weights = arrays.to_torch_state_dict()
         outcome.last = weights
+        if privacy is not None and server_round > 0:
+            privacy.accountant.step(noise_multiplier=privacy.noise, sample_rate=1.0)
+            outcome.privacy = privacy.report()
         if server_round == 0 or valid is None:
             return None
         score = validation_ndcg(global_model(model, config, weights, train), valid)
         outcome.rounds[-1].update(valid_ndcg10=round(score, 6), seconds=round(time.perf_counter() - started, 3))
         say(f"round {server_round}/{fed.rounds}: validation NDCG@10 {score:.4f}")
-        if score > outcome.best_valid:
+        if score > outcome.best_valid and privacy is None:
             outcome.best, outcome.best_round, outcome.best_valid = weights, server_round, score
         return app.MetricRecord({"valid-ndcg10": score})
 
@@ -346,6 +367,10 @@ def serve_rounds(
         min_train_nodes=fed.clients,
         min_available_nodes=fed.clients,
     )
+    if privacy is not None:
+        strategy = strategies.DifferentialPrivacyServerSideFixedClipping(
+            strategy, privacy.noise, privacy.spec.clip, fed.clients
+        )
     try:
         strategy.start(
             grid=grid,
@@ -370,6 +395,8 @@ def finish(
     spec = family(model)
     weights = outcome.best if outcome.best is not None else outcome.last
     strategy = "FedAvg weighted by training interactions"
+    if fed.dp is not None:
+        strategy = "DP-FedAvg (Flower's server-side fixed clipping), unweighted"
     if fed.server_lr != 1.0:
         strategy += f", server learning rate {fed.server_lr:g}"
     if fed.lr_schedule != "constant":
@@ -386,12 +413,15 @@ def finish(
         "client_interactions": sizes,
         "kept_round": outcome.best_round if outcome.best is not None else fed.rounds,
         "per_round": outcome.rounds,
+        **({"privacy": outcome.privacy} if outcome.privacy else {}),
     }
     return global_model(model, config, weights, train), log
 
 
 def federated_config(model: str, overrides: dict[str, Any], fed: FederatedOptions) -> ModelConfig:
     """The model config each client trains: ``overrides`` with ``epochs`` = the local epochs."""
+    if fed.dp is not None and family(model).per_user:
+        raise ConfigError(f"DP-FedAvg cannot release {model}'s per-user rows; use sasrec or bert4rec")
     config = model_class(model).config_class.from_dict({**overrides, "epochs": fed.local_epochs})
     phases = getattr(config, "pretrain_epochs", 0) or getattr(config, "init_from", None)
     if phases or getattr(config, "item_repr", "id") != "id":

@@ -40,15 +40,19 @@ class DPSpec:
 
 
 class DPStrategy(Strategy):
-    """DP-SGD for ``steps`` optimizer steps at user sampling rate ``sample_rate``."""
+    """DP-SGD for ``steps`` optimizer steps at user sampling rate ``sample_rate``. The same noise
+    and accountant serve DP-FedAvg (:mod:`lmrec.privacy.federated`), where the unit is a client and
+    a step is a round."""
 
-    def __init__(self, spec: DPSpec, n_users: int, sample_rate: float, steps: int, seed: int) -> None:
+    def __init__(
+        self, spec: DPSpec, n_users: int, sample_rate: float, steps: int, seed: int, unit: str = "user"
+    ) -> None:
         try:
             from opacus.accountants import create_accountant
             from opacus.accountants.utils import get_noise_multiplier
         except ImportError:
             raise MissingExtraError("opacus", "privacy") from None
-        self.spec, self.n_users, self.sample_rate, self.steps = spec, n_users, sample_rate, steps
+        self.spec, self.n_users, self.sample_rate, self.steps, self.unit = spec, n_users, sample_rate, steps, unit
         self.delta = spec.delta if spec.delta is not None else 1 / (10 * n_users)
         try:
             self.noise = get_noise_multiplier(
@@ -91,5 +95,5 @@ class DPStrategy(Strategy):
             "noise_multiplier": round(float(self.noise), 4),
             "sample_rate": self.sample_rate,
             "steps": self.steps,
-            "unit": "user",
+            "unit": self.unit,
         }
