@@ -19,6 +19,20 @@ from tests.conftest import KeywordEncoder
 
 # The small sequential encoder several fast configs share.
 SEQUENTIAL = {"dim": 16, "inner": 32, "layers": 1, "max_len": 12, "epochs": 15, "batch_size": 16, "lr": 0.01}
+# The small TIGER its two fast configs share.
+TIGER = {
+    "levels": 2,
+    "codebook": 4,
+    "dim": 32,
+    "inner": 64,
+    "layers": 1,
+    "max_len": 12,
+    "epochs": 30,
+    "batch_size": 16,
+    "lr": 0.005,
+    "dropout": 0.0,
+    "beams": 10,
+}
 # Small settings so the whole suite runs in seconds; defaults are for real data.
 FAST: dict[str, dict[str, Any]] = {
     "pop": {},
@@ -29,6 +43,9 @@ FAST: dict[str, dict[str, Any]] = {
     "svd": {"dim": 16, "epochs": 40, "batch_size": 64, "lr": 0.02, "holdout": 0.0},
     "ncf": {"dim": 8, "mlp": (16, 8), "epochs": 30, "batch_size": 64, "lr": 0.01},
     "sasrec": SEQUENTIAL,
+    # its ID rows start from the (whitened) item text and decay towards it; and late fusion
+    "sasrec:text-init": {**SEQUENTIAL, "item_init": "text", "item_decay_to": "text"},
+    "sasrec:late": {**SEQUENTIAL, "item_repr": "late"},
     "bert4rec": {**SEQUENTIAL, "epochs": 25},
     "text-sasrec": SEQUENTIAL,
     # next item + rating + like through MMoE; fitted on the checkerboard with a rating per interaction
@@ -47,19 +64,9 @@ FAST: dict[str, dict[str, Any]] = {
         "batch_size": 4,
         "max_length": 64,
     },
-    "tiger": {
-        "levels": 2,
-        "codebook": 4,
-        "dim": 32,
-        "inner": 64,
-        "layers": 1,
-        "max_len": 12,
-        "epochs": 30,
-        "batch_size": 16,
-        "lr": 0.005,
-        "dropout": 0.0,
-        "beams": 10,
-    },
+    "tiger": TIGER,
+    # codes from the fitted sasrec's item rows, and that sasrec guiding the beam search
+    "tiger:collab-hybrid": {**TIGER, "ids_from": "collab", "hybrid_weight": 1.0},
     # `lmrec compress`: the sasrec above, then an int8 ONNX encoder and int8 table (needs lmrec[compress])
     "compressed": {
         "method": "int8",
@@ -116,12 +123,15 @@ def fitted(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Recommen
     titles = train.titles(list(range(train.n_items)))
     toy = toy_lm_dir(tmp_path_factory.mktemp("toy-lm"), titles)
     lettered = toy_lm_dir(tmp_path_factory.mktemp("toy-list-lm"), [*titles, *[f"{x} {x}." for x in LABELS]])
+    sasrec_dir = tmp_path_factory.mktemp("sasrec") / "model"  # the tiger variant reads it
     out = {}
     for name, overrides in FAST.items():
         if registered(name) == "llm-gen":
             overrides = {**overrides, "lm": str(toy)}
         if name == "lm-list-ranker":
             overrides = {**overrides, "lm": str(lettered)}
+        if name == "tiger:collab-hybrid":
+            overrides = {**overrides, "collab_run": str(sasrec_dir), "hybrid_run": str(sasrec_dir)}
         klass = model_class(registered(name))
         options = FitOptions(seed=1, text_encoder=KeywordEncoder())  # text models read item text through it
         data = train
@@ -129,6 +139,8 @@ def fitted(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Recommen
             data = train.with_interactions(train.interactions.assign(rating=1.0 + train.interactions["item"] % 5))
         model = klass(klass.config_class.from_dict(overrides)).fit(data, None, options)
         out[name] = (model, split)
+        if name == "sasrec":
+            model.save(sasrec_dir)
     return out
 
 
