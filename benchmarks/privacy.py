@@ -53,6 +53,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument(
         "--sasrec-rows", default="baseline,dp", help="sasrec rows to run: baseline (∞) and/or dp (the ε rows)"
     )
+    parser.add_argument(
+        "--accountant", default="prv", choices=("prv", "rdp"), help="rdp for very large ε (PRV's search overflows)"
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--cache-dir", type=Path, default=REPO / ".cache" / "lmrec")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "privacy.json")
@@ -85,7 +88,7 @@ def main(argv: list[str]) -> int:
         return model, time.perf_counter() - t0
 
     def row(name: str, label: str, eps: float | None, config: dict, attack_config: dict, clip: float) -> None:
-        spec = DPSpec(epsilon=eps, clip=clip) if eps is not None else None
+        spec = DPSpec(epsilon=eps, clip=clip, accountant=args.accountant) if eps is not None else None
         model, fit_s = fit(name, config, train, valid if spec is None else None, spec)  # DP: no early stopping
         metrics = evaluate(model, test, ks=(10,)).metrics
         if spec is None and name == "sasrec":  # the twin trains as long as the early-stopped model did
@@ -137,7 +140,8 @@ def main(argv: list[str]) -> int:
 
     machine = f"{platform.machine()}, {os.cpu_count()} cores, {args.threads} threads"
     print(f"ml-100k, leave-one-out, full ranking, all 943 test users; seed 0; machine: {machine}")
-    print(f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; PRV accountant, δ = 1/(10·users), unit: the user")
+    when = f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC"
+    print(f"{when}; {args.accountant.upper()} accountant, δ = 1/(10·users), unit: the user")
     if selection:
         print("\nSASRec DP settings on validation (ε = 8):")
         for s in selection:
