@@ -275,15 +275,16 @@ def generated_scores(found: list[tuple[int, float]], popularity: torch.Tensor) -
 def generated_ranking(
     batch: QueryBatch,
     popularity: torch.Tensor,
-    generate: Callable[[np.ndarray], list[tuple[int, float]]],
+    generate: Callable[[int, np.ndarray], list[tuple[int, float]]],
 ) -> torch.Tensor:
     """Scores (len(batch), n_items) of a generative model, one query at a time: ``generate`` gets
-    a history (catalog rows only, never empty) and returns its (item, log-prob) list, which
-    :func:`generated_scores` spreads over the catalog. An empty history gets popularity."""
+    the query's row in the batch and its history (catalog rows only, never empty) and returns its
+    (item, log-prob) list, which :func:`generated_scores` spreads over the catalog. An empty
+    history gets popularity."""
     n_items = len(popularity)
     out = torch.empty(len(batch), n_items)
     for row in range(len(batch)):
         h = batch.history(row)
         h = h[(h >= 0) & (h < n_items)]
-        out[row] = generated_scores(generate(h), popularity) if len(h) else torch.log1p(popularity)
+        out[row] = generated_scores(generate(row, h), popularity) if len(h) else torch.log1p(popularity)
     return out

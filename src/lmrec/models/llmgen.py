@@ -141,7 +141,7 @@ class GenerativeLLM(SemanticItems, Recommender):
         popularity (:func:`~lmrec.llm.trie.generated_ranking`). An empty history gets popularity."""
         self.lm.model.eval()
 
-        def generate(history: np.ndarray) -> list[tuple[int, float]]:
+        def generate(row: int, history: np.ndarray) -> list[tuple[int, float]]:
             return self.generate(history, min(self.config.beams, self.n_items - len(set(history.tolist()))))
 
         return generated_ranking(batch, self.popularity, generate)

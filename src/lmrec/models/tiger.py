@@ -239,14 +239,15 @@ class Tiger(SemanticItems, Recommender):
         cfg = self.config
         self.net.eval()
         guide = self._guide()
+        priors = guide.score(batch).double() if guide is not None else None  # the whole batch at once
 
-        def generate(history: np.ndarray) -> list[tuple[int, float]]:
+        def generate(row: int, history: np.ndarray) -> list[tuple[int, float]]:
             recent = torch.from_numpy(history[-cfg.max_len :] + 1).to(self.device)
             ask = torch.tensor([BOS], device=self.device)  # a lone BOS asks for the next item
             prefix = torch.cat([self.item_tokens[recent].reshape(-1), ask])
             stepper: Stepper = _DecoderStepper(self.net, prefix)
-            if guide is not None:
-                prior = guide.score(QueryBatch.from_histories([-1], [history]))[0].double()
+            if priors is not None:
+                prior = priors[row].clone()
                 prior[torch.from_numpy(history)] = float("-inf")
                 stepper = PriorGuided(stepper, self.trie, torch.log_softmax(prior, 0), cfg.hybrid_weight)
             k = min(cfg.beams, self.n_items)
