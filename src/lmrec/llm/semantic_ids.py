@@ -101,6 +101,13 @@ def _rank_within_groups(keys: np.ndarray) -> np.ndarray:
     return rank
 
 
+def code_sizes(codes: np.ndarray) -> np.ndarray:
+    """How many values each column of ``codes`` takes (its largest value + 1; 1 for no items):
+    the tokens a model needs per code position."""
+    codes = np.asarray(codes)
+    return codes.max(0) + 1 if len(codes) else np.ones(codes.shape[1], dtype=np.int64)
+
+
 def code_usage(codes: np.ndarray, codebook: int) -> dict[str, object]:
     """How well ``codes`` (from :func:`semantic_ids`) use their codebooks: per level the codewords
     in use (of ``codebook``), and the collisions the last column resolves — the items that share

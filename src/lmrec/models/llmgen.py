@@ -35,6 +35,7 @@ from lmrec.data.schema import Dataset
 from lmrec.errors import ConfigError
 from lmrec.llm.lm import DEFAULT_LM, LocalLM, answer_loss, load_lm, with_lora
 from lmrec.llm.prompts import history_messages
+from lmrec.llm.semantic_ids import code_sizes
 from lmrec.llm.trie import Trie, constrained_beam_search, generated_ranking
 from lmrec.models.base import FitOptions, Recommender
 from lmrec.models.tiger import SemanticIDConfig, SemanticItems
@@ -251,8 +252,7 @@ def _add_code_tokens(lm: LocalLM, codes: np.ndarray) -> list[int]:
     """Add one token per (level, codeword) of ``codes`` to the LM's tokenizer and embedding table
     (new rows at the mean of the old ones, transformers' default); their ids, in order. Adding
     tokens that are already there (a model loaded twice) changes nothing."""
-    sizes = codes.max(0) + 1 if len(codes) else np.ones(codes.shape[1], dtype=np.int64)
-    words = [_code_word(level, v) for level, size in enumerate(sizes) for v in range(int(size))]
+    words = [_code_word(level, v) for level, size in enumerate(code_sizes(codes)) for v in range(int(size))]
     if lm.tokenizer.add_tokens(words) and lm.model.get_input_embeddings().weight.shape[0] < len(lm.tokenizer):
         lm.model.resize_token_embeddings(len(lm.tokenizer))
     return [int(i) for i in lm.tokenizer.convert_tokens_to_ids(words)]

@@ -37,7 +37,7 @@ from lmrec.data.batch import EvalSet, QueryBatch
 from lmrec.data.schema import Dataset
 from lmrec.data.sequences import length_buckets, pad_right, sequence_windows
 from lmrec.errors import ConfigError
-from lmrec.llm.semantic_ids import code_usage, semantic_ids
+from lmrec.llm.semantic_ids import code_sizes, code_usage, semantic_ids
 from lmrec.llm.trie import PriorGuided, Stepper, Trie, constrained_beam_search, generated_ranking
 from lmrec.models.base import FitOptions, ModelConfig, ReadsItemText, Recommender
 from lmrec.models.sequential import SequentialRecommender, causal_mask, load_sequential, transformer_blocks
@@ -222,7 +222,7 @@ class Tiger(SemanticItems, Recommender):
     def _set_codes(self, codes: torch.Tensor) -> None:
         """Derive the token vocabulary, the per-item token rows and the catalog trie from the codes."""
         self.codes = codes.long().cpu()
-        sizes = self.codes.max(0).values + 1 if len(self.codes) else torch.ones(self.codes.shape[1], dtype=torch.long)
+        sizes = torch.from_numpy(code_sizes(self.codes.numpy()))
         offsets = FIRST_CODE + torch.cumsum(sizes, 0) - sizes  # token of (position p, value v): offsets[p] + v
         self.vocab = int(FIRST_CODE + sizes.sum())
         self.n_positions = (self.config.max_len + 1) * (self.config.levels + 2)

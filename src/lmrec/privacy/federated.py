@@ -306,10 +306,10 @@ def _strategy_class() -> Any:
             if failed:
                 raise LmrecError(f"round {server_round}: {len(failed)} client(s) failed: {failed[0]}")
             contents = sorted((msg.content for msg in replies), key=lambda c: int(c["metrics"]["partition"]))
-            weight = (lambda c: 1.0) if self.fed.dp else (lambda c: float(c["metrics"]["num-examples"]))
-            pairs = [(c["arrays"].to_torch_state_dict(), weight(c)) for c in contents]
-            aggregated = fedavg(pairs, self.current, self.per_user, self.fed.server_lr)
             examples = [float(c["metrics"]["num-examples"]) for c in contents]
+            weights = [1.0] * len(examples) if self.fed.dp else examples  # DP: unweighted, as the clip assumes
+            pairs = [(c["arrays"].to_torch_state_dict(), w) for c, w in zip(contents, weights, strict=True)]
+            aggregated = fedavg(pairs, self.current, self.per_user, self.fed.server_lr)
             losses = [float(c["metrics"]["train-loss"]) * n for c, n in zip(contents, examples, strict=True)]
             seconds = sum(float(c["metrics"]["seconds"]) for c in contents)
             total = sum(examples)
