@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -38,6 +39,34 @@ def _positive(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
+
+
+DURATION = re.compile(r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s)?")
+
+
+def duration(text: str) -> float:
+    """Seconds in "90s", "20m", "1h", "1h30m" or a bare number of seconds."""
+    text = text.strip().lower()
+    match = DURATION.fullmatch(text)
+    if re.fullmatch(r"\d+(\.\d+)?", text):
+        return float(text)
+    if not text or match is None:
+        raise argparse.ArgumentTypeError(f"expected a duration such as 90s, 20m, 1h or 1h30m, got {text!r}")
+    hours, minutes, seconds = (float(g) if g else 0.0 for g in match.groups())
+    return hours * 3600 + minutes * 60 + seconds
+
+
+def _max_time(args: argparse.Namespace, overrides: dict[str, Any]) -> float | None:
+    """--max-time, else ``max_time`` of the --config YAML or --set (taken out of the model options)."""
+    value = overrides.pop("max_time", None)
+    if args.max_time is not None or value is None:
+        return args.max_time
+    if isinstance(value, int | float) and not isinstance(value, bool) and value >= 0:
+        return float(value)
+    try:
+        return duration(str(value))
+    except argparse.ArgumentTypeError as err:
+        raise ConfigError(f"max_time in {args.config or '--set'}: {err}") from None
 
 
 def _number(key: str, text: str) -> int | float:
@@ -124,6 +153,7 @@ def _fit_options(args: argparse.Namespace, seed: int) -> FitOptions:
         log=_say,
         cache_dir=args.cache_dir,
         stop_after=getattr(args, "stop_after", None),
+        max_time=getattr(args, "max_time", None),
         strategy=init_from_env(args.device) if launched_by_torchrun() else Strategy(),
         dp=_dp_spec(args),
     )
@@ -165,6 +195,8 @@ def _report_trained(run: Run) -> None:
     valid_file = run.directory / "valid.json"
     valid = json.loads(valid_file.read_text()) if valid_file.exists() else None
     _say(f"trained {run.meta['model']} in {run.meta['train_seconds']:.1f}s → {run.directory}")
+    if run.meta.get("stopped") == "max_time":
+        _say(f"stopped at the first epoch end past --max-time {run.meta['max_time']:g}s; the best epoch is kept")
     if valid:
         _say("validation: " + ", ".join(f"{k} {v:.4f}" for k, v in valid["metrics"].items() if "@" in k))
 
@@ -196,8 +228,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         split=args.split,
         split_params={k: _number(k, v) for k, v in split_params.items()},
     )
+    overrides = _model_overrides(args)
+    args.max_time = _max_time(args, overrides)
     options = _fit_options(args, args.seed)
-    run = train_run(recipe, args.model, _model_overrides(args), Path(args.out), args.cache_dir, options)
+    run = train_run(recipe, args.model, overrides, Path(args.out), args.cache_dir, options)
     options.strategy.close()
     if options.strategy.is_main:
         _report_trained(run)
@@ -567,6 +601,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nproc", type=_positive, default=1, help="data-parallel processes (launches torchrun)")
     _dp_arguments(p, "user-level DP-SGD (bpr, sasrec, bert4rec)", "user", "per-user gradient clip")
     p.add_argument("--stop-after", type=_positive, metavar="EPOCHS", help="stop after this many epochs (then --resume)")
+    p.add_argument(
+        "--max-time",
+        type=duration,
+        metavar="DURATION",
+        help="stop at the first epoch end past this (90s, 20m, 1h30m; or max_time in --config); best epoch kept",
+    )
     p.add_argument(
         "--column",
         action="append",

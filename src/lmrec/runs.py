@@ -253,6 +253,9 @@ def train_run(
                 out.rmdir()
         raise
     seconds = time.perf_counter() - started
+    stopped = model.training_log.get("stopped")  # "epochs", "early_stopping", "max_time" (the Trainer's)
+    if options.max_time is not None and stopped is None:
+        options.say(f"{model_name} does not train in the Trainer's epochs: max_time did not bound it")
     if not main:
         return Run(out, {}, model, the_split)
     model.save(out / "model")
@@ -268,6 +271,8 @@ def train_run(
         "seed": options.seed,
         "train_seconds": round(seconds, 3),
         "training": model.training_log,
+        **({"max_time": options.max_time} if options.max_time is not None else {}),
+        **({"stopped": stopped} if stopped is not None else {}),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         **(extra_meta or {}),
     }

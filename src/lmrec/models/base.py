@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 import types
 import typing
 from abc import ABC, abstractmethod
@@ -121,6 +122,9 @@ class FitOptions:
     stop_after: int | None = None  # stop each training phase after this many epochs (resume later)
     strategy: Strategy = dataclasses.field(default_factory=Strategy)  # one process, or DDP (train/distributed.py)
     dp: DPSpec | None = None  # user-level differential privacy (DP-SGD), for models that support it
+    max_time: float | None = None  # seconds: the Trainer stops at the first epoch end past them
+    deadline: float | None = None  # the time.monotonic() reading that max_time gives, set by fit()
+    on_epoch: Callable[[float], None] | None = None  # gets each validation score; may raise to stop (tuning)
 
     def torch_generator(self) -> torch.Generator:
         return torch.Generator(device="cpu").manual_seed(self.seed)
@@ -170,6 +174,8 @@ class Recommender(ABC):
         if options.dp is not None and not self.private:
             raise ConfigError(f"{self.name} has no differentially private training; bpr, sasrec and bert4rec have")
         self.n_users, self.n_items, self.device = train.n_users, train.n_items, device
+        if options.max_time is not None and options.deadline is None:  # one budget for every phase
+            options = dataclasses.replace(options, deadline=time.monotonic() + options.max_time)
         with seeded(options.seed):
             self._fit(train, valid if valid is not None and len(valid) else None, options)
         return self
@@ -217,6 +223,8 @@ class Recommender(ABC):
             resume=options.resume,
             stop_after=options.stop_after,
             strategy=options.strategy,
+            deadline=options.deadline,
+            on_epoch=options.on_epoch,
         )
         return Trainer(config, trainer_options).fit(task, generator, validate, total_steps)
 

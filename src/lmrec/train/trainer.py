@@ -132,6 +132,9 @@ class TrainerOptions:
     resume: bool = False  # continue from the checkpoint in checkpoint_dir
     stop_after: int | None = None  # stop (as if interrupted) after this many epochs; resume later
     strategy: Strategy = field(default_factory=Strategy)
+    deadline: float | None = None  # a clock() reading: stop at the first epoch end past it (max_time)
+    on_epoch: Callable[[float], None] | None = None  # gets each validation score; may raise to stop (pruning)
+    clock: Callable[[], float] = time.monotonic
 
 
 @dataclass
@@ -171,7 +174,8 @@ class Trainer:
         """Train ``task`` for up to ``config.epochs`` epochs; with ``validate`` (a number to
         maximise) stop early and restore the best epoch's weights. ``total_steps`` (optimizer steps
         of the whole run, when the task knows it) lets a decaying schedule reach zero at the end.
-        Returns the training log."""
+        ``options.deadline`` stops it at the first epoch end past that clock reading (the best epoch
+        still restored). Returns the training log, with why it stopped (``stopped``)."""
         cfg, opts = self.config, self.options
         module = task.module.to(self.device)
         optimizer = self._optimizer(module)
@@ -188,8 +192,10 @@ class Trainer:
         autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.amp)
         bar = tqdm(total=cfg.epochs, initial=state.epoch, disable=not opts.progress, desc=cfg.desc, unit="epoch")
         start = time.perf_counter() - state.log.seconds
+        stopped = "epochs"  # why the loop ends: "epochs", "early_stopping", "max_time" or "stop_after"
         while state.epoch < cfg.epochs and not state.stopper.should_stop:
             if opts.stop_after is not None and state.epoch >= opts.stop_after:
+                stopped = "stop_after"
                 break
             t0 = time.perf_counter()
             module.train()
@@ -220,20 +226,29 @@ class Trainer:
                     postfix["valid"] = f"{value:.4f}"
                     if state.stopper.update(value, state.epoch):
                         state.best = {k: v.detach().clone() for k, v in learned(module).items()}
+                if opts.on_epoch is not None:
+                    opts.on_epoch(value)
             state.epoch += 1
             state.log.seconds = time.perf_counter() - start
             bar.update(1)
             bar.set_postfix(postfix)
             if opts.checkpoint_dir is not None and opts.strategy.is_main:
                 self._save_checkpoint(module, optimizer, generator, state)
+            # past the time budget: every process stops as the main one decides (DDP)
+            late = opts.deadline is not None and opts.clock() >= opts.deadline
+            if opts.deadline is not None and state.epoch < cfg.epochs and opts.strategy.agree(float(late)):
+                stopped = "max_time"
+                break
         bar.close()
+        if state.stopper.should_stop:
+            stopped = "early_stopping"
         if state.best is not None:
             module.load_state_dict(state.best, strict=False)
         elif state.average is not None:
             _copy_into(module, state.average)
         module.eval()
         state.log.best_epoch = state.stopper.best_epoch if validate is not None else len(state.log.losses) - 1
-        return {**state.log.as_dict(), "steps": state.step}
+        return {**state.log.as_dict(), "steps": state.step, "stopped": stopped}
 
     # -- pieces of the loop -----------------------------------------------------------------------
     def _loss(self, task: Task, module: nn.Module, batch: Any, generator: torch.Generator) -> torch.Tensor:
