@@ -22,7 +22,7 @@ pytest.importorskip("uvicorn")
 import httpx
 from fastapi.testclient import TestClient
 
-import lmrec.serve.app as app_module
+import lmrec.serve.service as service_module
 from lmrec.models.base import FitOptions
 from lmrec.runs import DataRecipe, train_run
 from lmrec.serve import create_app
@@ -137,7 +137,7 @@ def test_requests_in_flight_share_one_forward_pass(
         batches.append(len(qs))
         return score_together(qs)
 
-    monkeypatch.setattr(app_module, "score_together", counting)
+    monkeypatch.setattr(service_module, "score_together", counting)
 
     async def all_at_once() -> list[Any]:
         batcher = Batcher()
