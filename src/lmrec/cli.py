@@ -227,6 +227,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         dedupe=args.dedupe,
         split=args.split,
         split_params={k: _number(k, v) for k, v in split_params.items()},
+        text_template=args.text_template,
     )
     overrides = _model_overrides(args)
     args.max_time = _max_time(args, overrides)
@@ -619,6 +620,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kcore", type=int, help="keep users and items with at least this many interactions")
     p.add_argument("--min-rating", type=float, help="drop interactions rated below this")
     p.add_argument("--dedupe", action="store_true", help="keep only the last of repeated user-item pairs")
+    p.add_argument(
+        "--text-template",
+        metavar="TEMPLATE",
+        help="how text models read this dataset's items, e.g. '{keywords}' or '{title} | {brand} | {categories}'"
+        " (default: the title, else the first text column: name, keywords, description, ...)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")

@@ -40,6 +40,7 @@ from lmrec.llm.lm import ChatLM
 from lmrec.models.base import FitOptions, Recommender
 from lmrec.models.registry import load_model, model_class
 from lmrec.rerank import item_vectors_of
+from lmrec.text import item_names
 
 if TYPE_CHECKING:
     from lmrec.privacy.federated import FederatedOptions
@@ -59,6 +60,7 @@ class DataRecipe:
     dedupe: bool = False
     split: str = "leave-one-out"
     split_params: dict[str, Any] = field(default_factory=dict)
+    text_template: str | None = None  # how text models read the catalog (lmrec.text.templates); None: automatic
 
     def resolved(self) -> DataRecipe:
         """Paths made absolute, so a run still finds its data from another directory."""
@@ -71,6 +73,8 @@ class DataRecipe:
             ds = load_source(self.dataset, cache_dir)
         else:
             ds = load(Path(self.dataset), columns=self.columns)
+        if self.text_template is not None:
+            ds = replace(ds, meta={**ds.meta, "text_template": self.text_template})
         return apply_filters(ds, kcore=self.kcore, min_rating=self.min_rating, dedupe=self.dedupe)
 
     def make_split(self, cache_dir: Path) -> tuple[Split, list[FilterReport]]:
@@ -211,7 +215,7 @@ class Run:
             if vectors is not None
             else CooccurrenceSimilarity.from_interactions(self.split.train_dataset())
         )
-        return Explainer(self.dataset.titles(list(range(self.dataset.n_items))), similarity, lm)
+        return Explainer(item_names(self.dataset), similarity, lm)  # titles, else the item text
 
 
 def train_run(
@@ -271,6 +275,8 @@ def train_run(
         "seed": options.seed,
         "train_seconds": round(seconds, 3),
         "training": model.training_log,
+        # the item-text template the model chose (lmrec.text.choose_template); new items are read with it
+        **({"text_template": t} if (t := getattr(model.config, "text_template", None)) is not None else {}),
         **({"max_time": options.max_time} if options.max_time is not None else {}),
         **({"stopped": stopped} if stopped is not None else {}),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -287,7 +293,7 @@ def train_run(
 _META_TYPES: dict[str, Any] = {"model": str, "data": dict, "config": dict, "seed": int, "retrain": (dict, type(None))}
 _RECIPE_TYPES: dict[str, Any] = {
     "dataset": str, "columns": (dict, type(None)), "kcore": (int, type(None)), "min_rating": (int, float, type(None)),
-    "dedupe": bool, "split": str, "split_params": dict,
+    "dedupe": bool, "split": str, "split_params": dict, "text_template": (str, type(None)),
 }  # fmt: skip
 
 

@@ -391,12 +391,17 @@ class ReadsItemText:
     def _text_vectors(self, train: Dataset, options: FitOptions) -> np.ndarray:
         embeddings = options.cache_dir / "embeddings" if options.cache_dir is not None else None
         spec = self.config.item_features
+        from lmrec.features import needs
+        from lmrec.text import choose_template
+
+        if needs(spec, "text"):  # chosen once (or refused: no item text) and saved, so new items read the same
+            self.config.text_template = choose_template(train, self.config.text_template)
         if spec == "text":
             self.item_feature_schema = None
             encoder = options.text_encoder or self.text_encoder(options.device)
             options.say(f"encoding {train.n_items} item texts with {encoder.name}")
             return self.encode_items(train.catalog, encoder, embeddings, options.progress)
-        from lmrec.features import image_loader, item_features, needs
+        from lmrec.features import image_loader, item_features
 
         text = (options.text_encoder or self.text_encoder(options.device)) if needs(spec, "text") else None
         options.say(f"building item features {spec!r} for {train.n_items} items")

@@ -39,6 +39,7 @@ from lmrec.llm.semantic_ids import code_sizes
 from lmrec.llm.trie import Trie, constrained_beam_search, generated_ranking
 from lmrec.models.base import FitOptions, Recommender
 from lmrec.models.tiger import SemanticIDConfig, SemanticItems
+from lmrec.text import choose_template, item_texts
 from lmrec.train.trainer import TrainConfig, numpy_rng, step_rounds
 
 
@@ -81,8 +82,8 @@ class GenerativeLLM(SemanticItems, Recommender):
 
     def _fit(self, train: Dataset, valid: EvalSet | None, options: FitOptions) -> None:
         cfg = self.config
+        titles = item_texts(train.catalog, choose_template(train, default="{title}"))  # refuses a catalog of IDs
         self.lm = load_lm(cfg.lm, options.cache_dir, options.device)
-        titles = train.titles(list(range(train.n_items)))
         codes, usage = self._semantic_ids(train, options) if cfg.item_ids == "codes" else (None, None)
         self._set_items([self.lm.encode(str(t))[: cfg.max_title_tokens] for t in titles], codes)
         if cfg.lora_r > 0:

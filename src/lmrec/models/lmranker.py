@@ -250,9 +250,10 @@ class LMRanker(Recommender):
 
     def _fit(self, train: Dataset, valid: EvalSet | None, options: FitOptions) -> None:
         from lmrec.models.registry import model_class
-        from lmrec.text import item_texts
+        from lmrec.text import choose_template, item_texts
 
         cfg = self.config
+        cfg.text_template = choose_template(train, cfg.text_template)  # first (it may refuse); saved with the config
         t0 = time.perf_counter()
         klass = model_class(cfg.base)
         self.base = klass(klass.config_class.from_dict(cfg.base_config)).fit(train, valid, options)
@@ -692,13 +693,14 @@ class ListRanker(Recommender):
     # -- fit --------------------------------------------------------------------------------------
     def _fit(self, train: Dataset, valid: EvalSet | None, options: FitOptions) -> None:
         cfg = self.config
+        lines = self._item_lines(train)  # first: a catalog without item text is refused before any training
         t0 = time.perf_counter()
         self.base = self._retriever(train, valid, options)
         base_s = time.perf_counter() - t0
         self.lm = load_lm(cfg.lm, options.cache_dir, options.device)
         if cfg.lora_r > 0:
             self.lm.model = with_lora(self.lm.model, cfg.lora_r, cfg.lora_alpha)
-        self._set_prompt(self._item_lines(train))
+        self._set_prompt(lines)
         self.mix = cfg.mix
         t1 = time.perf_counter()
         log = self._finetune(train, options) if cfg.steps > 0 else {}
@@ -733,11 +735,9 @@ class ListRanker(Recommender):
 
     def _item_lines(self, train: Dataset) -> list[str]:
         from lmrec.llm.prompts import scrub_pii
-        from lmrec.text import item_texts
+        from lmrec.text import choose_template, item_texts
 
-        template = self.config.text_template
-        if template is None and "title" in train.catalog.columns:
-            template = "{title}{year_part}"
+        template = choose_template(train, self.config.text_template, default="{title}{year_part}")
         return [scrub_pii(t) for t in item_texts(train.catalog, template)]
 
     def _set_prompt(self, lines: list[str]) -> None:

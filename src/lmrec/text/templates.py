@@ -1,58 +1,251 @@
-"""Item text built from catalog fields by a template."""
+"""Item text built from catalog columns by a template.
+
+A template is a ``str.format`` string over any catalog columns: ``"{title}"``, ``"{keywords}"``,
+``"{title} | {brand} | {categories}"``. List values (categories, tags) are joined with ", ". A
+missing value is dropped together with the separator in front of it (the text between it and the
+previous field; for the first field, the text after it), so ``"{title} | {brand} | {categories}"``
+reads "Lipstick | Red" for an item without a brand, and an item with no value at all gets "". A
+title equal to the item's ID (what a catalog without titles gets, for display) counts as missing:
+IDs are not text.
+
+Which template a model reads is chosen once, when it is fitted (:func:`choose_template`), and saved
+with its config, so items added later (the service, ``lmrec.newitems``) render the same way: the
+model's ``text_template`` if set, else the dataset's (``lmrec train --text-template``), else an
+automatic choice: :data:`DEFAULT_TEMPLATE` (title, year, genres, description) when the catalog has
+titles, else the first column of :data:`TEXT_FALLBACK` that holds text. A catalog with no text at
+all is an error, never item IDs read as text.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import re
 import string
+from typing import TYPE_CHECKING
 
+import numpy as np
 import pandas as pd
 
+from lmrec.errors import ConfigError
+
+if TYPE_CHECKING:
+    from lmrec.data.schema import Dataset
+
 DEFAULT_TEMPLATE = "{title}{year_part}. {categories_part}{description}"
-TEXT_COLUMNS = ("description", "text", "overview", "plot", "summary")
+TEXT_COLUMNS = ("description", "text", "overview", "plot", "summary")  # the default's {description}
+# Without titles, the automatic template reads the first of these that holds text (``name`` and
+# ``product_title`` become ``title`` when a file is loaded; a frame built in Python may keep them).
+TEXT_FALLBACK = ("name", "keywords", "description", "text", "overview", "plot", "summary", "tags", "categories")
+# Computed fields of the default template: always rendered in place, with the text around them.
+_COMPUTED = ("year_part", "categories_part", "description")
+
+
+class TemplateError(ConfigError, KeyError):
+    """A template that names columns the catalog lacks (a KeyError too, as it always was)."""
+
+    __str__ = Exception.__str__  # KeyError would quote the message
+
+
+class NoItemTextError(ConfigError):
+    """A text-reading model was given a catalog with no item text (only IDs)."""
+
+
+def choose_template(
+    data: Dataset | pd.DataFrame, template: str | None = None, *, default: str = DEFAULT_TEMPLATE
+) -> str:
+    """The template a text-reading model renders ``data``'s catalog with: ``template`` if given,
+    else the dataset's own (``meta["text_template"]``), else the automatic choice (``default`` when
+    the catalog has titles, else the first :data:`TEXT_FALLBACK` column with text).
+
+    Raises :class:`TemplateError` for a template naming columns the catalog lacks and
+    :class:`NoItemTextError` when it would render no text for any item, naming the columns found.
+    """
+    catalog = data if isinstance(data, pd.DataFrame) else data.catalog
+    where = "the catalog" if isinstance(data, pd.DataFrame) else f"the catalog of {data.name}"
+    if template is None and not isinstance(data, pd.DataFrame):
+        template = data.meta.get("text_template")
+    if template is None:
+        chosen = _automatic(catalog, default)
+        if chosen is None:
+            raise NoItemTextError(_no_text(catalog, where, None))
+        return chosen
+    _check_fields(catalog, template)
+    text_col = next((c for c in TEXT_COLUMNS if c in catalog.columns), "description")
+    sources = {"year_part": "year", "categories_part": "categories", "description": text_col}
+    read = {sources.get(f, f) for f in _fields(template)} & set(map(str, catalog.columns))
+    if not any(_has_text(catalog, c) for c in read):
+        raise NoItemTextError(_no_text(catalog, where, template))
+    return template
 
 
 def item_texts(catalog: pd.DataFrame, template: str | None = None, max_chars: int = 1000) -> list[str]:
-    """One text per catalog row.
+    """One text per catalog row, rendered by ``template`` (see the module docstring).
 
-    The default template reads ``title``, ``year``, ``categories`` and the first text column found
-    (description, text, overview, ...): "Toy Story (1995). Genres: Animation, Comedy. ...". A custom
-    template is a ``str.format`` string over any catalog column, e.g. ``"{title} by {brand}"``;
-    missing values become empty strings.
+    ``None`` renders the automatic choice, :data:`DEFAULT_TEMPLATE` where the catalog has titles:
+    "Toy Story (1995). Genres: Animation, Comedy. <description>". A template naming a column the
+    catalog lacks raises :class:`TemplateError`. Rows without text get "" (never their ID).
     """
-    fields = _fields(template or DEFAULT_TEMPLATE)
-    unknown = sorted(f for f in fields if f not in catalog.columns and not f.endswith("_part") and f != "description")
-    if template is not None and unknown:
-        raise KeyError(f"template fields {unknown} are not catalog columns; columns are {list(catalog.columns)}")
+    if template is None:
+        template = _automatic(catalog, DEFAULT_TEMPLATE) or DEFAULT_TEMPLATE
+    _check_fields(catalog, template)
+    tokens = _parse(template)
     text_col = next((c for c in TEXT_COLUMNS if c in catalog.columns), None)
     out = []
     for row in catalog.to_dict("records"):
         values = {str(k): _clean(v) for k, v in row.items()}
-        year = values.get("year", "")
         title = values.get("title", "")
+        if title and title == values.get("item"):  # an ID standing in for a missing title
+            values["title"] = title = ""
+        year = values.get("year", "")
         values["year_part"] = f" ({year})" if year and year not in title and year.isdigit() else ""
-        cats = row.get("categories") or []
-        values["categories_part"] = f"Genres: {', '.join(map(str, cats))}. " if len(cats) else ""
+        cats = values.get("categories", "")
+        values["categories_part"] = f"Genres: {cats}. " if cats else ""
         values.setdefault("description", values.get(text_col, "") if text_col else "")
-        text = (template or DEFAULT_TEMPLATE).format_map(_Blank(values))
+        text = _render(tokens, values)
         out.append(re.sub(r"\s+", " ", text).strip()[:max_chars])
     return out
 
 
+def item_names(data: Dataset) -> list[str]:
+    """What to call each item in a sentence (explanations): its title; where the catalog has no
+    titles, its text by the dataset's template or the automatic one; its ID where it has no text."""
+    catalog = data.catalog
+    if "title" in catalog.columns and _has_text(catalog, "title"):
+        return data.titles(range(data.n_items))
+    try:
+        texts = item_texts(catalog, choose_template(data, None, default="{title}"))
+    except NoItemTextError:
+        return data.titles(range(data.n_items))
+    return [t or raw for t, raw in zip(texts, data.items.ids, strict=True)]
+
+
+# -- choosing -------------------------------------------------------------------------------------
+
+
+def _automatic(catalog: pd.DataFrame, default: str) -> str | None:
+    """``default`` for a catalog with titles, else the first text column of TEXT_FALLBACK (with the
+    categories after it when there are any); None when no column holds text."""
+    if "title" in catalog.columns and _has_text(catalog, "title"):
+        return default
+    for column in TEXT_FALLBACK:
+        if column in catalog.columns and _has_text(catalog, column):
+            if column != "categories" and "categories" in catalog.columns and _has_text(catalog, "categories"):
+                return f"{{{column}}} | {{categories}}"
+            return f"{{{column}}}"
+    return None
+
+
+def _has_text(catalog: pd.DataFrame, column: str) -> bool:
+    """Whether any row has a value in ``column`` (a title equal to its item ID does not count)."""
+    if column == "title" and "item" in catalog.columns:
+        return any(t and t != _clean(i) for t, i in zip(map(_clean, catalog["title"]), catalog["item"], strict=True))
+    return any(_clean(v) for v in catalog[column])
+
+
+def _no_text(catalog: pd.DataFrame, where: str, template: str | None) -> str:
+    """The error for a catalog without item text: what each column holds and how to name text."""
+    found = []
+    for column in map(str, catalog.columns):
+        if column == "item":
+            continue
+        if _has_text(catalog, column):
+            found.append(column)
+        else:
+            ids = column == "title" and any(_clean(v) for v in catalog[column])
+            found.append(f"{column} ({'only item IDs' if ids else 'empty'})")
+    rendered = f"template {template!r} renders no text for any item" if template else "it has no item text"
+    other = [
+        str(c)
+        for c in catalog.columns
+        if c not in ("item", "title", "categories")
+        and pd.api.types.is_string_dtype(catalog[c])
+        and _has_text(catalog, str(c))
+    ]
+    example = "{" + (other[0] if other else "keywords") + "}"
+    return (
+        f"a text model cannot read {where}: {rendered}, and item IDs are not text. Its columns: "
+        f"{', '.join(found) or 'none besides item'}. Name the text column(s) with a template, "
+        f"e.g. `lmrec train --text-template '{example}'` (or --set text_template='{example}'; any "
+        "columns, e.g. '{title} | {brand} | {categories}'), add such a column to the item table, "
+        "or train a model that reads only IDs (sasrec)"
+    )
+
+
+def _check_fields(catalog: pd.DataFrame, template: str) -> None:
+    fields = _fields(template)
+    if "" in fields:
+        raise TemplateError(f"text template {template!r} has an empty field {{}}; name a column, e.g. {{title}}")
+    unknown = sorted(f for f in fields if f not in catalog.columns and f not in (*_COMPUTED, "description"))
+    if unknown:
+        raise TemplateError(
+            f"text template {template!r} names {unknown}, which are not catalog columns; "
+            f"the columns are {[str(c) for c in catalog.columns]}"
+        )
+
+
+# -- rendering ------------------------------------------------------------------------------------
+
+_Token = str | tuple[str, str]  # a literal, or a field (name, format spec)
+
+
 def _fields(template: str) -> set[str]:
-    return {name for _, name, _, _ in string.Formatter().parse(template) if name}
+    return {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
+
+
+def _parse(template: str) -> list[_Token]:
+    """Literals (adjacent ones merged) and fields, in template order."""
+    tokens: list[_Token] = []
+    for literal, name, spec, _ in string.Formatter().parse(template):
+        if literal:
+            if tokens and isinstance(tokens[-1], str):
+                tokens[-1] += literal
+            else:
+                tokens.append(literal)
+        if name is not None:
+            tokens.append((name, spec or ""))
+    return tokens
+
+
+def _render(tokens: list[_Token], values: dict[str, str]) -> str:
+    """Fill the fields; drop each empty column field with the separator before it (after it, for
+    the first field). Computed fields stay in place with the text around them. No value: ""."""
+    parts: list[tuple[str, str]] = []  # (kind, text): "literal", "column" or "computed"
+    for token in tokens:
+        if isinstance(token, str):
+            parts.append(("literal", token))
+            continue
+        name, spec = token
+        value = values.get(name, "")
+        if spec and value:
+            with contextlib.suppress(ValueError):  # a number's spec on text: the text as it is
+                value = format(value, spec)
+        parts.append(("computed" if name in _COMPUTED else "column", value))
+    if not any(kind != "literal" and text for kind, text in parts):
+        return ""
+    while (empty := next((i for i, (k, t) in enumerate(parts) if k == "column" and not t), None)) is not None:
+        field_before = any(k != "literal" for k, _ in parts[: max(empty - 1, 0)])
+        field_after = any(k != "literal" for k, _ in parts[empty + 2 :])
+        if empty > 0 and parts[empty - 1][0] == "literal" and field_before:
+            del parts[empty - 1 : empty + 1]
+        elif empty + 1 < len(parts) and parts[empty + 1][0] == "literal" and field_after and not field_before:
+            del parts[empty : empty + 2]
+        else:
+            del parts[empty]
+    return "".join(text for _, text in parts)
 
 
 def _clean(value: object) -> str:
-    if value is None or (isinstance(value, float) and value != value):
+    """A cell as text: lists joined with ", ", missing values "", whole floats without ".0"."""
+    if isinstance(value, list | tuple | np.ndarray):
+        return ", ".join(s for s in (_clean(v) for v in value) if s)
+    if value is None or value is pd.NA or value is pd.NaT:
         return ""
-    if isinstance(value, list | tuple):
-        return ", ".join(map(str, value))
-    return str(value)
-
-
-class _Blank(dict[str, str]):
-    def __missing__(self, key: str) -> str:
-        return ""
+    if isinstance(value, float | np.floating):
+        if value != value:
+            return ""
+        if float(value).is_integer():
+            return str(int(value))
+    return str(value).strip()
 
 
 # Articles that catalogs (MovieLens above all) move to the end for sorting: "Lion King, The".
