@@ -91,7 +91,9 @@ class Dataset:
     ``timestamp`` and optionally ``rating``, ``event`` and ``weight``. Its row order is time order
     (ties keep file order). ``catalog`` has one row per item row, in vocabulary order, with at
     least ``title`` (string) and ``categories`` (list of strings); any other columns are item text
-    or features.
+    or features. An item without a title shows its ID as its title; text models do not read that
+    as text (:func:`lmrec.text.choose_template`). ``meta`` may hold ``text_template``, how text
+    models read this catalog (set by ``lmrec train --text-template``).
     """
 
     interactions: pd.DataFrame
@@ -272,7 +274,8 @@ def _numeric(col: pd.Series, name: str, where: str, first_line: int) -> pd.Serie
 
 
 def _build_catalog(items: Vocab, catalog: pd.DataFrame | None) -> pd.DataFrame:
-    """One catalog row per item row, with ``title`` and ``categories`` always present."""
+    """One catalog row per item row, with ``title`` (the item ID where there is none: a display name,
+    not text) and ``categories`` always present."""
     base = pd.DataFrame({"item": items.ids})
     if catalog is not None:
         cat = catalog.copy()

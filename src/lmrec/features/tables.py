@@ -2,8 +2,8 @@
 
 A spec names the blocks, e.g. ``"text,genres,year,image"``:
 
-* ``text`` — the item text (title, year, genres, description by default) through a sentence
-  encoder, unit rows;
+* ``text`` — the item text, as the model's text template renders it (:mod:`lmrec.text.templates`;
+  title, year, genres, description by default), through a sentence encoder, unit rows;
 * ``image`` — a column of image file paths (``image``, ``image_path`` or ``images``) through an image
   encoder (:mod:`lmrec.features.images`), centred on the catalog's mean and scaled to unit rows;
 * any other name is a column: multi-hot over its values when they are strings or lists
