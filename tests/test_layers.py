@@ -34,8 +34,9 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("models", ("lmrec.models",)),
     # after a model's ranking: re-rank it, compress the model, private training, explain a list
     ("rerank/compress/privacy", ("lmrec.rerank", "lmrec.compress", "lmrec.privacy", "lmrec.llm.explain")),
-    # a trained run on disk (data, split, model), its HTML report, new catalog items added to it
-    ("runs", ("lmrec.runs", "lmrec.report", "lmrec.newitems")),
+    # a trained run on disk (data, split, model), its HTML report, new catalog items added to it, every
+    # user's top-k into a file, a hyperparameter search over runs
+    ("runs", ("lmrec.runs", "lmrec.report", "lmrec.newitems", "lmrec.batch_recommend", "lmrec.tune")),
     ("serve", ("lmrec.serve",)),
     ("cli", ("lmrec.cli", "lmrec.__main__", "lmrec.flower_app")),  # `lmrec`, `python -m lmrec` (torchrun), `flwr run`
 )

@@ -306,9 +306,57 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _recommend_many(args: argparse.Namespace) -> int:
+    """--all-users or --users FILE: every user's top-k into one Parquet file, a chunk at a time."""
+    from lmrec.batch_recommend import read_user_list, write_recommendations
+    from lmrec.runs import open_run
+
+    if args.all_users and args.users:
+        raise ConfigError("give --all-users or --users FILE, not both")
+    if args.user or args.history or args.new_item:
+        raise ConfigError("--all-users and --users score the run's own users: no --user, --history or --new-item")
+    if not args.out:
+        raise ConfigError("--all-users and --users write a Parquet file: add --out FILE.parquet")
+    run = open_run(Path(args.run), args.cache_dir)
+    users = None
+    if args.users:
+        users, repeated = read_user_list(Path(args.users), run.dataset)
+        if repeated:
+            _say(f"{args.users}: {repeated} repeated user line(s) scored once")
+    explainer = None
+    if args.explain or args.llm:
+        from lmrec.llm.lm import load_lm
+
+        explainer = run.explainer(load_lm(args.llm, args.cache_dir, args.device) if args.llm else None)
+    stats = write_recommendations(
+        run,
+        Path(args.out),
+        users,
+        k=args.k,
+        reranker=_reranker(args, run),
+        candidates=args.candidates,
+        explainer=explainer,
+        chunk=args.chunk,
+        progress=not args.quiet,
+    )
+    _say(
+        f"wrote {stats['rows']} recommendations for {stats['users']} users to {stats['out']} in {stats['seconds']:.1f}s"
+        f" ({stats['users_per_second']} users/s, {stats['chunk']} users a chunk)"
+    )
+    if args.json:
+        print(json.dumps(stats))
+    return 0
+
+
 def cmd_recommend(args: argparse.Namespace) -> int:
     from lmrec.runs import open_run
 
+    if args.all_users or args.users:
+        return _recommend_many(args)
+    if args.user is None:
+        raise ConfigError("lmrec recommend needs --user ID, or --all-users / --users FILE with --out FILE.parquet")
+    if args.out:
+        raise ConfigError("--out writes the recommendations of --all-users or --users FILE; one --user prints them")
     run = open_run(Path(args.run), args.cache_dir)
     history = [h.strip() for h in args.history.split(",") if h.strip()] if args.history else None
     added: list[Any] = []
@@ -656,9 +704,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_rerank_options(p)
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("recommend", help="top-k for one user")
+    p = sub.add_parser("recommend", help="top-k for one user, or for every user into a Parquet file")
     p.add_argument("--run", required=True)
-    p.add_argument("--user", required=True)
+    p.add_argument("--user", help="one user's top-k, printed")
+    p.add_argument("--all-users", action="store_true", help="every user of the run, written to --out")
+    p.add_argument("--users", metavar="FILE", help="the users of FILE (one ID a line), written to --out")
+    p.add_argument("--out", metavar="FILE.parquet", help="columns user, rank, item, score[, reason]")
+    p.add_argument("--chunk", type=_positive, help="users scored at once (default: as the catalog's size allows)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--history", help="comma-separated item IDs the user just interacted with")
     p.add_argument("--k", type=_positive, default=10)
     p.add_argument("--json", action="store_true")

@@ -181,11 +181,7 @@ class Run:
         if row < 0 and len(items) == 0:
             raise DataError(f"unknown user {user!r} and no --history: nothing to personalise from")
         batch = QueryBatch.from_histories([row], [items])
-        top, scores = self.model.recommend(batch, k=max(k, candidates) if reranker else k)
-        if reranker is not None:
-            score_of = dict(zip(top[0].tolist(), scores[0].tolist(), strict=True))
-            top = reranker(batch, top, scores, k)
-            scores = np.array([[score_of.get(int(i), np.nan) for i in top[0]]])
+        top, scores = self.ranked(batch, k, reranker, candidates)
         keep = top[0] >= 0
         rows, values = top[0][keep], scores[0][keep]
         out = [
@@ -203,6 +199,20 @@ class Run:
             **({"rerank": repr(reranker)} if reranker is not None else {}),
             "items": out,
         }
+
+    def ranked(
+        self, batch: QueryBatch, k: int = 10, reranker: Reranker | None = None, candidates: int = 100
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(item rows, scores) of each query's top-k, history items excluded (-1 where fewer than k
+        are left), optionally re-ranked from the top ``candidates``: what :meth:`recommend` shows one
+        user and ``lmrec recommend --all-users`` writes for every user."""
+        top, scores = self.model.recommend(batch, k=max(k, candidates) if reranker else k)
+        if reranker is None:
+            return top, scores
+        reranked = reranker(batch, top, scores, k)
+        score_of = [dict(zip(t.tolist(), s.tolist(), strict=True)) for t, s in zip(top, scores, strict=True)]
+        values = [[known.get(int(i), np.nan) for i in row] for known, row in zip(score_of, reranked, strict=True)]
+        return reranked, np.array(values, dtype=np.float64).reshape(reranked.shape)
 
     def explainer(self, lm: ChatLM | None = None) -> Explainer:
         """Grounded explanations for this run: history items are cited by the model's own item

@@ -122,6 +122,7 @@ class FitOptions:
     stop_after: int | None = None  # stop each training phase after this many epochs (resume later)
     strategy: Strategy = dataclasses.field(default_factory=Strategy)  # one process, or DDP (train/distributed.py)
     dp: DPSpec | None = None  # user-level differential privacy (DP-SGD), for models that support it
+    threads: int | None = None  # torch threads while training; None: the cores no other process uses
     max_time: float | None = None  # seconds: the Trainer stops at the first epoch end past them
     deadline: float | None = None  # the time.monotonic() reading that max_time gives, set by fit()
     on_epoch: Callable[[float], None] | None = None  # gets each validation score; may raise to stop (tuning)
@@ -223,6 +224,7 @@ class Recommender(ABC):
             resume=options.resume,
             stop_after=options.stop_after,
             strategy=options.strategy,
+            threads=options.threads,
             deadline=options.deadline,
             on_epoch=options.on_epoch,
         )

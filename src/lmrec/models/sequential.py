@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import copy
 import math
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -716,10 +717,32 @@ class SequentialRecommender(ReadsItemText, DotProductModel):
         return "ce" if self.n_items <= FULL_SOFTMAX_ITEMS else "inbatch"
 
     # -- inference --------------------------------------------------------------------------------
+    _table_cache: tuple[weakref.ref[nn.Module], tuple[tuple[int, int], ...], torch.Tensor] | None = None
+
+    def inference_table(self) -> torch.Tensor:
+        """The encoder's item table (:meth:`SequenceEncoder.item_table`) for scoring, without
+        gradient. A text model's table runs the text adaptor over the whole catalog, which was most
+        of a served request's time (twice per request); in eval mode it is computed once per model
+        state and kept. The state is the encoder object and the version counter and storage of each
+        of its parameters and buffers, which every in-place change moves (an optimizer step,
+        ``load_state_dict``, an EMA swap, new item text), so a changed model recomputes it. Training
+        never reads this: its loss calls ``item_table`` itself, with gradient."""
+        net = self.net
+        if net.item_repr == "id" or net.training:  # an ID table is the weight itself: nothing to keep
+            with torch.no_grad():
+                return net.item_table()
+        state = tuple((t._version, t.data_ptr()) for t in (*net.parameters(), *net.buffers()))
+        cached = self._table_cache
+        if cached is not None and cached[0]() is net and cached[1] == state:
+            return cached[2]
+        with torch.no_grad():
+            table = net.item_table()
+        self._table_cache = (weakref.ref(net), state, table)
+        return table
+
     def item_embeddings(self) -> torch.Tensor:
         """The rows the encoder scores with (ID, text, fused or aligned), without pad and mask."""
-        with torch.no_grad():
-            return self.net.item_table()[1 : self.n_items + 1].detach().float().cpu()
+        return self.inference_table()[1 : self.n_items + 1].detach().float().cpu()
 
     def query_embeddings(self, batch: QueryBatch) -> Queries:
         """The encoder's last hidden state after each history (one forward pass per 512 queries);
@@ -730,7 +753,7 @@ class SequentialRecommender(ReadsItemText, DotProductModel):
         seq, lengths = histories_to_inputs(batch, self.n_items, self.config.max_len, append_mask=masked)
         out = torch.empty(len(batch), self.config.dim)
         with torch.no_grad():
-            table = self.net.item_table()
+            table = self.inference_table()
             for s in range(0, len(batch), 512):
                 part, n = seq[s : s + 512].to(self.device), lengths[s : s + 512].to(self.device)
                 out[s : s + len(part)] = self.net.encode(part, n, causal=not masked, table=table).float().cpu()

@@ -54,6 +54,7 @@ class TrainLog:
             "epochs": len(self.losses),
             "seconds_per_epoch": round(self.seconds / max(1, len(self.losses)), 3),  # validation included
             "train_seconds_per_epoch": round(statistics.median(self.epoch_seconds), 3) if self.epoch_seconds else 0.0,
+            "epoch_seconds": [round(s, 3) for s in self.epoch_seconds],  # training only, validation excluded
         }
 
 

@@ -18,6 +18,12 @@ The seams other features plug into, so that none of them writes its own loop:
   towards these tensors instead of towards zero (L2-SP: a table that starts from text embeddings
   keeps that start where the data says nothing else).
 
+Two more things it decides: the intra-op thread count (:mod:`lmrec.train.threads`: as many as there
+are cores no other process is using, looked at again every second, unless ``threads`` fixes it),
+and that weight decay of an embedding table reaches only the rows a step's gradient touches
+(``row_decay``): a step over a 1M-item table reads a few thousand rows, and decaying the others
+too shrank every item towards zero at every step whether anyone had seen it or not.
+
 Read it top to bottom: :meth:`Trainer.fit` is the loop.
 """
 
@@ -40,6 +46,7 @@ from tqdm.auto import tqdm
 
 from lmrec.errors import ConfigError
 from lmrec.train.loop import EarlyStopping, TrainLog
+from lmrec.train.threads import ThreadPolicy
 
 OPTIMIZERS = ("adamw", "adam", "sgd")  # sgd: with momentum 0.9
 SCHEDULES = ("constant", "cosine", "linear")
@@ -107,6 +114,9 @@ class TrainConfig:
     # what is validated, snapshotted as the best epoch and returned
     ema: float = 0.0
     eval_every: int = 1  # epochs between validations
+    # weight decay of embedding tables (nn.Embedding) only on the rows a step's gradient touches
+    # (lazy, as for sparse features); False: every row every step, as torch's optimizers do
+    row_decay: bool = True
     desc: str = "train"  # progress-bar label
 
     def __post_init__(self) -> None:
@@ -132,6 +142,7 @@ class TrainerOptions:
     resume: bool = False  # continue from the checkpoint in checkpoint_dir
     stop_after: int | None = None  # stop (as if interrupted) after this many epochs; resume later
     strategy: Strategy = field(default_factory=Strategy)
+    threads: int | None = None  # intra-op threads; None: the cores no other process uses (train/threads.py)
     deadline: float | None = None  # a clock() reading: stop at the first epoch end past it (max_time)
     on_epoch: Callable[[float], None] | None = None  # gets each validation score; may raise to stop (pruning)
     clock: Callable[[], float] = time.monotonic
@@ -171,6 +182,24 @@ class Trainer:
         validate: Callable[[], float] | None = None,
         total_steps: int | None = None,
     ) -> dict[str, Any]:
+        """:meth:`_loop` with the thread count chosen for it (and the caller's put back after);
+        the log says which (``threads``)."""
+        policy = ThreadPolicy(self.options.threads)
+        policy.start()
+        try:
+            log = self._loop(task, generator, validate, total_steps, policy)
+        finally:
+            policy.close()
+        return {**log, **policy.report()}
+
+    def _loop(
+        self,
+        task: Task,
+        generator: torch.Generator,
+        validate: Callable[[], float] | None,
+        total_steps: int | None,
+        policy: ThreadPolicy,
+    ) -> dict[str, Any]:
         """Train ``task`` for up to ``config.epochs`` epochs; with ``validate`` (a number to
         maximise) stop early and restore the best epoch's weights. ``total_steps`` (optimizer steps
         of the whole run, when the task knows it) lets a decaying schedule reach zero at the end.
@@ -178,8 +207,13 @@ class Trainer:
         still restored). Returns the training log, with why it stopped (``stopped``)."""
         cfg, opts = self.config, self.options
         module = task.module.to(self.device)
+        decay_to = getattr(task, "decay_to", None) or {}
         optimizer = self._optimizer(module)
-        anchors = _anchors(module, optimizer, getattr(task, "decay_to", None) or {})
+        anchors = _anchors(module, optimizer, decay_to)
+        if any("row_decay" in group for group in optimizer.param_groups):
+            # a hook on this optimizer, which a strategy may wrap: it runs on the gradients the step
+            # uses (DP-SGD's noised ones, which touch every row)
+            optimizer.register_step_pre_hook(_row_decay(module, decay_to, cfg.optimizer == "adamw"))
         forward, optimizer = opts.strategy.prepare(module, optimizer)
         if cfg.compile:
             forward = torch.compile(forward)  # type: ignore[assignment]
@@ -201,6 +235,7 @@ class Trainer:
             module.train()
             losses = []
             for batch in opts.strategy.batches(task.batches(state.epoch, generator)):
+                policy.update()  # fewer threads while another process holds a core
                 with autocast:
                     loss = self._loss(task, forward, _to_device(batch, self.device), generator)
                 (loss / cfg.accumulate).backward()
@@ -261,6 +296,8 @@ class Trainer:
     def _optimizer(self, module: nn.Module) -> torch.optim.Optimizer:
         cfg = self.config
         groups = self.param_groups(module) if self.param_groups else [{"params": self._trainable(module)}]
+        if cfg.row_decay:
+            groups = _row_decay_groups(groups, _tables(module), cfg.weight_decay)
         if cfg.optimizer == "sgd":  # no per-coordinate scaling: what DP-SGD's noise on rare rows needs
             return torch.optim.SGD(groups, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
         klass = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
@@ -392,6 +429,62 @@ def _anchors(
         if mine:
             out.append((group, mine, [targets[id(p)] for p in mine]))
     return out
+
+
+def _tables(module: nn.Module) -> set[int]:
+    """ids of the trainable embedding tables (dense-gradient ``nn.Embedding`` weights)."""
+    return {
+        id(m.weight)
+        for m in module.modules()
+        if isinstance(m, nn.Embedding) and not m.sparse and m.weight.requires_grad and m.weight.dim() == 2
+    }
+
+
+def _row_decay_groups(groups: list[dict[str, Any]], tables: set[int], decay: float) -> list[dict[str, Any]]:
+    """Each group's embedding tables moved to a group of their own with ``weight_decay`` 0 and
+    ``row_decay`` the decay they had (groups without decay are left as they are)."""
+    out = []
+    for group in groups:
+        wd = group.get("weight_decay", decay)
+        rows = [p for p in group["params"] if id(p) in tables]
+        if not wd or not rows:
+            out.append(group)
+            continue
+        dense = [p for p in group["params"] if id(p) not in tables]
+        if dense:
+            out.append({**group, "params": dense})
+        out.append({**group, "params": rows, "weight_decay": 0.0, "row_decay": wd})
+    return out
+
+
+def _row_decay(
+    module: nn.Module, decay_to: Mapping[str, torch.Tensor], decoupled: bool
+) -> Callable[[torch.optim.Optimizer, Any, Any], None]:
+    """The optimizer pre-step hook that decays the rows of ``row_decay`` groups whose gradient is
+    not zero, as the optimizer itself would decay them: AdamW's decoupled p ← p − lr·wd·(p − target)
+    before its update, Adam's and SGD's L2 wd·(p − target) added to the gradient (the target is the
+    row of ``decay_to``, else 0). Rows without gradient are left exactly as they are."""
+    params = _params(module)
+    targets = {id(params[name]): target.to(params[name]) for name, target in decay_to.items() if name in params}
+
+    def hook(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        with torch.no_grad():
+            for group in optimizer.param_groups:
+                wd = group.get("row_decay", 0.0)
+                for p in group["params"] if wd else ():
+                    if p.grad is None:
+                        continue
+                    # the largest |gradient| of each row: one pass, no table-sized temporary
+                    rows = torch.linalg.vector_norm(p.grad, float("inf"), dim=1).nonzero().squeeze(1)
+                    pull = p.index_select(0, rows)
+                    if id(p) in targets:
+                        pull -= targets[id(p)].index_select(0, rows)
+                    if decoupled:
+                        p.index_add_(0, rows, pull, alpha=-group["lr"] * wd)
+                    else:
+                        p.grad.index_add_(0, rows, pull, alpha=wd)
+
+    return hook
 
 
 def _averager(module: nn.Module, average: Mapping[str, torch.Tensor] | None, decay: float) -> Callable[[], None] | None:
