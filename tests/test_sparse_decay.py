@@ -79,3 +79,10 @@ def test_no_decay_leaves_the_groups_alone() -> None:
     groups = Trainer(TrainConfig(weight_decay=0.1))._optimizer(task.module).param_groups
     assert [g.get("row_decay") for g in groups] == [None, 0.1]
     assert [g["weight_decay"] for g in groups] == [0.1, 0.0]
+
+
+def test_sequential_models_pass_row_decay_to_the_trainer() -> None:
+    from lmrec.models.sequential import SASRec, SequentialConfig
+
+    assert SASRec()._train_config(1, "x").row_decay
+    assert not SASRec(SequentialConfig.from_dict({"row_decay": "false"}))._train_config(1, "x").row_decay
