@@ -101,7 +101,6 @@ class SequentialConfig(ModelConfig):
     weight_decay: float | None = None  # AdamW; None: from the log's size (REGULARIZATION: 1.0 on ml-100k)
     optimizer: str = "adamw"  # "adamw" | "adam" | "sgd" (momentum 0.9; for DP-SGD, whose noise Adam scales up)
     row_decay: bool = True  # weight decay of the item table only on the rows a step touches (TrainConfig.row_decay)
-    row_decay: bool = True  # weight decay of the item table only on the rows a step touches (TrainConfig.row_decay)
     patience: int = 20  # ml-100k, 3 seeds: valid NDCG@10 0.1174 at 20, 0.1142 at 10 (it stopped improving runs)
     ema: float = 0.0  # > 0: validate and keep a moving average of the weights (decay per step)
     shift_windows: bool = False  # each epoch, histories are cut into windows at new random boundaries
@@ -560,7 +559,6 @@ class SequentialRecommender(ReadsItemText, DotProductModel):
             lr=cfg.lr,
             weight_decay=cfg.weight_decay_value,
             optimizer=cfg.optimizer,
-            row_decay=cfg.row_decay,
             row_decay=cfg.row_decay,
             patience=cfg.patience,
             ema=cfg.ema,
