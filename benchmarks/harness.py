@@ -22,14 +22,21 @@ by running the same command again.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
+import re
 import shlex
+import shutil
 import statistics
 import subprocess
 import sys
-from collections.abc import Sequence
+import tempfile
+import time
+import zipfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -43,6 +50,8 @@ REPO = Path(__file__).resolve().parent.parent
 BENCH = REPO / "benchmarks"
 DATASET = "ml-100k"
 DASH = "–"
+PEER_PYTHON = BENCH / ".venv-recbole" / "bin" / "python"  # RecBole's virtualenv (benchmarks/recbole_env.sh)
+METRICS = ("ndcg@10", "recall@10", "mrr@10")  # what the peer comparisons report
 METRIC = "ndcg@10"  # the metric of the paired tests
 TABLE_METRICS = ("ndcg@10", "recall@10")
 
@@ -238,6 +247,42 @@ def train_arm(
     return open_run(run_dir, cache_dir)
 
 
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--runs DIR`` (keep the runs there and reuse them when the command runs again) and ``--pin``."""
+    parser.add_argument("--runs", type=Path, help="keep the runs here, reused when run again (default: a temp dir)")
+    parser.add_argument("--pin", type=int, nargs="+", metavar="CORE", help="pin the process to these CPU cores")
+
+
+@contextmanager
+def runs_root(path: Path | None, prefix: str = "lmrec-bench-") -> Iterator[Path]:
+    """Where the runs go: ``path`` (kept, so a second run of the command reuses them) or a
+    temporary directory removed afterwards."""
+    if path is not None:
+        path.mkdir(parents=True, exist_ok=True)
+        yield path
+        return
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        yield Path(tmp)
+
+
+def train(
+    arm: Arm,
+    seed: int,
+    runs: Path,
+    cache_dir: Path,
+    dataset: str = DATASET,
+    device: str = "cpu",
+    **data: Any,
+) -> Run:
+    """:func:`train_arm` into ``runs/ARM-seedS`` on ``dataset`` (``data``: recipe fields, e.g. kcore)."""
+    return train_arm(arm, seed, recipe(dataset, **data), runs / run_name(arm.name, seed), cache_dir, device)
+
+
+def run_name(arm: str, seed: int) -> str:
+    """A run directory's name: the arm's name made safe for a path, and the seed."""
+    return re.sub(r"[^\w.=+-]+", "_", arm).strip("_") + f"-seed{seed}"
+
+
 # -- one harness run -----------------------------------------------------------------------------------
 
 
@@ -281,7 +326,7 @@ def run_arms(
     for arm in arms:
         per_seed = []
         for seed in seeds:
-            run = train_arm(arm, seed, base, runs_dir / f"{arm.name}-seed{seed}", cache_dir, device)
+            run = train_arm(arm, seed, base, runs_dir / run_name(arm.name, seed), cache_dir, device)
             result = run.per_user(part)
             training = run.meta.get("training") or {}
             per_seed.append(
@@ -382,3 +427,77 @@ def render(report: dict[str, Any]) -> str:
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+# -- the peer: RecBole on the same file, one process per model ------------------------------------------
+
+
+def peer_data_dir(cache_dir: Path, dest: Path) -> Path:
+    """A RecBole data directory (``dest/ml-100k/ml-100k.inter``) holding the interactions that
+    lmrec read: the cached atomic file when the source came from the recbole wheel, else that
+    file taken out of the wheel the way the source does (the cache then holds GroupLens files)."""
+    from lmrec.data.sources import RECBOLE_ML100K, RECBOLE_WHEEL, Downloader
+
+    target = dest / DATASET / f"{DATASET}.inter"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    cached = cache_dir / DATASET / f"{DATASET}.inter"
+    if cached.is_file():
+        shutil.copyfile(cached, target)
+    else:
+        wheel = Downloader().get_wheel(RECBOLE_WHEEL, dest)
+        with zipfile.ZipFile(wheel) as zf:
+            target.write_bytes(zf.read(f"{RECBOLE_ML100K}.inter"))
+    return dest
+
+
+def check_same_data(split: Any, inter_file: Path) -> dict[str, int]:
+    """Interactions, users and items on both sides; an error when they differ."""
+    import pandas as pd
+
+    theirs = pd.read_csv(inter_file, sep="\t", usecols=[0, 1])
+    ours = split.dataset.interactions
+    counts = {
+        "interactions": (len(ours), len(theirs)),
+        "users": (ours["user"].nunique(), theirs.iloc[:, 0].nunique()),
+        "items": (ours["item"].nunique(), theirs.iloc[:, 1].nunique()),
+    }
+    differ = {k: v for k, v in counts.items() if v[0] != v[1]}
+    if differ:
+        raise SystemExit(f"lmrec and RecBole data differ (lmrec, RecBole): {differ}")
+    return {k: int(v[0]) for k, v in counts.items()}
+
+
+def run_peer(
+    names: list[str], data_dir: Path, threads: int, log_dir: Path, epochs: int | None = None
+) -> list[dict[str, Any]]:
+    """Set up RecBole's virtualenv if needed, then run each model in its own process, one at a time."""
+    subprocess.run(["bash", str(BENCH / "recbole_env.sh")], check=True, stdout=sys.stderr)
+    env = {**os.environ, **thread_env(threads), "THREADS": str(threads)}
+    rows = []
+    for name in names:
+        log = log_dir / f"recbole-{name}.log"
+        command = [str(PEER_PYTHON), str(BENCH / "recbole_run.py"), name, str(data_dir), DATASET]
+        command += [str(epochs)] if epochs else []
+        command += ["--checkpoint-dir", str(log_dir / f"ckpt-{name}")]
+        t0 = time.perf_counter()
+        with log.open("w") as out:
+            done = subprocess.run(command, env=env, stdout=out, stderr=subprocess.STDOUT, check=False)
+        wall_s = time.perf_counter() - t0
+        text = log.read_text()
+        results = [line for line in text.splitlines() if line.startswith("RESULT ")]
+        if done.returncode != 0 or not results:
+            tail = "\n".join(text.splitlines()[-20:])
+            raise SystemExit(f"RecBole {name} failed (exit {done.returncode}):\n{tail}")
+        record = json.loads(results[-1].removeprefix("RESULT "))
+        row = {
+            "model": name,
+            "metrics": {m: record["test"][m] for m in METRICS},
+            "wall_s": wall_s,
+            "recbole_wall_s": record["wall_s"],  # inside run_recbole: data, fit, test
+            "valid": record["valid"],
+            # RecBole logs "epoch N training [time: S s, ...]" per epoch: training time alone
+            "epoch_train_s": [float(s) for s in re.findall(r"training \[time: ([\d.]+)s", text)],
+        }
+        print(f"RecBole {name}: ndcg@10 {row['metrics']['ndcg@10']:.4f}, wall {wall_s:.1f} s", file=sys.stderr)
+        rows.append(row)
+    return rows
