@@ -22,8 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from classic import BENCH, REPO, command_line, load_split, machine, thread_env
+from harness import BENCH, REPO, command_line, load_split, machine, thread_env
 
 STUDENT = {"dim": 16, "layers": 1, "heads": 1, "inner": 64}
 

@@ -37,8 +37,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from classic import BENCH, DASH, DATASET, REPO, _fmt, load_split, machine, thread_env
+from harness import BENCH, DASH, DATASET, REPO, fmt, load_split, machine, thread_env
 
 GRIDS: dict[str, list[float]] = {
     "mmr": [1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.3],
@@ -242,9 +241,9 @@ def render(rows: list[dict[str, Any]], info: dict[str, Any]) -> str:
         m = row["metrics"]
         param = DASH if row["value"] is None else f"{PARAMETER[row['method']]}={row['value']:g}"
         cells = [
-            row["method"], param, _fmt(m["ndcg@10"], 4), _pct(row["delta_ndcg"]), _fmt(m["recall@10"], 4),
-            _fmt(m["ild"], 4), _pct(row["delta_ild"]), _fmt(m["category_coverage"], 4),
-            _fmt(m["miscalibration"], 4), _fmt(m["coverage"], 4), _fmt(m["novelty"], 2), _fmt(row["seconds"], 2),
+            row["method"], param, fmt(m["ndcg@10"], 4), _pct(row["delta_ndcg"]), fmt(m["recall@10"], 4),
+            fmt(m["ild"], 4), _pct(row["delta_ild"]), fmt(m["category_coverage"], 4),
+            fmt(m["miscalibration"], 4), fmt(m["coverage"], 4), fmt(m["novelty"], 2), fmt(row["seconds"], 2),
             "✓" if row["marked"] else "",
         ]  # fmt: skip
         lines.append("| " + " | ".join(cells) + " |")

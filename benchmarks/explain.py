@@ -27,8 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from classic import REPO, thread_env
+from harness import REPO, thread_env
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:

@@ -34,9 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from classic import BENCH, REPO, command_line, machine, thread_env
+from harness import BENCH, REPO, command_line, machine, thread_env
 
 METRICS = ("ndcg@10", "recall@10", "mrr@10")
 

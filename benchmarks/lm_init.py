@@ -35,9 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from classic import BENCH, DATASET, REPO, command_line, load_split, machine, thread_env
+from harness import BENCH, DATASET, REPO, command_line, load_split, machine, thread_env
 
 ROWS: dict[str, dict[str, Any]] = {
     "sasrec": {},

@@ -357,10 +357,13 @@ def store_url(args: argparse.Namespace, tmp: Path) -> Iterator[tuple[str, int | 
     if not args.postgres:
         yield str(tmp / "events.db"), None
         return
-    sys.path.insert(0, str(REPO))
-    from tests.pg import start_server
+    import importlib.util
 
-    server = start_server()
+    spec = importlib.util.spec_from_file_location("lmrec_tests_pg", REPO / "tests" / "pg.py")  # the tests' server
+    assert spec is not None and spec.loader is not None
+    pg = sys.modules[spec.name] = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(pg)
+    server = pg.start_server()
     try:
         pid = int((server.root / "data" / "postmaster.pid").read_text().split()[0])
         yield server.new_database(), pid

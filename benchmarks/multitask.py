@@ -31,8 +31,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from classic import BENCH, DASH, DATASET, _fmt, command_line, load_split, machine, thread_env
+from harness import BENCH, DASH, DATASET, command_line, fmt, load_split, machine, thread_env
 
 ENCODER: dict[str, Any] = {"max_len": 50, "batch_size": 128}
 # name → (lmrec model, overrides, tasks it is scored on)
@@ -185,7 +184,7 @@ def render(summary: dict[str, dict[str, Any]], verdict: dict[str, dict[str, Any]
                 cells.append(f"{value:.4f} ({relative(value, single, higher):+.2%})")
             else:
                 cells.append(f"{value:.4f}")
-        cells += [_fmt(row["fit_cpu_s"], 0), _fmt(row["fit_s"], 0), _fmt(row["epochs"], 1)]
+        cells += [fmt(row["fit_cpu_s"], 0), fmt(row["fit_s"], 0), fmt(row["epochs"], 1)]
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     lines.append(

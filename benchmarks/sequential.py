@@ -24,26 +24,28 @@ import os
 import statistics
 import sys
 import tempfile
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from classic import (
+from harness import (
     BENCH,
     DASH,
     DATASET,
     METRICS,
     REPO,
-    _fmt,
+    Arm,
+    add_run_arguments,
     check_same_data,
     command_line,
+    fmt,
     load_split,
     machine,
     peer_data_dir,
     run_peer,
-    thread_env,
+    runs_root,
+    setup_threads,
+    train,
 )
 
 # name → (lmrec model, overrides); the dimensions match the peer runner's (64/256/2/2, dropout 0.2)
@@ -68,14 +70,16 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--cache-dir", type=Path, default=REPO / ".cache" / "lmrec")
     parser.add_argument("--out", type=Path, default=BENCH / "results" / "sequential.json")
+    add_run_arguments(parser)
     return parser.parse_args(argv)
 
 
-def run_ours(names: list[str], split: Any, pretrain_epochs: int, max_epochs: int | None = None) -> list[dict[str, Any]]:
+def run_ours(
+    names: list[str], runs: Path, cache_dir: Path, pretrain_epochs: int, max_epochs: int | None = None
+) -> list[dict[str, Any]]:
+    """Each variant trained as `lmrec train --model M --set ...` trains it, evaluated on test."""
     from lmrec.evaluate import evaluate
-    from lmrec.models import FitOptions, model_class
 
-    train, valid, test = split.train_dataset(), split.eval_set("valid"), split.eval_set("test")
     rows = []
     for name in names:
         model_name, overrides = VARIANTS[name]
@@ -83,14 +87,13 @@ def run_ours(names: list[str], split: Any, pretrain_epochs: int, max_epochs: int
             overrides = {**overrides, "epochs": max_epochs}
         if name == "sasrec-pt":
             overrides = {**overrides, "pretrain_epochs": pretrain_epochs}
-        klass = model_class(model_name)
-        t0 = time.perf_counter()
-        model = klass(klass.config_class.from_dict(overrides)).fit(train, valid, FitOptions(seed=0))
-        fit_s = time.perf_counter() - t0
-        result = evaluate(model, test)
-        log = model.training_log
+        run = train(Arm(name, model_name, overrides), 0, runs, cache_dir)
+        fit_s = run.meta["train_seconds"]
+        result = evaluate(run.model, run.split.eval_set("test"))
+        log = run.meta["training"]
         row = {
             "model": name,
+            "run": str(run.directory),
             "config": overrides,
             "metrics": {m: result.metrics[m] for m in METRICS},
             "valid_best": max(log["valid"]),
@@ -118,11 +121,11 @@ def render(ours: list[dict[str, Any]], peers: list[dict[str, Any]], info: dict[s
         peer_epoch = peer["epoch_s"] if peer else None
         speed = peer_epoch / row["epoch_s"] if peer_epoch else None
         cells = [
-            row["model"], _fmt(m["ndcg@10"], 4), _fmt(m["recall@10"], 4), _fmt(m["mrr@10"], 4),
-            _fmt(row["valid_best"], 4), _fmt(row["epoch_s"], 2), f"{row['epochs']} ({row['best_epoch'] + 1})",
-            _fmt(row["fit_s"], 1), peer["model"] if peer else DASH,
-            _fmt(peer["metrics"]["ndcg@10"], 4) if peer else DASH, _fmt(peer_epoch, 1),
-            _fmt(speed, 0) + "×" if speed else DASH,
+            row["model"], fmt(m["ndcg@10"], 4), fmt(m["recall@10"], 4), fmt(m["mrr@10"], 4),
+            fmt(row["valid_best"], 4), fmt(row["epoch_s"], 2), f"{row['epochs']} ({row['best_epoch'] + 1})",
+            fmt(row["fit_s"], 1), peer["model"] if peer else DASH,
+            fmt(peer["metrics"]["ndcg@10"], 4) if peer else DASH, fmt(peer_epoch, 1),
+            fmt(speed, 0) + "×" if speed else DASH,
         ]  # fmt: skip
         lines.append("| " + " | ".join(cells) + " |")
     pt = next((r for r in ours if r["model"] == "sasrec-pt"), None)
@@ -154,12 +157,12 @@ def render(ours: list[dict[str, Any]], peers: list[dict[str, Any]], info: dict[s
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
-    os.environ.update(thread_env(args.threads))
-    import torch
-
-    torch.set_num_threads(args.threads)
+    setup_threads(args.threads, args.pin)
     split = load_split(args.cache_dir)
-    ours = run_ours([m for m in args.models.split(",") if m], split, args.pretrain_epochs, args.max_epochs)
+    with runs_root(args.runs, "lmrec-sequential-") as runs:
+        ours = run_ours(
+            [m for m in args.models.split(",") if m], runs, args.cache_dir, args.pretrain_epochs, args.max_epochs
+        )
     peers: list[dict[str, Any]] = []
     if not args.skip_peer:
         os.environ["MAXLEN"] = str(args.peer_maxlen)

@@ -18,8 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from classic import REPO, command_line, machine, thread_env
+from harness import REPO, command_line, machine, thread_env
 
 
 def main(argv: list[str] | None = None) -> None:

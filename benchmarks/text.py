@@ -29,9 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from classic import BENCH, REPO, command_line, machine, thread_env
+from harness import BENCH, REPO, command_line, machine, thread_env
 
 GENRES_A = {
     "Action", "Adventure", "Sci-Fi", "Thriller", "Crime", "War", "Western", "Horror", "Fantasy", "Film-Noir", "Mystery",

@@ -30,8 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from classic import BENCH, REPO, command_line, load_split, machine, thread_env
+from harness import BENCH, REPO, command_line, load_split, machine, thread_env
 
 SOURCES = ("text", "collab", "both")
 
