@@ -15,14 +15,24 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from harness import BENCH, REPO, command_line, load_split, machine, thread_env
+from harness import (
+    BENCH,
+    REPO,
+    Arm,
+    add_run_arguments,
+    command_line,
+    git_commit,
+    machine,
+    run_name,
+    runs_root,
+    setup_threads,
+    train,
+)
 
 STUDENT = {"dim": 16, "layers": 1, "heads": 1, "inner": 64}
 
@@ -39,28 +49,23 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--cache-dir", type=Path, default=REPO / ".cache" / "lmrec")
     parser.add_argument("--out", type=Path, default=BENCH / "results" / "distill.json")
+    add_run_arguments(parser)
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
-    os.environ.update(thread_env(args.threads))
-    import torch
-
+    setup_threads(args.threads, args.pin)
     from lmrec.evaluate import evaluate
     from lmrec.evaluate.significance import paired_test
-    from lmrec.models import FitOptions
-    from lmrec.models.sequential import SASRec, SequentialConfig, count_parameters
+    from lmrec.models.sequential import count_parameters
 
-    torch.set_num_threads(args.threads)
-    split = load_split(args.cache_dir)
-    train, valid, test = split.train_dataset(), split.eval_set("valid"), split.eval_set("test")
     student = json.loads(args.student)
     rows: dict[str, dict[str, Any]] = {}
     per_user = {}
-    with tempfile.TemporaryDirectory(prefix="lmrec-distill-") as tmp:
-        teacher_dir = Path(tmp) / "teacher"
+    with runs_root(args.runs, "lmrec-distill-") as runs:
+        teacher_dir = runs / run_name("teacher", args.seed) / "model"  # the teacher arm's saved model
         plans = [
             ("teacher", json.loads(args.teacher)),
             ("student alone", student),
@@ -71,15 +76,13 @@ def main(argv: list[str] | None = None) -> None:
         for name, overrides in plans:
             t0 = time.process_time()
             cap = {"epochs": args.max_epochs} if args.max_epochs else {}
-            config = SequentialConfig.from_dict({**overrides, **cap})
-            model = SASRec(config).fit(train, valid, FitOptions(seed=args.seed, cache_dir=args.cache_dir))
+            run = train(Arm(name, "sasrec", {**overrides, **cap}), args.seed, runs, args.cache_dir)
             cpu = time.process_time() - t0
-            if name == "teacher":
-                model.save(teacher_dir)
-            result = evaluate(model, test)
+            model = run.model
+            result = evaluate(model, run.split.eval_set("test"))
             per_user[name] = result.per_user["ndcg@10"]
             rows[name] = {"config": overrides, "parameters": count_parameters(model.net), "fit_cpu_s": round(cpu, 1),
-                          "epochs": len(model.training_log["valid"]), **result.metrics}  # fmt: skip
+                          "epochs": len(run.meta["training"]["valid"]), **result.metrics}  # fmt: skip
             print(name, json.dumps({k: v for k, v in rows[name].items() if k != "config"}), flush=True)
     distilled = [name for name in rows if name.startswith("student distilled")]
     tests = {name: paired_test(per_user["student alone"], per_user[name]) for name in distilled}
@@ -93,7 +96,13 @@ def main(argv: list[str] | None = None) -> None:
     for name, test_ in tests.items():
         print(f"\n{name} vs alone: {test_['relative_change']:+.1%} NDCG@10, t p={test_['t_pvalue']:.3g}, "
               f"Wilcoxon p={test_['wilcoxon_pvalue']:.3g}, {test_['n']} users")  # fmt: skip
-    out = {"command": command_line(argv), "machine": machine(), "rows": rows, "distilled_vs_alone": tests}
+    out = {
+        "command": command_line(argv),
+        "machine": machine(),
+        "commit": git_commit(),
+        "rows": rows,
+        "distilled_vs_alone": tests,
+    }
     args.out.write_text(json.dumps(out, indent=1))
 
 

@@ -37,7 +37,24 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from harness import BENCH, DASH, DATASET, REPO, fmt, load_split, machine, thread_env
+from harness import (
+    BENCH,
+    DASH,
+    DATASET,
+    REPO,
+    Arm,
+    add_run_arguments,
+    fmt,
+    git_commit,
+    load_split,
+    machine,
+    recipe,
+    run_name,
+    runs_root,
+    setup_threads,
+    train,
+    train_arm,
+)
 
 GRIDS: dict[str, list[float]] = {
     "mmr": [1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.3],
@@ -53,7 +70,7 @@ ILD_GAIN, NDCG_LOSS = 0.20, 0.05  # the marked settings: ILD +20 % or more for a
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", type=Path, help="a run directory whose model/ to re-rank instead of training")
-    parser.add_argument("--save", type=Path, help="save the trained model here (a directory --run accepts)")
+    parser.add_argument("--save", type=Path, help="train the run into this directory (which --run accepts)")
     parser.add_argument("--similarity", choices=("genre", "embedding"), default="genre")
     parser.add_argument("--candidates", type=int, default=100, help="re-rank the model's top N")
     parser.add_argument("--methods", default="mmr,dpp,calibration", help="any of mmr, dpp, calibration")
@@ -62,6 +79,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=2, help="torch / BLAS threads")
     parser.add_argument("--cache-dir", type=Path, default=REPO / ".cache" / "lmrec")
     parser.add_argument("--out", type=Path, help="JSON results (default benchmarks/results/diversity.json)")
+    add_run_arguments(parser)
     parser.add_argument("--plot", type=Path, help="PNG plot (default benchmarks/results/diversity_tradeoff.png)")
     args = parser.parse_args(argv)
     suffix = "-smoke" if args.smoke else ""
@@ -93,20 +111,17 @@ def require_matplotlib() -> Any:
 # -- the model --------------------------------------------------------------------------------------
 
 
-def train_regularised(args: argparse.Namespace, split: Any, weight: float) -> Any:
-    """SASRec trained with the diversity regulariser at weight ``weight``."""
-    from lmrec.models import FitOptions, model_class
-
+def train_regularised(args: argparse.Namespace, runs: Path, weight: float) -> Any:
+    """SASRec trained with the diversity regulariser at weight ``weight`` (as `lmrec train` trains it)."""
     overrides = {**SASREC, "diversity_weight": weight, **({"epochs": 2} if args.smoke else {})}
-    klass = model_class("sasrec")
-    model = klass(klass.config_class.from_dict(overrides))
-    return model.fit(split.train_dataset(), split.eval_set("valid"), FitOptions(seed=0))
+    return train(Arm(f"sasrec-diversity{weight:g}", "sasrec", overrides), 0, runs, args.cache_dir).model
 
 
-def get_model(args: argparse.Namespace, split: Any) -> tuple[Any, dict[str, Any]]:
-    """SASRec trained here (early stopping on validation), or loaded from ``--run``."""
+def get_model(args: argparse.Namespace, split: Any, runs: Path) -> tuple[Any, dict[str, Any]]:
+    """SASRec trained here as `lmrec train` trains it (early stopping on validation; the run goes to
+    ``--save`` if given), or loaded from ``--run``."""
     from lmrec.data.schema import Vocab
-    from lmrec.models import FitOptions, load_model, model_class
+    from lmrec.models import load_model
 
     if args.run is not None:
         model = load_model(args.run / "model")
@@ -117,17 +132,10 @@ def get_model(args: argparse.Namespace, split: Any) -> tuple[Any, dict[str, Any]
             raise SystemExit(f"{args.run}: the model has {model.n_items} items, {DATASET} {split.dataset.n_items}")
         return model, {"source": str(args.run), "model": model.name, "config": model.config.to_dict()}
     overrides = {**SASREC, **({"epochs": 2} if args.smoke else {})}
-    klass = model_class("sasrec")
-    started = time.perf_counter()
-    model = klass(klass.config_class.from_dict(overrides)).fit(
-        split.train_dataset(), split.eval_set("valid"), FitOptions(seed=0)
-    )
-    fit_s = time.perf_counter() - started
-    log = model.training_log
+    directory = args.save if args.save is not None else runs / run_name("sasrec", 0)
+    run = train_arm(Arm("sasrec", "sasrec", overrides), 0, recipe(DATASET), directory, args.cache_dir)
+    model, fit_s, log = run.model, run.meta["train_seconds"], run.meta["training"]
     print(f"sasrec: {log['epochs']} epochs (best {log['best_epoch'] + 1}) in {fit_s:.0f} s", file=sys.stderr)
-    if args.save is not None:
-        model.save(args.save / "model")
-        split.dataset.items.save(args.save / "items.json")
     info = {"source": "trained", "model": "sasrec", "config": overrides, "seed": 0, "fit_s": round(fit_s, 1)}
     info.update(epochs=log["epochs"], best_epoch=log["best_epoch"] + 1)
     return model, info
@@ -304,15 +312,13 @@ def plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
-    os.environ.update(thread_env(args.threads))  # before numpy / torch are imported
+    setup_threads(args.threads, args.pin)  # before numpy / torch load their thread pools
     require_matplotlib()  # fail before training, not after
-    import torch
-
-    torch.set_num_threads(args.threads)
     split = load_split(args.cache_dir)
-    model, model_info = get_model(args, split)
-    weights = [float(w) for w in args.train_weights.split(",") if w]
-    regularised = {w: train_regularised(args, split, w) for w in weights}
+    with runs_root(args.runs, "lmrec-diversity-") as runs:
+        model, model_info = get_model(args, split, runs)
+        weights = [float(w) for w in args.train_weights.split(",") if w]
+        regularised = {w: train_regularised(args, runs, w) for w in weights}
     rows = run_settings(model, split, args, regularised)
     info = {
         "dataset": DATASET,
@@ -327,6 +333,7 @@ def main(argv: list[str] | None = None) -> None:
         "machine": {**machine(), "nproc": len(os.sched_getaffinity(0))},
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "command": command_line(argv),
+        "commit": git_commit(),
     }
     print(render(rows, info))
     args.out.parent.mkdir(parents=True, exist_ok=True)

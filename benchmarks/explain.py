@@ -20,14 +20,13 @@ thread, one user at a time.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from harness import REPO, thread_env
+from harness import REPO, Arm, add_run_arguments, runs_root, setup_threads, train
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -40,6 +39,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cache-dir", type=Path, default=REPO / ".cache" / "lmrec")
+    add_run_arguments(parser)
     return parser.parse_args(argv)
 
 
@@ -55,25 +55,18 @@ class ChatOnly:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    os.environ.update(thread_env(args.threads))
-    import torch
-
-    from lmrec.data.sources import load_source
-    from lmrec.data.splits import leave_one_out
+    setup_threads(args.threads, args.pin)
     from lmrec.llm.explain import Explainer
     from lmrec.llm.lm import load_lm
-    from lmrec.models import model_class
     from lmrec.rerank.similarity import CooccurrenceSimilarity
 
-    torch.set_num_threads(args.threads)
-    split = leave_one_out(load_source("ml-100k", args.cache_dir))
-    train = split.train_dataset()
+    with runs_root(args.runs, "lmrec-explain-") as runs:  # EASE as `lmrec train --model ease` trains it
+        run = train(Arm("ease", "ease"), 0, runs, args.cache_dir)
+    split, ease, fit_s = run.split, run.model, run.meta["train_seconds"]
+    train_set = split.train_dataset()
     test = split.eval_set("test").sample(args.users, seed=args.seed)
-    started = time.perf_counter()
-    ease = model_class("ease")().fit(train)
-    fit_s = time.perf_counter() - started
     titles = split.dataset.titles(list(range(split.dataset.n_items)))
-    similarity = CooccurrenceSimilarity.from_interactions(train)
+    similarity = CooccurrenceSimilarity.from_interactions(train_set)
     lm = load_lm(args.llm, args.cache_dir, args.device)
     top, _ = ease.recommend(test.queries, k=1)
     print(

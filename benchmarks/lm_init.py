@@ -35,7 +35,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from harness import BENCH, DATASET, REPO, command_line, load_split, machine, thread_env
+from harness import (
+    BENCH,
+    REPO,
+    Arm,
+    add_run_arguments,
+    command_line,
+    git_commit,
+    machine,
+    runs_root,
+    setup_threads,
+    train,
+)
 
 ROWS: dict[str, dict[str, Any]] = {
     "sasrec": {},
@@ -60,39 +71,35 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--cold-only", action="store_true", help="the cold-items split alone")
     parser.add_argument("--cache-dir", type=Path, default=REPO / ".cache" / "lmrec")
     parser.add_argument("--out", type=Path, default=BENCH / "results" / "lm_init.json")
+    add_run_arguments(parser)
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
-    import os
+    setup_threads(args.threads, args.pin)
+    with runs_root(args.runs, "lmrec-lm-init-") as runs:  # each row trained as `lmrec train` trains it
+        experiment(args, argv, runs)
 
-    os.environ.update(thread_env(args.threads))
-    import torch
 
+def experiment(args: argparse.Namespace, argv: list[str], runs: Path) -> None:
     from lmrec.evaluate import evaluate
     from lmrec.evaluate.significance import paired_test
-    from lmrec.models import FitOptions
-    from lmrec.models.sequential import SASRec, SequentialConfig
 
-    torch.set_num_threads(args.threads)
-    split = load_split(args.cache_dir)
-    train, valid, test = split.train_dataset(), split.eval_set("valid"), split.eval_set("test")
     common = dict(kv.split("=", 1) for kv in args.set)
     seeds = [int(s) for s in args.seeds.split(",")]
-    result: dict[str, Any] = {"command": command_line(argv), "machine": machine(), "rows": {}}
+    result: dict[str, Any] = {"command": command_line(argv), "machine": machine(), "commit": git_commit(), "rows": {}}
     per_user: dict[str, list[np.ndarray]] = {}
     for name in [] if args.cold_only else args.rows.split(","):
         fits = []
         for seed in seeds:
-            config = SequentialConfig.from_dict({**common, **ROWS[name]})
             t0 = time.process_time()
-            model = SASRec(config).fit(train, valid, FitOptions(seed=seed, cache_dir=args.cache_dir))
+            run = train(Arm(name, "sasrec", {**common, **ROWS[name]}), seed, runs, args.cache_dir)
             cpu = time.process_time() - t0
-            scores = evaluate(model, test)
+            scores = evaluate(run.model, run.split.eval_set("test"))
             per_user.setdefault(name, []).append(scores.per_user["ndcg@10"])
-            log = model.training_log
+            log = run.meta["training"]
             metrics = scores.metrics
             fits.append(
                 {
@@ -109,7 +116,7 @@ def main(argv: list[str] | None = None) -> None:
             args.out.write_text(json.dumps(result, indent=1))
 
     if args.cold_only:
-        result["cold"] = cold_rows(args, common, seeds[0])
+        result["cold"] = cold_rows(args, common, seeds[0], runs)
         args.out.write_text(json.dumps(result, indent=1))
         return
     print("\n| row | test NDCG@10 | Recall@10 | vs sasrec | t p | Wilcoxon p | 95 % CI of Δ | fit CPU s | epochs |")
@@ -130,27 +137,25 @@ def main(argv: list[str] | None = None) -> None:
     print(f"\n{len(seeds)} seed(s) {seeds}, {len(base) if base is not None else '?'} test users")
     args.out.write_text(json.dumps(result, indent=1))
     if args.cold:
-        result["cold"] = cold_rows(args, common, seeds[0])
+        result["cold"] = cold_rows(args, common, seeds[0], runs)
         args.out.write_text(json.dumps(result, indent=1))
 
 
-def cold_rows(args: argparse.Namespace, common: dict[str, str], seed: int) -> dict[str, Any]:
-    """Each row fitted on the cold-items split: Recall/NDCG@10 on cold targets, warm validation."""
-    from lmrec.data.sources import load_source
-    from lmrec.data.splits import cold_items
-    from lmrec.evaluate import evaluate
-    from lmrec.models import FitOptions
-    from lmrec.models.sequential import SASRec, SequentialConfig
+COLD = {"split": "cold-items", "split_params": {"share": 0.1, "seed": 0}}
 
-    split = cold_items(load_source(DATASET, args.cache_dir), share=0.1, seed=0)
-    train, valid, test = split.train_dataset(), split.eval_set("valid"), split.eval_set("test")
+
+def cold_rows(args: argparse.Namespace, common: dict[str, str], seed: int, runs: Path) -> dict[str, Any]:
+    """Each row fitted on the cold-items split: Recall/NDCG@10 on cold targets, warm validation."""
+    from lmrec.evaluate import evaluate
+
     rows: dict[str, Any] = {}
     print("\n| row (cold-items split) | cold Recall@10 | cold NDCG@10 | warm valid NDCG@10 | users |")
     print("|---|---|---|---|---|")
     for name in args.rows.split(","):
-        model = SASRec(SequentialConfig.from_dict({**common, **ROWS[name]}))
-        model.fit(train, valid, FitOptions(seed=seed, cache_dir=args.cache_dir))
-        cold, warm = evaluate(model, test), evaluate(model, valid)
+        arm = Arm(f"cold-{name}", "sasrec", {**common, **ROWS[name]}, data=COLD)
+        run = train(arm, seed, runs, args.cache_dir, **COLD)  # `lmrec train --split cold-items ...`
+        cold = evaluate(run.model, run.split.eval_set("test"))
+        warm = evaluate(run.model, run.split.eval_set("valid"))
         rows[name] = {
             "cold_recall@10": cold.metrics["recall@10"],
             "cold_ndcg@10": cold.metrics["ndcg@10"],

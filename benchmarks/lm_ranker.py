@@ -33,7 +33,19 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from harness import BENCH, REPO, command_line, machine, thread_env
+from harness import (
+    BENCH,
+    REPO,
+    Arm,
+    add_run_arguments,
+    command_line,
+    git_commit,
+    load_split,
+    machine,
+    runs_root,
+    setup_threads,
+    train,
+)
 
 METRICS = ("ndcg@10", "recall@10", "mrr@10")
 
@@ -54,6 +66,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cache-dir", type=Path, default=REPO / ".cache" / "lmrec")
     parser.add_argument("--out", type=Path, default=None, help="JSON results (default benchmarks/results/)")
+    add_run_arguments(parser)
     args = parser.parse_args(argv)
     if args.smoke:
         args.steps, args.latency_users = 3, 20
@@ -107,16 +120,11 @@ def latency(model: Any, test: Any, n_users: int, batch: int) -> dict[str, float]
     return out
 
 
-def fit_ranker(overrides: dict[str, Any], train: Any, valid: Any, args: argparse.Namespace) -> Any:
-    from lmrec.models import FitOptions
-    from lmrec.models.lmranker import LMRanker, LMRankerConfig
-
-    cfg = LMRankerConfig.from_dict(overrides)
-    options = FitOptions(seed=args.seed, device=args.device, progress=not args.smoke, log=_say)
-    t0 = time.perf_counter()
-    model = LMRanker(cfg).fit(train, valid, options)
-    model.training_log["fit_s"] = time.perf_counter() - t0
-    return model
+def fit_ranker(name: str, overrides: dict[str, Any], runs: Path, args: argparse.Namespace) -> Any:
+    """The lm-ranker as `lmrec train --model lm-ranker --set ...` trains it, read back from its run."""
+    run = train(Arm(name, "lm-ranker", overrides), args.seed, runs, args.cache_dir, device=args.device)
+    run.model.training_log = {**run.meta["training"], "fit_s": run.meta["train_seconds"]}
+    return run.model
 
 
 def _say(message: str) -> None:
@@ -174,24 +182,26 @@ def render(rows: list[dict[str, Any]], info: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
-    os.environ.update(thread_env(args.threads))  # before numpy / torch are imported
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the encoder loads from the package, never the hub
+    setup_threads(args.threads, args.pin)  # before numpy / torch load their thread pools
+    with runs_root(args.runs, "lmrec-lm-ranker-") as runs:
+        experiment(args, argv, runs)
+
+
+def experiment(args: argparse.Namespace, argv: list[str], runs: Path) -> None:
     import torch
 
-    from lmrec.data.sources import load_source
-    from lmrec.data.splits import leave_one_out
     from lmrec.models.base import ModelConfig
 
-    torch.set_num_threads(args.threads)
-    split = leave_one_out(load_source("ml-100k", args.cache_dir))
-    train, valid, test = split.train_dataset(), split.eval_set("valid"), split.eval_set("test")
+    split = load_split(args.cache_dir)
+    test = split.eval_set("test")
     if args.smoke:
         test = test.subset(np.arange(len(test)) < 50)
     extra = dict(item.split("=", 1) for item in args.set)
     config = {"base": "ease", "candidates": args.candidates, "steps": args.steps, "batch_size": args.batch_size}
     config.update(extra)
 
-    tuned = fit_ranker(config, train, valid, args)
+    tuned = fit_ranker("lm-ranker", config, runs, args)
     _say(f"fine-tuned in {tuned.training_log['train_s']:.1f} s")
     candidates = tuned.config.candidates
     base_test = metrics(tuned.base, test, ks=tuple(sorted({10, candidates})))
@@ -217,7 +227,7 @@ def main(argv: list[str] | None = None) -> None:
         return row
 
     if not args.no_zero_shot:
-        zero = fit_ranker({**config, "steps": 0}, train, valid, args)
+        zero = fit_ranker("zero-shot", {**config, "steps": 0}, runs, args)
         rows.append(ranker_row("base + MiniLM zero-shot", zero))
         del zero
     for mix in [float(m) for m in args.mix.split(",") if m]:
@@ -242,6 +252,7 @@ def main(argv: list[str] | None = None) -> None:
         },
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "command": command_line(argv),
+        "commit": git_commit(),
         "smoke": args.smoke,
     }
     for row in rows:

@@ -31,7 +31,21 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from harness import BENCH, DASH, DATASET, command_line, fmt, load_split, machine, thread_env
+from harness import (
+    BENCH,
+    DASH,
+    DATASET,
+    Arm,
+    add_run_arguments,
+    command_line,
+    fmt,
+    git_commit,
+    load_split,
+    machine,
+    runs_root,
+    setup_threads,
+    train,
+)
 
 ENCODER: dict[str, Any] = {"max_len": 50, "batch_size": 128}
 # name → (lmrec model, overrides, tasks it is scored on)
@@ -68,25 +82,24 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--cache-dir", type=Path, default=default_cache(), help="lmrec dataset cache")
     parser.add_argument("--out", type=Path, default=BENCH / "results" / "multitask.json")
     parser.add_argument("--report", type=Path, help="print the tables of a results file (a stopped run's too) and stop")
+    add_run_arguments(parser)
     return parser.parse_args(argv)
 
 
-def fit_one(name: str, seed: int, split: Any, args: argparse.Namespace) -> dict[str, Any]:
-    """Fit one variant with one seed; its test metrics on the tasks it has, fit time and log."""
+def fit_one(name: str, seed: int, runs: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """Train one variant with one seed as `lmrec train` does; its test metrics on the tasks it has,
+    fit time and log. (train_run validates on the plain validation set: next-item early stopping.)"""
     from lmrec.evaluate import evaluate
-    from lmrec.models import FitOptions, model_class
     from lmrec.models.multitask import MultiTaskSASRec, RatedEvalSet
 
     model_name, overrides, tasks = VARIANTS[name]
     overrides = {**ENCODER, **overrides, "epochs": args.epochs, "patience": args.patience}
     if model_name == "mtl-sasrec" and len(tasks) > 1:
         overrides.update(stop_on=args.stop_on, weighting=args.weighting)
-    train = split.train_dataset()
-    valid, test = RatedEvalSet.from_split(split, "valid"), RatedEvalSet.from_split(split, "test")
-    klass = model_class(model_name)
-    t0, c0 = time.perf_counter(), time.process_time()
-    model = klass(klass.config_class.from_dict(overrides)).fit(train, valid, FitOptions(seed=seed))
-    fit_s, fit_cpu_s = time.perf_counter() - t0, time.process_time() - c0
+    c0 = time.process_time()
+    run = train(Arm(name, model_name, overrides), seed, runs, args.cache_dir)
+    fit_s, fit_cpu_s = run.meta["train_seconds"], time.process_time() - c0
+    model, test = run.model, RatedEvalSet.from_split(run.split, "test")
     metrics: dict[str, float] = {}
     if "next_item" in tasks:
         result = evaluate(model, test, ks=(10,), metrics=("ndcg", "recall"))
@@ -95,10 +108,11 @@ def fit_one(name: str, seed: int, split: Any, args: argparse.Namespace) -> dict[
         rated = [s for s in model.specs if s.kind != "next_item"]
         for task, values in model.task_metrics(test, rated).items():
             metrics.update({f"{task}/{m}": v for m, v in values.items()})
-    log = model.training_log
+    log = run.meta["training"]
     row = {
         "model": name,
         "seed": seed,
+        "run": str(run.directory),
         "config": overrides,
         "metrics": metrics,
         "fit_s": fit_s,
@@ -260,10 +274,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.report:
         report(args.report)
         return
-    os.environ.update(thread_env(args.threads))
-    import torch
-
-    torch.set_num_threads(args.threads)
+    setup_threads(args.threads, args.pin)
     names = [m for m in args.models.split(",") if m]
     unknown = sorted(set(names) - set(VARIANTS))
     if unknown:
@@ -282,15 +293,17 @@ def main(argv: list[str] | None = None) -> None:
         "machine": machine(),
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "command": command_line(argv),
+        "commit": git_commit(),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
-    for seed in range(args.seeds):
-        for name in names:
-            rows.append(fit_one(name, seed, split, args))
-            # written after every fit, so a stopped run keeps what it measured ("complete": false)
-            partial = {**info, "complete": len(rows) == args.seeds * len(names), "runs": rows}
-            args.out.write_text(json.dumps(partial, indent=2) + "\n")
+    with runs_root(args.runs, "lmrec-multitask-") as runs:
+        for seed in range(args.seeds):
+            for name in names:
+                rows.append(fit_one(name, seed, runs, args))
+                # written after every fit, so a stopped run keeps what it measured ("complete": false)
+                partial = {**info, "complete": len(rows) == args.seeds * len(names), "runs": rows}
+                args.out.write_text(json.dumps(partial, indent=2) + "\n")
     summary = summarise(rows, names)
     verdict = verdicts(summary)
     print(render(summary, verdict, info))
