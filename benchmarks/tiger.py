@@ -24,13 +24,24 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from harness import BENCH, REPO, command_line, load_split, machine, thread_env
+from harness import (
+    BENCH,
+    REPO,
+    Arm,
+    add_run_arguments,
+    command_line,
+    git_commit,
+    load_split,
+    machine,
+    runs_root,
+    setup_threads,
+    train,
+)
 
 SOURCES = ("text", "collab", "both")
 
@@ -45,26 +56,28 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--cache-dir", type=Path, default=REPO / ".cache" / "lmrec")
     parser.add_argument("--out", type=Path, default=BENCH / "results" / "tiger.json")
+    add_run_arguments(parser)
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
-    os.environ.update(thread_env(args.threads))
-    import torch
+    setup_threads(args.threads, args.pin)
+    with runs_root(args.runs, "lmrec-tiger-") as runs:
+        experiment(args, argv, runs)
 
+
+def experiment(args: argparse.Namespace, argv: list[str], runs: Path) -> None:
     from lmrec.evaluate import evaluate
     from lmrec.evaluate.significance import paired_test
-    from lmrec.models import FitOptions
     from lmrec.models.sequential import load_sequential
-    from lmrec.models.tiger import Tiger, TigerConfig
+    from lmrec.models.tiger import Tiger
 
-    torch.set_num_threads(args.threads)
     split = load_split(args.cache_dir)
-    train, valid, test = split.train_dataset(), split.eval_set("valid"), split.eval_set("test")
+    valid, test = split.eval_set("valid"), split.eval_set("test")
     common: dict[str, Any] = dict(kv.split("=", 1) for kv in args.set)  # strings: the config parses them
-    result: dict[str, Any] = {"command": command_line(argv), "machine": machine(), "rows": {}}
+    result: dict[str, Any] = {"command": command_line(argv), "machine": machine(), "commit": git_commit(), "rows": {}}
     per_user: dict[str, Any] = {}
 
     def record(name: str, model: Any, extra: dict[str, Any]) -> None:
@@ -87,10 +100,9 @@ def main(argv: list[str] | None = None) -> None:
         overrides = {**common, "ids_from": source}
         if source != "text":
             overrides["collab_run"] = sasrec_dir
-        t0 = time.process_time()
-        model = Tiger(TigerConfig.from_dict(overrides))
-        model.fit(train, valid, FitOptions(seed=args.seed, cache_dir=args.cache_dir))
-        log = model.training_log
+        t0 = time.process_time()  # trained as `lmrec train --model tiger --set ...` trains it
+        run = train(Arm(f"tiger-{source}", "tiger", overrides), args.seed, runs, args.cache_dir)
+        model, log = run.model, run.meta["training"]
         fit = {"config": overrides, "fit_cpu_s": round(time.process_time() - t0, 1), "codes": log["codes"]}
         fit |= {"epochs": len(log["valid"]), "valid_best_sampled": max(log["valid"])}
         record(f"tiger-{source}", model, fit)
