@@ -111,3 +111,23 @@ def test_the_trainer_restores_the_callers_count_and_logs_its_own() -> None:
     )
     assert log["threads"] == fixed and log["threads_from"] == "fixed"
     assert torch.get_num_threads() == caller
+
+
+def test_a_fit_moments_after_another_starts_from_its_last_look(two_threads: None) -> None:
+    machine, shared = Machine(), {}
+    machine.others = 1.0
+
+    def start() -> int:  # a fit's start; its end puts the caller's two threads back
+        policy = ThreadPolicy(
+            cpus=[0, 1], busy=lambda: machine.busy, own=lambda: 0.0, clock=machine.clock, sleep=machine.sleep,
+            shared=shared,
+        )  # fmt: skip
+        threads = policy.start()
+        policy.close()
+        return threads
+
+    assert start() == 1 and machine.now == pytest.approx(0.2)  # the first one looks for 0.2 s
+    assert start() == 1 and machine.now == pytest.approx(0.2)  # the next one, at once: what it saw
+    machine.others = 0.0
+    machine.sleep(3.0)
+    assert start() == 2 and machine.now == pytest.approx(3.2)  # the window since then, no sleep

@@ -9,8 +9,9 @@ busy process. One thread fewer runs at the speed of the free core instead.
 
 :class:`ThreadPolicy` measures what the *other* processes use of the cores this process may run
 on (``os.sched_getaffinity``): the busy time ``/proc/stat`` counts on those cores, less this
-process's own CPU time, over a window — a short one before training starts, then the time since
-the last look, at most once per ``interval`` seconds between batches — and sets torch's thread
+process's own CPU time, over a window — a short one before training starts (none when an earlier
+fit in this process looked moments ago: federated rounds and tuning fit many times), then the time
+since the last look, at most once per ``interval`` seconds between batches — and sets torch's thread
 count to the cores left, never more than the count it found (``OMP_NUM_THREADS``, ``--threads``,
 torch's default) and never fewer than one. A core counts as taken when others use more than
 ``TAKEN`` of it. Where ``/proc/stat`` cannot be read (not Linux) nothing changes. An explicit
@@ -23,13 +24,14 @@ import os
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
 TAKEN = 0.2  # share of a core the other processes must use for it to count as taken
 START_WINDOW = 0.2  # seconds of looking before training starts
 INTERVAL = 1.0  # seconds between looks while training
+RECENT = 10.0  # seconds for which the last look of an earlier fit serves as the start of the next
 PROC_STAT = Path("/proc/stat")
 
 
@@ -72,7 +74,11 @@ def free_cores(others: float, cores: int) -> int:
 
 class ThreadPolicy:
     """Chooses and sets torch's intra-op thread count while a Trainer runs (see the module's
-    docstring); :meth:`close` puts the caller's count back. ``fixed``: use that many, always."""
+    docstring); :meth:`close` puts the caller's count back. ``fixed``: use that many, always.
+    ``shared``: where the last look is kept for the next policy (by default, with the real counters,
+    one place per process; with injected ones, none)."""
+
+    LAST_LOOK: ClassVar[dict[str, Any]] = {}  # a measurement cache, not behaviour: see ``shared``
 
     def __init__(
         self,
@@ -84,6 +90,7 @@ class ThreadPolicy:
         own: Callable[[], float] = own_seconds,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
+        shared: dict[str, Any] | None = None,
     ) -> None:
         if fixed is not None and fixed < 1:
             raise ValueError(f"threads must be at least 1, got {fixed}")
@@ -91,6 +98,7 @@ class ThreadPolicy:
         self.cpus = cpus if cpus is not None else allowed_cpus()
         self._busy = busy or (lambda: busy_seconds(self.cpus))
         self._own, self._clock, self._sleep = own, clock, sleep
+        self._shared = shared if shared is not None else (self.LAST_LOOK if busy is None else None)
         self.caller = torch.get_num_threads()
         self.ceiling = min(self.caller, len(self.cpus))
         self.threads = self.caller
@@ -105,13 +113,26 @@ class ThreadPolicy:
         if self.fixed is not None:
             self._set(self.fixed)
         else:
-            self._last = self._sample()
             self._set(self.ceiling)
+            self._last = self._sample()
             if self._last is not None and self.ceiling > 1:
-                self._sleep(START_WINDOW)
-                self.update(force=True)
+                self._first_look(self._last)
         self.started = self.lowest = self.threads
         return self.threads
+
+    def _first_look(self, now: tuple[float, float, float]) -> None:
+        recent = (self._shared or {}).get("sample")
+        age = now[0] - recent[0] if recent is not None else None
+        if age is not None and START_WINDOW <= age <= RECENT:  # the window since the last look
+            self._last = recent
+            self.update(force=True)
+        elif age is not None and 0 <= age < START_WINDOW:  # looked moments ago: what it saw
+            assert self._shared is not None
+            self.others = self._shared["others"]
+            self._set(min(self.ceiling, free_cores(self.others, len(self.cpus))))
+        else:
+            self._sleep(START_WINDOW)
+            self.update(force=True)
 
     def update(self, force: bool = False) -> None:
         """Look again if ``interval`` seconds have passed (or ``force``), and follow what is free."""
@@ -128,6 +149,8 @@ class ThreadPolicy:
         if t1 - t0 <= 0:
             return
         self.others = max(0.0, (busy1 - busy0) - (own1 - own0)) / (t1 - t0)
+        if self._shared is not None:
+            self._shared.update(sample=sample, others=self.others)
         self._set(min(self.ceiling, free_cores(self.others, len(self.cpus))))
 
     def close(self) -> None:
