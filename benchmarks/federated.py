@@ -23,7 +23,7 @@ import logging
 import os
 import platform
 import sys
-import time
+import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -65,10 +65,13 @@ def main(argv: list[str]) -> int:
     from lmrec.models import FitOptions, model_class
     from lmrec.privacy import membership_inference, membership_split
     from lmrec.privacy.federated import FederatedOptions, federated_fit
+    from lmrec.runs import DataRecipe, federated_run, train_run
 
     data = load_source("ml-100k", args.cache_dir)
     split = leave_one_out(data)
-    train, valid, test = split.train_dataset(), split.eval_set("valid"), split.eval_set("test")
+    test = split.eval_set("test")
+    runs_dir = tempfile.TemporaryDirectory(prefix="lmrec-federated-")  # the runs, removed at the end
+    runs = Path(runs_dir.name)
     members = membership_split(data, 0.5, seed=0)
     rounds = {k: int(v) for k, v in (pair.split("=") for pair in args.rounds.split(","))}
     attack_models = [m for m in args.attack.split(",") if m]
@@ -92,6 +95,7 @@ def main(argv: list[str]) -> int:
         )
 
         def central(on: Any, stop: Any, klass: Any = klass, config: dict = config, epochs: int = epochs) -> Any:
+            """The attack's twin, on the members' half: no data recipe describes it (not train_run)."""
             cfg = klass.config_class.from_dict({**config, "epochs": epochs})
             return klass(cfg).fit(on, stop, FitOptions(seed=args.seed))
 
@@ -100,14 +104,15 @@ def main(argv: list[str]) -> int:
         def federated(on: Any, stop: Any, name: str = name, config: dict = client_config, fed: Any = fed) -> Any:
             return federated_fit(name, config, on, stop, fed, FitOptions(seed=args.seed, log=say))
 
-        t0 = time.perf_counter()
-        c_model = central(train, valid)
-        c_seconds = time.perf_counter() - t0
+        # centralised as `lmrec train` trains it, federated as `lmrec federated` does, into temporary runs
+        c_run = train_run(DataRecipe("ml-100k"), name, {**config, "epochs": epochs}, runs / f"{name}-central",
+                          args.cache_dir, FitOptions(seed=args.seed))  # fmt: skip
+        c_model, c_seconds = c_run.model, c_run.meta["train_seconds"]  # the fit alone, as before
         c_metrics = evaluate(c_model, test, ks=(10,)).metrics
         say(f"{name} centralised: NDCG@10 {c_metrics['ndcg@10']:.4f} in {c_seconds:.0f}s")
-        t0 = time.perf_counter()
-        f_model, log = federated(train, valid)
-        f_seconds = time.perf_counter() - t0
+        f_run = federated_run(DataRecipe("ml-100k"), name, client_config, runs / f"{name}-federated", args.cache_dir,
+                              fed, FitOptions(seed=args.seed, log=say))  # fmt: skip
+        f_model, log, f_seconds = f_run.model, f_run.meta["training"]["federated"], f_run.meta["train_seconds"]
         f_metrics = evaluate(f_model, test, ks=(10,)).metrics
         say(f"{name} federated: NDCG@10 {f_metrics['ndcg@10']:.4f} in {f_seconds:.0f}s")
         row: dict[str, Any] = {
@@ -140,6 +145,7 @@ def main(argv: list[str]) -> int:
             say(f"{name} attack AUC: centralised {aucs[0]:.3f}, federated {aucs[1]:.3f}")
         rows.append(row)
         print(json.dumps({k: v for k, v in row.items() if k != "per_round"}), file=sys.stderr, flush=True)
+    runs_dir.cleanup()
 
     machine = f"{platform.machine()}, {os.cpu_count()} cores, {args.threads} thread(s)"
     record = {

@@ -34,7 +34,20 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from harness import BENCH, REPO, command_line, machine, thread_env
+from harness import (
+    BENCH,
+    REPO,
+    Arm,
+    add_run_arguments,
+    command_line,
+    git_commit,
+    machine,
+    recipe,
+    run_name,
+    runs_root,
+    setup_threads,
+    train_arm,
+)
 
 METRICS = ("ndcg@10", "recall@10", "mrr@10")
 
@@ -62,6 +75,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cache-dir", type=Path, default=REPO / ".cache" / "lmrec")
     parser.add_argument("--out", type=Path, default=BENCH / "results" / "llm.json")
+    add_run_arguments(parser)
     args = parser.parse_args(argv)
     if args.smoke:
         args.users, args.sft_steps, args.rerank_steps, args.free_users, args.explain_users = 8, 2, 2, 3, 3
@@ -94,28 +108,28 @@ def measure(model: Any, test: Any, reranker: Any = None, candidates: int = 20) -
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
-    os.environ.update(thread_env(args.threads))
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    import torch
+    setup_threads(args.threads, args.pin)
+    with runs_root(args.runs, "lmrec-llm-") as runs:
+        experiment(args, argv, runs)
 
+
+def experiment(args: argparse.Namespace, argv: list[str], runs: Path) -> None:
     from lmrec.data.batch import QueryBatch
     from lmrec.data.sources import load_source
     from lmrec.data.splits import leave_one_out
     from lmrec.llm.explain import Explainer
     from lmrec.llm.lm import load_lm
-    from lmrec.models import FitOptions, model_class
     from lmrec.models.llmgen import hallucination_rate
     from lmrec.rerank import item_vectors_of
     from lmrec.rerank.llm import LLMReranker
     from lmrec.rerank.similarity import EmbeddingSimilarity
 
-    torch.set_num_threads(args.threads)
     parts = args.parts.split(",")
     split = leave_one_out(load_source("ml-100k", args.cache_dir))
-    train, valid = split.train_dataset(), split.eval_set("valid")
+    train = split.train_dataset()
     full_test = split.eval_set("test")
     test = full_test.sample(args.users, seed=args.seed)  # the users `lmrec evaluate --sample` draws
-    options = FitOptions(seed=args.seed, device=args.device, cache_dir=args.cache_dir, log=print)
     rows: list[dict[str, Any]] = []
     extra: dict[str, Any] = {}
     info = {
@@ -125,6 +139,7 @@ def main(argv: list[str] | None = None) -> None:
         "machine": machine(),
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "command": command_line(argv),
+        "commit": git_commit(),
         "smoke": args.smoke,
     }
 
@@ -133,11 +148,14 @@ def main(argv: list[str] | None = None) -> None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps({**info, "rows": rows, **extra}, indent=2) + "\n")
 
-    def fit(name: str, config: dict[str, Any], opts: Any = options) -> tuple[Any, float]:
-        klass = model_class(name)
-        started = time.perf_counter()
-        model = klass(klass.config_class.from_dict(config)).fit(train, valid, opts)
-        return model, time.perf_counter() - started
+    def fit(name: str, config: dict[str, Any], label: str | None = None) -> tuple[Any, float]:
+        """``name`` as `lmrec train --model NAME --set ...` trains it, read back from its run."""
+        run = train_arm(
+            Arm(label or name, name, config), args.seed, recipe(), runs / run_name(label or name, args.seed),
+            args.cache_dir, device=args.device,
+        )  # fmt: skip
+        run.model.training_log = run.meta["training"]
+        return run.model, run.meta["train_seconds"]
 
     def row(name: str, model: Any, fit_s: float, **kw: Any) -> None:
         rows.append({"model": name, **measure(model, test, **kw), "fit_s": fit_s})
@@ -152,7 +170,7 @@ def main(argv: list[str] | None = None) -> None:
     gen_config = {"lm": args.lm, "beams": args.beams, "max_history": 10, "prompt_budget": 128}
     sft = None
     if "gen" in parts:
-        zero, zero_s = fit("llm-gen", {**gen_config, "lora_r": 0}, options)
+        zero, zero_s = fit("llm-gen", {**gen_config, "lora_r": 0}, "llm-gen-zero-shot")
         row("llm-gen zero-shot", zero, zero_s)
         histories = [test.queries.history(i) for i in range(min(args.free_users, len(test)))]
         extra["free_zero_shot"] = hallucination_rate(zero, histories)
@@ -160,7 +178,7 @@ def main(argv: list[str] | None = None) -> None:
             sft, sft_s, steps = _open_llm_gen_run(args.sft_run, args.cache_dir, train)
         else:
             sft_config = {**gen_config, "steps": args.sft_steps, "batch_size": args.sft_batch}
-            (sft, sft_s), steps = fit("llm-gen", sft_config, options), args.sft_steps
+            (sft, sft_s), steps = fit("llm-gen", sft_config, "llm-gen-lora"), args.sft_steps
         row(f"llm-gen LoRA ({steps} steps)", sft, sft_s)
         extra["free_lora"] = hallucination_rate(sft, histories)
         extra["sft_seconds_per_step"] = sft.training_log["seconds"] / max(1, sft.training_log["steps"])

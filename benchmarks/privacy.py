@@ -23,6 +23,7 @@ import json
 import os
 import platform
 import sys
+import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -69,18 +70,30 @@ def main(argv: list[str]) -> int:
     from lmrec.evaluate import evaluate
     from lmrec.models import FitOptions, model_class
     from lmrec.privacy import dp_auc_bound, membership_inference, membership_split
+    from lmrec.runs import DataRecipe, train_run
     from lmrec.train.privacy import DPSpec
 
     data = load_source("ml-100k", args.cache_dir)
     split = leave_one_out(data)
-    train, valid, test = split.train_dataset(), split.eval_set("valid"), split.eval_set("test")
+    valid, test = split.eval_set("valid"), split.eval_set("test")
     members = membership_split(data, 0.5, seed=0)
     epsilons = [float(e) for e in args.epsilons.split(",")]
     families = args.models.split(",")
     rows: list[dict[str, Any]] = []
     selection: list[dict[str, Any]] = []
 
+    runs_dir = tempfile.TemporaryDirectory(prefix="lmrec-privacy-")  # the runs, removed at the end
+
+    def trained(name: str, config: dict, spec: DPSpec | None) -> tuple[Any, float]:
+        """``name`` as `lmrec train --model NAME --set ... [--dp-epsilon ...]` trains it (DP fits do not
+        early-stop: the private path reads no validation)."""
+        out = Path(runs_dir.name) / f"run{len(list(Path(runs_dir.name).iterdir()))}"
+        options = FitOptions(seed=0, dp=spec, cache_dir=args.cache_dir)  # cache_dir: item text embeddings
+        run = train_run(DataRecipe("ml-100k"), name, config, out, args.cache_dir, options)
+        return run.model, run.meta["train_seconds"]
+
     def fit(name: str, config: dict, on: Any, stop: Any, spec: DPSpec | None) -> tuple[Any, float]:
+        """The attack's twin, on the members' half: no data recipe describes it (not train_run)."""
         klass = model_class(name)
         t0 = time.perf_counter()
         options = FitOptions(seed=0, dp=spec, cache_dir=args.cache_dir)  # cache_dir: item text embeddings
@@ -89,7 +102,7 @@ def main(argv: list[str]) -> int:
 
     def row(name: str, label: str, eps: float | None, config: dict, attack_config: dict, clip: float) -> None:
         spec = DPSpec(epsilon=eps, clip=clip, accountant=args.accountant) if eps is not None else None
-        model, fit_s = fit(name, config, train, valid if spec is None else None, spec)  # DP: no early stopping
+        model, fit_s = trained(name, config, spec)
         metrics = evaluate(model, test, ks=(10,)).metrics
         if spec is None and name == "sasrec":  # the twin trains as long as the early-stopped model did
             attack_config = attack_config | {"epochs": model.training_log["best_epoch"] + 1}
@@ -125,7 +138,7 @@ def main(argv: list[str]) -> int:
         for setting in grid if len(grid) > 1 else []:  # selection on validation users at ε = 8
             config = {k: v for k, v in setting.items() if k != "clip"}
             spec = DPSpec(epsilon=8.0, clip=setting.get("clip", 1.0))
-            model, fit_s = fit("sasrec", config, train, None, spec)
+            model, fit_s = trained("sasrec", config, spec)
             value = evaluate(model, valid, ks=(10,)).metrics["ndcg@10"]
             selection.append({"setting": setting, "valid_ndcg@10": value, "fit_s": round(fit_s, 1)})
             print(json.dumps(selection[-1]), file=sys.stderr, flush=True)
@@ -138,6 +151,7 @@ def main(argv: list[str]) -> int:
         for eps in epsilons if "dp" in args.sasrec_rows else []:
             row("sasrec", f"{eps:g}", eps, config, config, best.get("clip", 1.0))
 
+    runs_dir.cleanup()
     machine = f"{platform.machine()}, {os.cpu_count()} cores, {args.threads} threads"
     print(f"ml-100k, leave-one-out, full ranking, all 943 test users; seed 0; machine: {machine}")
     when = f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC"

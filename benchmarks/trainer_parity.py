@@ -18,7 +18,6 @@ import platform
 import subprocess
 import sys
 import tempfile
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -41,22 +40,20 @@ def run_side(names: list[str], threads: int, cache: Path) -> list[dict[str, Any]
     import torch
 
     torch.set_num_threads(threads)
-    from lmrec.data.sources import load_source
-    from lmrec.data.splits import leave_one_out
     from lmrec.evaluate import evaluate
-    from lmrec.models import FitOptions, model_class
+    from lmrec.models import FitOptions
+    from lmrec.runs import DataRecipe, train_run
 
-    split = leave_one_out(load_source("ml-100k", cache))
-    train, valid, test = split.train_dataset(), split.eval_set("valid"), split.eval_set("test")
     rows = []
     for label, name, overrides in CASES:
         if label not in names:
             continue
-        klass = model_class(name)
-        model = klass(klass.config_class().updated(overrides))
-        t0 = time.perf_counter()
-        model.fit(train, valid, FitOptions(seed=0, cache_dir=cache))
-        fit_s = time.perf_counter() - t0
+        with tempfile.TemporaryDirectory(prefix="lmrec-parity-") as out:  # as `lmrec train` trains it
+            run = train_run(
+                DataRecipe("ml-100k"), name, overrides, Path(out), cache, FitOptions(seed=0, cache_dir=cache)
+            )
+        fit_s = run.meta["train_seconds"]  # the fit alone, as before (not the data, save and report)
+        model, test = run.model, run.split.eval_set("test")
         metrics = evaluate(model, test, ks=(10,)).metrics
         log = getattr(model, "training_log", None) or getattr(model, "history", {})
         rows.append(
