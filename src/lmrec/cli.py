@@ -239,6 +239,46 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tune(args: argparse.Namespace) -> int:
+    """A search over the model's declared options on validation (Optuna), the best written as YAML."""
+    from lmrec.runs import DataRecipe
+    from lmrec.tune import TuneOptions, markdown_table, tune, write_config
+
+    _set_threads(args)
+    try:
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)  # a line per trial is ours
+    except ImportError:
+        pass  # tune() says which extra to install
+    split_params = _parse_sets(args.split_param)
+    recipe = DataRecipe(
+        dataset=args.dataset,
+        kcore=args.kcore,
+        min_rating=args.min_rating,
+        split=args.split,
+        split_params={k: _number(k, v) for k, v in split_params.items()},
+    )
+    options = TuneOptions(
+        trials=args.trials,
+        time_budget=args.time_budget,
+        seed=args.seed,
+        study=args.study,
+        fixed=_model_overrides(args),
+        runs_dir=Path(args.runs) if args.runs else None,
+        prune_warmup=args.prune_after,
+        defaults_first=not args.no_defaults,
+    )
+    result = tune(args.model, recipe, options, args.cache_dir, _fit_options(args, args.seed), say=_say)
+    print(markdown_table(result.rows, result.best["trial"]))
+    best = result.best
+    _say(f"{result.ran} trial(s) run, {len(result.rows)} in the study; best: trial {best['trial']} ({best['options']})")
+    if args.out:
+        path = write_config(Path(args.out), result, args.model, args.dataset)
+        _say(f"wrote {path}: lmrec train --dataset {args.dataset} --model {args.model} --config {path} --out RUN")
+    return 0
+
+
 def cmd_retrain(args: argparse.Namespace) -> int:
     from lmrec.serve.retrain import ReloadFailed, default_store, reload_service, retrain
     from lmrec.serve.store import redact_url
@@ -679,6 +719,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("tune", help="search a model's options on validation (Optuna; needs lmrec[tune])")
+    p.add_argument("--dataset", required=True, help="registered name (ml-100k) or a file/directory")
+    p.add_argument("--model", required=True, help="sasrec, bert4rec, text-sasrec, bpr, als, ease, itemknn, svd")
+    p.add_argument("--trials", type=_positive, default=20, help="finished trials the study should hold")
+    p.add_argument("--time-budget", type=duration, metavar="DURATION", help="stop starting trials after this (1h)")
+    p.add_argument("--study", metavar="FILE", help="SQLite file (or storage URL) of the study: resumable")
+    p.add_argument("--out", metavar="BEST.yaml", help="write the best options as YAML for lmrec train --config")
+    p.add_argument("--runs", metavar="DIR", help="keep every trial's run here (default: a temporary directory)")
+    p.add_argument("--config", help="YAML of options fixed in every trial (not searched)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="an option fixed in every trial")
+    p.add_argument("--prune-after", type=int, default=5, metavar="EPOCHS", help="epochs before a trial can be pruned")
+    p.add_argument("--no-defaults", action="store_true", help="no first trial of the model's defaults")
+    p.add_argument("--split", default="leave-one-out", choices=["leave-one-out", "temporal", "ratio", "cold-items"])
+    p.add_argument("--split-param", action="append", default=[], metavar="KEY=VALUE", help="e.g. test=0.2, share=0.1")
+    p.add_argument("--kcore", type=int, help="keep users and items with at least this many interactions")
+    p.add_argument("--min-rating", type=float, help="drop interactions rated below this")
+    p.add_argument("--seed", type=int, default=0, help="the sampler's and every trial's")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_tune)
 
     p = sub.add_parser("retrain", help="train a run's model again on its data plus the service's feedback")
     p.add_argument("--run", required=True, help="the run to retrain (model, config, seed, data and split)")
