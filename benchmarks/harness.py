@@ -9,6 +9,11 @@ users, and tests each arm against a named baseline arm with lmrec's paired test
 It writes a JSON file and a markdown table (mean ± std over seeds, relative difference, p-value, fit
 time, epochs) headed by the machine, the command line, the git commit and the date.
 
+As a command, e.g. every model of a family before and after a change, three seeds::
+
+    .venv/bin/python benchmarks/harness.py --arm sasrec=sasrec --arm l50=sasrec:max_len=50 \\
+        --seeds 0,1,2 --threads 1 --pin 1 --runs runs/bench --out benchmarks/results/harness.json
+
 How scripts use it: every script in ``benchmarks/`` is run as ``python benchmarks/NAME.py`` from the
 repository root; Python then puts ``benchmarks/`` first on ``sys.path``, so ``from harness import
 Arm, run_arms`` works with no path surgery. No script imports another script; this module is the
@@ -304,10 +309,14 @@ def run_arms(
     device: str = "cpu",
     argv: Sequence[str] | None = None,
     title: str = "Benchmark",
+    threads: int = 1,
+    pin: Sequence[int] | None = None,
 ) -> dict[str, Any]:
     """Train every arm for every seed, evaluate all users of ``part``, test each arm against the
     ``baseline`` arm (per seed and on the per-user mean over seeds), write ``out`` (JSON) and
-    ``out`` with ``.md`` (the table); return what was written to the JSON."""
+    ``out`` with ``.md`` (the table); return what was written to the JSON. ``threads``: torch and
+    BLAS threads, set here; ``pin``: CPU cores to pin the process to."""
+    setup_threads(threads, pin)
     from lmrec.cache import default_cache
     from lmrec.evaluate.significance import paired_test
 
@@ -501,3 +510,56 @@ def run_peer(
         print(f"RecBole {name}: ndcg@10 {row['metrics']['ndcg@10']:.4f}, wall {wall_s:.1f} s", file=sys.stderr)
         rows.append(row)
     return rows
+
+
+# -- as a command: any arms, e.g. every model before and after a change ---------------------------------
+
+
+def parse_arm(text: str) -> Arm:
+    """``NAME=MODEL[:KEY=VALUE,...]`` → an :class:`Arm` (values as ``lmrec train --set`` takes them)."""
+    name, sep, rest = text.partition("=")
+    model, _, sets = rest.partition(":")
+    if not sep or not name or not model:
+        raise SystemExit(f"--arm expects NAME=MODEL[:KEY=VALUE,...], got {text!r}")
+    options = {}
+    for pair in filter(None, sets.split(",")):
+        key, eq, value = pair.partition("=")
+        if not eq:
+            raise SystemExit(f"--arm {text!r}: {pair!r} is not KEY=VALUE")
+        options[key.strip()] = value.strip()
+    return Arm(name, model, options)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(description="Arms trained as `lmrec train` trains them, paired-tested.")
+    parser.add_argument("--arm", action="append", required=True, type=parse_arm, help="NAME=MODEL[:K=V,...]")
+    parser.add_argument("--baseline", help="the arm the others are tested against (default: the first)")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--dataset", default=DATASET, help="registered name or a file/directory")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--cache-dir", type=Path, default=None, help="dataset cache (default: lmrec's)")
+    parser.add_argument("--title", default="Benchmark")
+    parser.add_argument("--out", type=Path, default=BENCH / "results" / "harness.json")
+    add_run_arguments(parser)
+    args = parser.parse_args(argv)
+    with runs_root(args.runs, "lmrec-harness-") as runs:
+        return run_arms(
+            args.arm,
+            [int(s) for s in args.seeds.split(",") if s],
+            baseline=args.baseline or args.arm[0].name,
+            runs_dir=runs,
+            out=args.out,
+            dataset=args.dataset,
+            cache_dir=args.cache_dir,
+            device=args.device,
+            argv=argv,
+            title=args.title,
+            threads=args.threads,
+            pin=args.pin,
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -4,6 +4,8 @@ baseline arm, written as JSON and markdown; a finished run is reused, not traine
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -36,6 +38,18 @@ def write_board(directory: Path) -> Path:
     ]
     (directory / "interactions.csv").write_text("\n".join(lines) + "\n")
     return directory
+
+
+@pytest.fixture(scope="module", autouse=True)
+def threads_restored() -> Iterator[None]:
+    """The harness sets the thread count (environment and torch); other tests get theirs back."""
+    import torch
+
+    environ, count = dict(os.environ), torch.get_num_threads()
+    yield
+    os.environ.clear()
+    os.environ.update(environ)
+    torch.set_num_threads(count)
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +90,8 @@ def test_json_holds_every_arm_and_seed_with_per_user_values(done: dict[str, Any]
     bpr = written["arms"]["bpr"]
     assert all(1 <= s["epochs"] <= 3 for s in bpr["seeds"])
     assert bpr["summary"]["epochs"] == pytest.approx(sum(s["epochs"] for s in bpr["seeds"]) / 2, abs=0.05)
-    assert written["machine"]["torch_threads"] >= 1 and written["commit"] and "--tiny" in written["command"]
+    assert written["threads"] == written["machine"]["torch_threads"] == 1  # set explicitly, default 1
+    assert written["commit"] and "--tiny" in written["command"]
 
 
 def test_paired_tests_are_against_the_baseline_arm(done: dict[str, Any]) -> None:
@@ -136,3 +151,23 @@ def test_a_killed_run_resumes_from_its_checkpoint(harness: ModuleType, tmp_path:
     assert (tmp_path / "a" / "run.json").is_file()
     q = again.split.eval_set("test").queries
     assert (again.model.score(q) == first.model.score(q)).all()
+
+
+def test_the_command(harness: ModuleType, tmp_path: Path) -> None:
+    assert harness.parse_arm("knn=itemknn:k=10,shrink=2") == harness.Arm("knn", "itemknn", {"k": "10", "shrink": "2"})
+    with pytest.raises(SystemExit, match="NAME=MODEL"):
+        harness.parse_arm("itemknn")
+    board = write_board(tmp_path / "board")
+    argv = ["--arm", "pop=pop", "--arm", "knn=itemknn:k=10", "--seeds", "0", "--dataset", str(board)]
+    argv += [
+        "--runs",
+        str(tmp_path / "runs"),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--out",
+        str(tmp_path / "r.json"),
+    ]
+    report = harness.main(argv)
+    assert report["baseline"] == "pop" and set(report["arms"]["knn"]["vs_baseline"]) == {"seed 0", "mean over seeds"}
+    assert report["arms"]["knn"]["options"] == {"k": "10"} and (tmp_path / "runs" / "knn-seed0" / "run.json").is_file()
+    assert (tmp_path / "r.md").read_text().count("\n| ") == 3  # header and two arms
