@@ -5,7 +5,7 @@ A served request is one ``recommend`` call for one history. For a text model (``
 item vectors); now the table is kept while the model does not change (``inference_table``). This
 times ``--calls`` single-history ``recommend`` calls on an ml-100k-shaped log (943 users, 1,682
 items, ~100k events, generated) with 384-dimensional item text vectors (MiniLM's width; random,
-which costs the same), after one training epoch:
+which costs the same), after one training epoch, the three taking turns call by call:
 
   sasrec             the ID model, for reference
   text-sasrec        cached (the code as it is)
@@ -19,6 +19,7 @@ and counts the adaptor's passes over the catalog. Pin it to one core with one th
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import sys
 import time
@@ -52,23 +53,31 @@ def fit(name: str, train: object) -> SequentialRecommender:
     return model
 
 
-def time_calls(model: SequentialRecommender, histories: list[np.ndarray], calls: int) -> dict[str, float]:
-    passes = 0
-    if hasattr(model.net, "adaptor"):
-
-        def count(*_: object) -> None:
-            nonlocal passes
-            passes += 1
-
-        model.net.adaptor.register_forward_hook(count)
-    model.recommend(QueryBatch.from_histories([-1], [histories[0]]), k=10)  # warm-up
-    passes, times = 0, []
+def time_calls(models: dict[str, SequentialRecommender], histories: list[np.ndarray], calls: int) -> dict:
+    """``calls`` single-history ``recommend`` calls per model, the models taking turns (so that
+    whatever else the machine does falls on each alike); per model the milliseconds and the text
+    adaptor's passes over the catalog."""
+    passes = dict.fromkeys(models, 0)
+    for name, model in models.items():
+        if hasattr(model.net, "adaptor"):
+            model.net.adaptor.register_forward_hook(lambda *_, name=name: passes.__setitem__(name, passes[name] + 1))
+        model.recommend(QueryBatch.from_histories([-1], [histories[0]]), k=10)  # warm-up
+    passes = dict.fromkeys(models, 0)
+    times: dict[str, list[float]] = {name: [] for name in models}
     for i in range(calls):
         batch = QueryBatch.from_histories([-1], [histories[i % len(histories)]])
-        t0 = time.perf_counter()
-        model.recommend(batch, k=10)
-        times.append(time.perf_counter() - t0)
-    return {"median_ms": statistics.median(times) * 1e3, "mean_ms": statistics.mean(times) * 1e3, "passes": passes}
+        for name, model in models.items():
+            t0 = time.perf_counter()
+            model.recommend(batch, k=10)
+            times[name].append(time.perf_counter() - t0)
+    return {
+        name: {
+            "median_ms": statistics.median(times[name]) * 1e3,
+            "mean_ms": statistics.mean(times[name]) * 1e3,
+            "passes": passes[name],
+        }
+        for name in models
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -81,13 +90,12 @@ def main(argv: list[str] | None = None) -> None:
     histories = [train.interactions["item"].to_numpy()[-50:]] + [
         np.asarray(h[-50:]) for h in train.interactions.groupby("user")["item"].apply(list).iloc[:100]
     ]
-    rows = {}
-    rows["sasrec"] = time_calls(fit("sasrec", train), histories, args.calls)
     text = fit("text-sasrec", train)
-    rows["text-sasrec"] = time_calls(text, histories, args.calls)
-    text.inference_table = lambda: text.net.item_table().detach()  # type: ignore[method-assign]
-    with torch.no_grad():
-        rows["text-sasrec, old"] = time_calls(text, histories, args.calls)
+    old = copy.deepcopy(text)
+    old.inference_table = lambda: old.net.item_table().detach()  # type: ignore[method-assign]
+    rows = time_calls(
+        {"sasrec": fit("sasrec", train), "text-sasrec": text, "text-sasrec, old": old}, histories, args.calls
+    )
     print(f"{args.calls} recommend calls, one history each, {train.n_items} items, {torch.get_num_threads()} thread(s)")
     print("| model | median ms / call | mean ms / call | adaptor passes |")
     print("|---|---|---|---|")
