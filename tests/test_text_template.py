@@ -93,6 +93,8 @@ def test_default_template_reads_title_year_genres_description() -> None:
     )
     assert choose_template(catalog) == DEFAULT_TEMPLATE
     assert item_texts(catalog) == ["Toy Story (1995). Genres: Animation, Comedy. Toys come alive.", "Heat (1995)."]
+    untitled = pd.DataFrame({"item": ["i9"], "title": ["i9"], "categories": [["Drama"]]})  # a new item, no title
+    assert item_texts(untitled, DEFAULT_TEMPLATE) == ["Genres: Drama."]
 
 
 def test_unknown_column_names_what_the_catalog_has() -> None:

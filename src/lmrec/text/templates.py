@@ -101,8 +101,8 @@ def item_texts(catalog: pd.DataFrame, template: str | None = None, max_chars: in
         cats = values.get("categories", "")
         values["categories_part"] = f"Genres: {cats}. " if cats else ""
         values.setdefault("description", values.get(text_col, "") if text_col else "")
-        text = _render(tokens, values)
-        out.append(re.sub(r"\s+", " ", text).strip()[:max_chars])
+        text = _LEFTOVER.sub("", re.sub(r"\s+", " ", _render(tokens, values)).strip())
+        out.append(text[:max_chars])
     return out
 
 
@@ -186,6 +186,7 @@ def _check_fields(catalog: pd.DataFrame, template: str) -> None:
 # -- rendering ------------------------------------------------------------------------------------
 
 _Token = str | tuple[str, str]  # a literal, or a field (name, format spec)
+_LEFTOVER = re.compile(r"^[.,;:|]+\s+")  # a separator left in front by a missing first value (". Genres: ...")
 
 
 def _fields(template: str) -> set[str]:
