@@ -88,6 +88,7 @@ class SequentialConfig(ModelConfig):
     inner: int = 256  # feed-forward size
     layers: int = 2
     heads: int = 2
+    block: str = "prenorm"  # "prenorm" (pre-norm, GELU) | "sasrec" (the original SASRec block and input)
     dropout: float | None = None  # None: from the log's size (REGULARIZATION: 0.4 on ml-100k)
     # "auto": "ce" up to FULL_SOFTMAX_ITEMS items, else "inbatch" | "ce" full softmax | "inbatch": the
     # batch's targets + uniform negatives with log-Q correction | "sampled" softmax | "gbce" | "bce"
@@ -133,6 +134,8 @@ class SequentialConfig(ModelConfig):
             raise ConfigError(f"item_init must be one of {ITEM_INITS}, got {self.item_init!r}")
         if self.item_repr not in ITEM_REPRS:
             raise ConfigError(f"item_repr must be one of {ITEM_REPRS}, got {self.item_repr!r}")
+        if self.block not in BLOCKS:
+            raise ConfigError(f"block must be one of {tuple(BLOCKS)}, got {self.block!r}")
         if self.objective not in OBJECTIVES:
             raise ConfigError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
         if self.loss not in LOSSES:
@@ -251,10 +254,16 @@ class SelfAttention(nn.Module):
         self.dropout = ByteDropout(dropout)
         nn.init.zeros_(self.out_proj.bias)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """x (B, L, dim); ``mask`` (B or 1, 1, L or 1, L) True where a query may not see a key."""
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, kv: torch.Tensor | None = None) -> torch.Tensor:
+        """x (B, L, dim) the queries, and the keys and values unless ``kv`` (B, L, dim) gives them;
+        ``mask`` (B or 1, 1, L or 1, L) True where a query may not see a key."""
         b, length, dim = x.shape
         qkv = self.in_proj(x) if self.linear_in else nn.functional.linear(x, self.in_proj_weight, self.in_proj_bias)
+        if kv is not None:  # the query part of x, the key and value parts of kv
+            kv_proj = (
+                self.in_proj(kv) if self.linear_in else nn.functional.linear(kv, self.in_proj_weight, self.in_proj_bias)
+            )
+            qkv = torch.cat([qkv[..., :dim], kv_proj[..., dim:]], dim=-1)
         q, k, v = qkv.view(b, length, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         scores = (q @ k.transpose(-1, -2)) * self.head_dim**-0.5
         scores = scores.masked_fill(mask, torch.finfo(scores.dtype).min)
@@ -278,12 +287,26 @@ class Block(nn.Module):
         return x + self.dropout2(self.linear2(self.dropout(nn.functional.gelu(self.linear1(self.norm2(x))))))
 
 
+class SASRecBlock(Block):
+    """The block of the original SASRec (Kang & McAuley 2018, as the tuned CE-SASRec baselines
+    run it): queries from the normalised input attend over the raw input, which is the residual;
+    the sum is normalised and goes through a ReLU feed-forward with its own residual. The same
+    parameters (and names) as :class:`Block`."""
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        x = self.norm2(x + self.self_attn(self.norm1(x), mask, kv=x))
+        return x + self.dropout2(self.linear2(nn.functional.relu(self.dropout(self.linear1(x)))))
+
+
+BLOCKS = {"prenorm": Block, "sasrec": SASRecBlock}
+
+
 class Blocks(nn.Module):
     """The stack of blocks (``layers``, as in ``nn.TransformerEncoder``)."""
 
-    def __init__(self, dim: int, heads: int, inner: int, dropout: float, layers: int) -> None:
+    def __init__(self, dim: int, heads: int, inner: int, dropout: float, layers: int, kind: str = "prenorm") -> None:
         super().__init__()
-        self.layers = nn.ModuleList(Block(dim, heads, inner, dropout) for _ in range(layers))
+        self.layers = nn.ModuleList(BLOCKS[kind](dim, heads, inner, dropout) for _ in range(layers))
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         for layer in self.layers:
@@ -296,9 +319,10 @@ def causal_mask(length: int, device: torch.device | str = "cpu") -> torch.Tensor
     return torch.ones(length, length, dtype=torch.bool, device=device).triu(1)[None, None]
 
 
-def transformer_blocks(dim: int, heads: int, inner: int, dropout: float, layers: int) -> Blocks:
-    """Pre-norm transformer blocks with GELU (batch first); the caller's mask decides causal or not."""
-    return Blocks(dim, heads, inner, dropout, layers)
+def transformer_blocks(dim: int, heads: int, inner: int, dropout: float, layers: int, kind: str = "prenorm") -> Blocks:
+    """Transformer blocks (batch first) of ``kind`` (:data:`BLOCKS`); the caller's mask decides
+    causal or not."""
+    return Blocks(dim, heads, inner, dropout, layers, kind)
 
 
 class SequenceEncoder(nn.Module):
@@ -311,6 +335,8 @@ class SequenceEncoder(nn.Module):
     def __init__(self, n_items: int, cfg: SequentialConfig, text_dim: int = 0) -> None:
         super().__init__()
         self.n_items, self.max_len, self.item_repr = n_items, cfg.max_len, cfg.item_repr
+        # block=sasrec reads item rows scaled by sqrt(dim) plus positions, not normalised
+        self.input_scale = math.sqrt(cfg.dim) if cfg.block == "sasrec" else None
         self.items = nn.Embedding(n_items + 2, cfg.dim, padding_idx=0)  # 0 pad, n+1 mask
         if cfg.item_repr != "id":
             if text_dim < 1:
@@ -331,7 +357,7 @@ class SequenceEncoder(nn.Module):
         self.positions = nn.Embedding(cfg.max_len + 1, cfg.dim)  # +1: the appended mask slot
         self.dropout = ByteDropout(cfg.dropout_value)
         self.norm = nn.LayerNorm(cfg.dim)
-        self.blocks = transformer_blocks(cfg.dim, cfg.heads, cfg.inner, cfg.dropout_value, cfg.layers)
+        self.blocks = transformer_blocks(cfg.dim, cfg.heads, cfg.inner, cfg.dropout_value, cfg.layers, cfg.block)
         self.final_norm = nn.LayerNorm(cfg.dim)
         nn.init.normal_(self.items.weight, std=0.02)
         nn.init.normal_(self.positions.weight, std=0.02)
@@ -376,10 +402,16 @@ class SequenceEncoder(nn.Module):
             table = self.items.weight
         elif table is None:
             table = self.item_table()
-        x = self.dropout(self.norm(nn.functional.embedding(seq, table, padding_idx=0) + self.positions(pos)))
+        x = self.embed(nn.functional.embedding(seq, table, padding_idx=0), self.positions(pos))
         # causal: padding sits after the real items, so the causal mask alone hides it
         mask = causal_mask(length, seq.device) if causal else (seq == 0)[:, None, None, :]
         return self.final_norm(self.blocks(x, mask))
+
+    def embed(self, items: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """The blocks' input from the item rows and position rows of a sequence."""
+        if self.input_scale is not None:
+            return self.dropout(items * self.input_scale + positions)
+        return self.dropout(self.norm(items + positions))
 
     def encode(
         self, seq: torch.Tensor, lengths: torch.Tensor, causal: bool = True, table: torch.Tensor | None = None
@@ -425,7 +457,7 @@ class PrivateSequenceEncoder(SequenceEncoder):
         table's rows (pad and mask rows included: the loss excludes them)."""
         b, length = seq.shape
         pos = torch.arange(length, device=seq.device).expand(b, length)  # batch-first, for the hooks
-        x = self.dropout(self.norm(self.items(seq) + self.positions(pos)))
+        x = self.embed(self.items(seq), self.positions(pos))
         mask = causal_mask(length, seq.device) if causal else (seq == 0)[:, None, None, :]
         return self.head(self.final_norm(self.blocks(x, mask)))
 
