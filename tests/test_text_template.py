@@ -243,6 +243,8 @@ def test_chosen_template_is_saved_and_new_items_render_with_it(tmp_path: Path) -
     new = pd.DataFrame({"item": ["N1"], "title": ["N1"], "keywords": ["red lipstick"]})
     vectors = loaded.encode_items(new, encoder)  # type: ignore[attr-defined]
     assert np.allclose(vectors, encoder.encode(["red lipstick"]))
+    titled = pd.DataFrame({"item": ["N2"], "title": ["Lip balm"], "keywords": [None]})  # given a title only
+    assert item_texts(titled, loaded.config.text_template) == ["Lip balm"]  # type: ignore[attr-defined]
 
 
 def test_run_json_records_the_template(tmp_path: Path) -> None:

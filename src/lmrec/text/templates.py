@@ -83,7 +83,9 @@ def item_texts(catalog: pd.DataFrame, template: str | None = None, max_chars: in
 
     ``None`` renders the automatic choice, :data:`DEFAULT_TEMPLATE` where the catalog has titles:
     "Toy Story (1995). Genres: Animation, Comedy. <description>". A template naming a column the
-    catalog lacks raises :class:`TemplateError`. Rows without text get "" (never their ID).
+    catalog lacks raises :class:`TemplateError` (``title`` may be absent: frames of new items). A row
+    the template leaves empty reads its title if it has one (a new item given only a title), else "",
+    never its ID.
     """
     if template is None:
         template = _automatic(catalog, DEFAULT_TEMPLATE) or DEFAULT_TEMPLATE
@@ -101,7 +103,7 @@ def item_texts(catalog: pd.DataFrame, template: str | None = None, max_chars: in
         cats = values.get("categories", "")
         values["categories_part"] = f"Genres: {cats}. " if cats else ""
         values.setdefault("description", values.get(text_col, "") if text_col else "")
-        text = _LEFTOVER.sub("", re.sub(r"\s+", " ", _render(tokens, values)).strip())
+        text = _LEFTOVER.sub("", re.sub(r"\s+", " ", _render(tokens, values)).strip()) or title
         out.append(text[:max_chars])
     return out
 
@@ -175,7 +177,8 @@ def _check_fields(catalog: pd.DataFrame, template: str) -> None:
     fields = _fields(template)
     if "" in fields:
         raise TemplateError(f"text template {template!r} has an empty field {{}}; name a column, e.g. {{title}}")
-    unknown = sorted(f for f in fields if f not in catalog.columns and f not in (*_COMPUTED, "description"))
+    known = (*_COMPUTED, "description", "title")  # every catalog has a title; new items' frames may not
+    unknown = sorted(f for f in fields if f not in catalog.columns and f not in known)
     if unknown:
         raise TemplateError(
             f"text template {template!r} names {unknown}, which are not catalog columns; "
