@@ -156,6 +156,7 @@ def _fit_options(args: argparse.Namespace, seed: int) -> FitOptions:
         max_time=getattr(args, "max_time", None),
         strategy=init_from_env(args.device) if launched_by_torchrun() else Strategy(),
         dp=_dp_spec(args),
+        threads=getattr(args, "threads", 0) or None,  # 0: the Trainer picks the cores no other process uses
     )
 
 
@@ -716,7 +717,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: the cores no other process is using)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_train)
 
