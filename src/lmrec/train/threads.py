@@ -12,8 +12,8 @@ on (``os.sched_getaffinity``): the busy time ``/proc/stat`` counts on those core
 process's own CPU time, over a window — a short one before training starts (none when an earlier
 fit in this process looked moments ago: federated rounds and tuning fit many times), then the time
 since the last look, at most once per ``interval`` seconds between batches — and sets torch's thread
-count to the cores left, never more than the count it found (``OMP_NUM_THREADS``, ``--threads``,
-torch's default) and never fewer than one. A core counts as taken when others use more than
+count to the cores left, never more than the count it found (``OMP_NUM_THREADS`` or torch's
+default) and never fewer than one. A core counts as taken when others use more than
 ``TAKEN`` of it. Where ``/proc/stat`` cannot be read (not Linux) nothing changes. An explicit
 thread count (:attr:`lmrec.models.base.FitOptions.threads`) is used as given, without looking.
 """
