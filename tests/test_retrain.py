@@ -35,7 +35,7 @@ from lmrec.serve.store import Event, EventStore, Item
 from lmrec.serve.stores import open_store
 
 N_USERS, N_ITEMS, PER_USER = 30, 20, 8
-NEW_ITEM = Item("i99", "Brand New", {"genres": "Low|Even", "description": "never seen before", "price": 3})
+NEW_ITEM = Item("i99", "Brand New", {"genres": "Low|Even", "description": "never seen before", "price": "3"})
 NEW_EVENTS = [Event("newbie", "i1"), Event("newbie", "i3"), Event("newbie", "i99"), Event("u0", "i5", "purchase")]
 
 

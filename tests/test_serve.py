@@ -443,11 +443,11 @@ def test_accepted_ids_read_back_and_echoes_are_short(client: TestClient) -> None
     [
         ({"item": "t1", "title": "\ud800"}, "0.title"),
         ({"item": "t2", "title": "a\x00b"}, "0.title"),
-        ({"item": "t3", "description": "\udc00"}, "0: the item's fields"),
-        ({"item": "t4", "tags": ["ok", {"deep": "\ud83d"}]}, "0: the item's fields"),
-        ({"item": "t5", "score": float("nan")}, "0: the item's fields"),
-        ({"item": "t6", "score": float("inf")}, "0: the item's fields"),
-        ({"item": "t7", "nested": functools.reduce(lambda acc, _: [acc], range(20), [])}, "0: the item's fields"),
+        ({"item": "t3", "description": "\udc00"}, "0: field 'description' must be valid Unicode"),
+        ({"item": "t4", "genres": ["ok", "\ud83d"]}, "0.genres"),
+        ({"item": "t5", "score": float("nan")}, "0: field 'score' must be a string"),
+        ({"item": "t6", "score": float("inf")}, "0: field 'score' must be a string"),
+        ({"item": "t7", "nested": functools.reduce(lambda acc, _: [acc], range(20), [])}, "0: field 'nested'"),
     ],
     ids=["surrogate title", "NUL title", "surrogate field", "surrogate deep", "NaN", "inf", "too deep"],
 )
@@ -460,11 +460,12 @@ def test_item_text_the_store_cannot_hold_is_422_and_never_stored(
 
 
 def test_item_fields_that_are_fine_read_back(client: TestClient) -> None:
-    deep = functools.reduce(lambda acc, _: [acc], range(14), ["bottom"])  # "bottom" is 16 levels down
-    body = [{"item": "fine", "title": "😀 ok\ttab", "deep": deep, "n": 1e308, "big": 10**30, "none": None}]
+    body = [{"item": "fine", "title": "😀 ok\ttab", "description": "tab\there", "genres": ["é", "😀"], "year": 9999}]
     assert client.put("/items", json=body).status_code == 200
     got = client.get("/items/fine").json()
-    assert got["title"] == "😀 ok\ttab" and got["fields"]["deep"] == deep and got["fields"]["big"] == 10**30
+    assert got["title"] == "😀 ok\ttab" and got["fields"] == {
+        k: v for k, v in body[0].items() if k not in ("item", "title")
+    }
 
 
 @pytest.mark.parametrize(

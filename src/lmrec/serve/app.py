@@ -33,28 +33,31 @@ from the store, so an event written through one process is seen by the next requ
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from lmrec.cache import default_cache
-from lmrec.errors import ConfigError, DataError, LmrecError, MissingExtraError
+from lmrec.errors import DataError, LmrecError, MissingExtraError
 
 try:
     from fastapi import Body, Depends, FastAPI, HTTPException, Query, Request, Security
     from fastapi import Path as PathParam
     from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
+    from fastapi.responses import HTMLResponse, PlainTextResponse, Response
     from fastapi.security import APIKeyHeader, HTTPBearer
     from pydantic import AfterValidator, Field
+    from starlette.exceptions import HTTPException as StarletteHTTPException
 except ImportError as exc:  # pragma: no cover - exercised by a test that hides fastapi
     raise MissingExtraError("fastapi", "serve") from exc
 
 from lmrec import __version__
 from lmrec.serve.auth import AuthError, authorize, key_from_headers
-from lmrec.serve.middleware import BodyLimit, RequestMetrics, SecurityHeaders, page_csp
+from lmrec.serve.handlers import http_error, lmrec_error, sendable, validation_error
+from lmrec.serve.limits import Limits
+from lmrec.serve.middleware import ASGIApp, BodyLimit, RequestMetrics, SecurityHeaders, page_csp
 from lmrec.serve.page import describe
 from lmrec.serve.page import router as page_router
 from lmrec.serve.retrain import default_store
@@ -78,16 +81,16 @@ from lmrec.serve.schemas import (
     ServingInfo,
     UpsertResponse,
     UserList,
-    _valid_id,
     recommend_json,
+    valid_id,
 )
 from lmrec.serve.service import Batcher, RunFollower, RunWatcher, Service
 from lmrec.serve.state import NotFound, RerankSpec, score_together
-from lmrec.serve.store import SCOPES, Event, Item, StoreUnavailable, brief, check_scopes
+from lmrec.serve.store import SCOPES, Event, Item, brief, check_scopes
 from lmrec.serve.stores import open_store
 from lmrec.text.encoders import TextEncoder
 
-MAX_BODY_BYTES = 1 << 20
+MAX_BODY_BYTES = Limits.max_body_bytes
 
 
 def _service(request: Request) -> Service:
@@ -119,49 +122,13 @@ def _need(scope: str) -> Any:
     return Depends(check)
 
 
-# -- errors ------------------------------------------------------------------------------------------
-def _sendable(text: str) -> str:
-    """``text`` that a JSON response can carry: anything UTF-8 cannot encode is escaped."""
-    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+class _Service(FastAPI):
+    """FastAPI, with the request metrics and the security headers outside Starlette's error middleware,
+    so that a 500 it writes for an unhandled exception carries the headers and is counted too."""
 
-
-def _validation_error(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, RequestValidationError)
-    errors = exc.errors()
-    bad_json = [e for e in errors if e.get("type") == "json_invalid"]
-    if bad_json:
-        ctx = bad_json[0].get("ctx") or {}
-        return JSONResponse({"detail": f"malformed JSON body: {ctx.get('error', 'cannot parse')}"}, status_code=400)
-    errors = _one_union_member(errors, exc.body)
-    # Only where, what and why: echoing the input back could hold values JSON cannot carry (NaN).
-    brief = [
-        {"loc": ".".join(str(p) for p in e.get("loc", ()) if p != "body") or "body", "msg": str(e.get("msg"))}
-        for e in errors
-    ]
-    detail = "; ".join(f"{e['loc']}: {e['msg']}" for e in brief)
-    return JSONResponse({"detail": detail, "errors": brief}, status_code=422)
-
-
-def _one_union_member(errors: Sequence[Any], body: Any) -> Sequence[Any]:
-    """For a body that may be one event or a list of them, report only the shape that was sent."""
-    tags = {e["loc"][1] for e in errors if len(e.get("loc", ())) > 1 and e["loc"][0] == "body"}
-    single, many = "FeedbackEvent", "list[FeedbackEvent]"
-    if not {single, many} <= tags:
-        return errors
-    keep = many if isinstance(body, list) else single
-    return [{**e, "loc": ("body", *e["loc"][2:])} for e in errors if e["loc"][1] == keep]
-
-
-def _lmrec_error(request: Request, exc: Exception) -> JSONResponse:
-    if isinstance(exc, NotFound):
-        status = 404
-    elif isinstance(exc, DataError | ConfigError):
-        status = 422
-    elif isinstance(exc, StoreUnavailable):  # the server's trouble, not the client's
-        status = 503
-    else:
-        status = 400
-    return JSONResponse({"detail": _sendable(str(exc))}, status_code=status)
+    def build_middleware_stack(self) -> ASGIApp:
+        inner = super().build_middleware_stack()
+        return RequestMetrics(SecurityHeaders(inner), self.state.service.metrics)
 
 
 # -- the app -----------------------------------------------------------------------------------------
@@ -171,6 +138,7 @@ def create_app(
     cache_dir: str | Path | None = None,
     require_keys: bool = True,
     max_body_bytes: int = MAX_BODY_BYTES,
+    body_timeout_s: float | None = Limits.body_timeout_s,
     ann: bool = False,
     text_encoder: TextEncoder | None = None,
     watch: float | None = None,
@@ -183,7 +151,8 @@ def create_app(
 
     ``db_url`` defaults to ``RUN_DIR/events.db`` (for a run made by ``lmrec retrain``: the store it was
     retrained from); ``cache_dir`` (where named datasets are cached) to ``~/.cache/lmrec``.
-    ``require_keys=False`` turns API keys off, for local use only.
+    ``require_keys=False`` turns API keys off, for local use only. ``max_body_bytes`` and
+    ``body_timeout_s`` bound a request body's size (413) and the wait for each part of it (408).
     ``ann=True`` answers top-k from an HNSW index (:mod:`lmrec.serve.ann`, needs ``lmrec[ann]``)
     when the model scores by a dot product, and exactly otherwise. ``text_encoder`` replaces the
     one a text model names in its config (which is loaded on the first item added at serve time).
@@ -239,18 +208,17 @@ def create_app(
             service.metrics.close()
             store.close()
 
-    app = FastAPI(
+    app = _Service(
         title="lmrec",
         version=__version__,
         description="Real-time recommendations from a trained lmrec run, with a feedback loop.",
         lifespan=lifespan,
     )
     app.state.service = service
-    app.add_exception_handler(RequestValidationError, _validation_error)
-    app.add_exception_handler(LmrecError, _lmrec_error)
-    app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
-    app.add_middleware(SecurityHeaders)
-    app.add_middleware(RequestMetrics, metrics=service.metrics)  # added last: outermost
+    app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(LmrecError, lmrec_error)
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_middleware(BodyLimit, max_bytes=max_body_bytes, timeout_s=body_timeout_s)
     app.include_router(page_router)  # the demo page's script, style and config (lmrec.serve.page)
 
     # The hot path. It runs on the event loop: its work is short and CPU-bound (~2 ms with one torch
@@ -288,8 +256,16 @@ def create_app(
 
     @app.put("/items", response_model=UpsertResponse, dependencies=[_need("write")])
     def put_items(body: Annotated[list[ItemIn], Field(min_length=1, max_length=MAX_BATCH)]) -> UpsertResponse:
-        items = [Item(it.item, it.title, dict(it.model_extra or {})) for it in body]
-        return UpsertResponse(upserted=service.store.upsert_items(items))
+        items = [Item(it.item, it.title, it.fields()) for it in body]
+        upserted = service.store.upsert_items(items)
+        # A model that reads item text encodes the new items here, in this worker thread (off the event
+        # loop, in batches), so this process serves them when the PUT returns; other processes encode
+        # them in the background when their requests see them.
+        try:
+            service.live.grow()
+        except Exception as err:  # stored all the same: served once an encoding succeeds
+            logging.getLogger("uvicorn.error").warning("items stored but not yet encoded: %s", err)
+        return UpsertResponse(upserted=upserted)
 
     @app.get("/items/{item}", response_model=ItemOut, dependencies=[_need("read")])
     def get_item(item: PathId) -> dict[str, Any]:
@@ -328,12 +304,13 @@ def create_app(
             service.reload(body.run if body else None)
         except Exception as err:  # whatever is wrong with that directory, the old state keeps serving
             logging.getLogger("uvicorn.error").warning("reload failed", exc_info=not isinstance(err, LmrecError))
-            detail = f"reload failed, still serving {service.live.version}: {_sendable(str(err)) or type(err).__name__}"
+            detail = f"reload failed, still serving {service.live.version}: {sendable(str(err)) or type(err).__name__}"
             raise HTTPException(400, detail) from None
         return service.info()
 
     @app.post("/admin/keys", status_code=201, response_model=KeyCreated, dependencies=[_need("admin")])
-    def create_key(body: KeyRequest) -> KeyCreated:
+    def create_key(body: KeyRequest, response: Response) -> KeyCreated:
+        response.headers["Cache-Control"] = "no-store"  # it carries a secret: no cache may keep it
         key_id, key = service.store.create_key(body.scopes)
         return KeyCreated(key_id=key_id, key=key, scopes=list(check_scopes(body.scopes)))
 
@@ -345,7 +322,7 @@ def create_app(
         ]
 
     @app.delete("/admin/keys/{key_id}", status_code=204, dependencies=[_need("admin")])
-    def revoke_key(key_id: Annotated[str, PathParam(min_length=1, max_length=64), AfterValidator(_valid_id)]) -> None:
+    def revoke_key(key_id: Annotated[str, PathParam(min_length=1, max_length=64), AfterValidator(valid_id)]) -> None:
         if not service.store.revoke_key(key_id):
             raise NotFound(f"no active key {brief(key_id)}")
 
@@ -392,8 +369,12 @@ def serve(
     workers: int = 1,
     micro_batch: bool = True,
     follow: float | None = FOLLOW_SECONDS,
+    limits: Limits | None = None,
 ) -> None:
     """Run the service with uvicorn until interrupted (:func:`lmrec.serve.runner.run_service`).
+
+    ``limits``: what one client may hold of a process (:class:`lmrec.serve.limits.Limits`: head and
+    body sizes and read timeouts, keep-alive, connections); the defaults when None.
 
     ``workers`` > 1 starts that many worker processes (uvicorn's supervisor; one listening socket),
     each building its own app from the same arguments (:func:`create_app` is the factory). They share
@@ -415,6 +396,7 @@ def serve(
         workers=workers,
         micro_batch=micro_batch,
         follow=follow,
+        limits=limits or Limits(),
     )
 
 

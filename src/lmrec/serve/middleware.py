@@ -3,9 +3,11 @@ demo page's Content-Security-Policy."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import re
+import sys
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
@@ -27,10 +29,11 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
 class BodyLimit:
-    """Refuse request bodies over ``max_bytes`` with 413, declared or streamed."""
+    """Refuse request bodies over ``max_bytes`` with 413, declared or streamed, and bodies that have not
+    all arrived ``timeout_s`` seconds after the head with 408 (and the connection closed)."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        self.app, self.max_bytes = app, max_bytes
+    def __init__(self, app: ASGIApp, max_bytes: int, timeout_s: float | None = None) -> None:
+        self.app, self.max_bytes, self.timeout_s = app, max_bytes, timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -40,20 +43,39 @@ class BodyLimit:
         if declared.isdigit() and int(declared) > self.max_bytes:
             await self._refuse(scope, receive, send)
             return
-        chunks, size = [], 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.max_bytes:
-                await self._refuse(scope, receive, send)
-                return
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
-        body, replayed = b"".join(chunks), False
+        # One timer for the whole body (what asyncio.timeout does, which Python 3.10 lacks): no task per
+        # read on the hot path.
+        task, expired = asyncio.current_task(), False
+
+        def expire() -> None:
+            nonlocal expired
+            expired = True
+            if task is not None:
+                task.cancel()
+
+        timer = asyncio.get_running_loop().call_later(self.timeout_s, expire) if self.timeout_s else None
+        try:
+            status, body = await self._read(receive)
+        except asyncio.CancelledError:
+            if not expired:
+                raise
+            if task is not None and sys.version_info >= (3, 11):
+                task.uncancel()
+            status, body = 408, b""
+        finally:
+            if timer is not None:
+                timer.cancel()
+        if status == 408:
+            detail = f"request body not received within {self.timeout_s:g} s"
+            await JSONResponse({"detail": detail}, status_code=408, headers={"Connection": "close"})(
+                scope, receive, send
+            )
+            return
+        if status == 413:
+            await self._refuse(scope, receive, send)
+        if status != 200:  # 413 answered, or 499: the client hung up, nobody to answer
+            return
+        replayed = False
 
         async def replay() -> Message:
             nonlocal replayed
@@ -64,13 +86,29 @@ class BodyLimit:
 
         await self.app(scope, replay, send)
 
+    async def _read(self, receive: Receive) -> tuple[int, bytes]:
+        """(200, the whole body), (413, b"") past ``max_bytes``, or (499, b"") if the client hung up."""
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return 499, b""
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_bytes:
+                return 413, b""
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return 200, b"".join(chunks)
+
     async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
         detail = f"request body over {self.max_bytes} bytes; send smaller batches"
         await JSONResponse({"detail": detail}, status_code=413)(scope, receive, send)
 
 
 class RequestMetrics:
-    """Count every request by method, route template and status, and time it."""
+    """Count every request by method, route template and status, and time it. A request whose client
+    hung up before any answer is counted as 499 (client closed request), not as a server error."""
 
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app, self.metrics = app, metrics
@@ -79,17 +117,25 @@ class RequestMetrics:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        started, status = time.perf_counter(), 500
+        started, status, answered, gone = time.perf_counter(), 500, False, False
 
         async def send_status(message: Message) -> None:
-            nonlocal status
+            nonlocal status, answered
             if message["type"] == "http.response.start":
-                status = int(message["status"])
+                status, answered = int(message["status"]), True
             await send(message)
 
+        async def receive_watching() -> Message:
+            nonlocal gone
+            message = await receive()
+            gone = gone or message["type"] == "http.disconnect"
+            return message
+
         try:
-            await self.app(scope, receive, send_status)
+            await self.app(scope, receive_watching, send_status)
         finally:
+            if gone and not answered:
+                status = 499
             route = getattr(scope.get("route"), "path", None) or "unmatched"
             self.metrics.observe(scope["method"], route, status, time.perf_counter() - started)
 

@@ -38,8 +38,8 @@ except ImportError as exc:  # pragma: no cover - app.py, which imports this modu
     raise MissingExtraError("fastapi", "serve") from exc
 
 from lmrec.rerank.similarity import CooccurrenceSimilarity, EmbeddingSimilarity, ItemSimilarity, item_vectors_of
+from lmrec.serve.records import MAX_YEAR, MIN_YEAR, Item
 from lmrec.serve.state import LiveState, Served
-from lmrec.serve.store import Item
 
 RECENT = 50  # distinct history items searched for a reason, most recent first
 CITE = 2  # history items a reason names
@@ -197,11 +197,14 @@ def _evidence(similarity: ItemSimilarity, targets: list[int], history: list[int]
 
 
 def _year(value: Any, title: str) -> int | None:
-    """A year as an int: the value when it is one (``1995``, ``"1995"``), else one in the title."""
+    """A year as an int: the value when it is one (``1995``, ``"1995"``) from ``MIN_YEAR`` to ``MAX_YEAR``,
+    else one in the title. Never an error: a catalog or an older store may hold anything here."""
     try:
         if value is not None and not pd.isna(value):
-            return int(float(value))
-    except (TypeError, ValueError):
+            year = int(float(value))
+            if MIN_YEAR <= year <= MAX_YEAR:
+                return year
+    except (TypeError, ValueError, OverflowError):  # not a number, "inf", a 400-digit integer
         pass
     found = _YEAR_IN_TITLE.search(str(title))
     return int(found.group(1)) if found else None

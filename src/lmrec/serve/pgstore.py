@@ -33,6 +33,7 @@ from lmrec.serve.store import (
     key_id_of,
     key_matches,
     new_key,
+    readable_item,
     redact_url,
 )
 
@@ -141,6 +142,7 @@ class PostgresStore(EventStore):
         if not url.startswith(("postgresql://", "postgres://")):
             raise ConfigError(f"not a PostgreSQL URL: {redact_url(url)!r}; use postgresql://user@host:port/db")
         self.url = url
+        self._reported: set[tuple[str, float | None]] = set()  # malformed stored items already logged
         self._pool = _Pool(url, pool_size, timeout)
         with self._transaction() as conn:
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
@@ -230,13 +232,17 @@ class PostgresStore(EventStore):
         if not unique:
             return {}
         rows = self._query("SELECT item, title, fields, updated_at FROM items WHERE item = ANY(%s)", (unique,))
-        return {item: Item(item, title, json.loads(fields), updated) for item, title, fields, updated in rows}
+        return {
+            item: readable_item(item, title, fields, updated, self._reported) for item, title, fields, updated in rows
+        }
 
     def items_updated_since(self, since: float) -> list[Item]:
         rows = self._query(
             "SELECT item, title, fields, updated_at FROM items WHERE updated_at >= %s ORDER BY updated_at", (since,)
         )
-        return [Item(item, title, json.loads(fields), float(updated)) for item, title, fields, updated in rows]
+        return [
+            readable_item(item, title, fields, float(updated), self._reported) for item, title, fields, updated in rows
+        ]
 
     # -- API keys -------------------------------------------------------------------------------
     def create_key(self, scopes: Iterable[str]) -> tuple[str, str]:

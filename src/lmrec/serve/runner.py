@@ -4,8 +4,13 @@ access log's configuration."""
 from __future__ import annotations
 
 import copy
+import ctypes
 import functools
 import logging
+import os
+import signal
+import socket
+import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -14,12 +19,15 @@ from typing import Any
 from lmrec.cache import default_cache
 from lmrec.errors import ConfigError, MissingExtraError
 from lmrec.runs import open_run
+from lmrec.serve.limits import Limits
 from lmrec.serve.retrain import default_store
 from lmrec.serve.store import SQLiteStore
 from lmrec.serve.stores import open_store
 
 FOLLOW_SECONDS = 1.0  # how often a served process checks the store for a run reloaded elsewhere
 WORKER_START_S = 60  # how long a worker process may take to import before it answers health pings
+GRACEFUL_S = 10  # on shutdown, how long requests in flight may take before their connections are closed
+PR_SET_PDEATHSIG = 1  # prctl(2): the signal this process gets when its parent dies
 
 
 def run_service(
@@ -36,6 +44,7 @@ def run_service(
     workers: int = 1,
     micro_batch: bool = True,
     follow: float | None = FOLLOW_SECONDS,
+    limits: Limits = Limits(),  # noqa: B008 - frozen
 ) -> None:
     """Run the service that ``make_app`` builds (:func:`lmrec.serve.app.create_app`) with uvicorn until
     interrupted; :func:`lmrec.serve.app.serve` documents the arguments.
@@ -61,11 +70,13 @@ def run_service(
         store.close()
     since = current[0] if current is not None else 0
     options: dict[str, Any] = {"require_keys": require_keys, "ann": ann, "watch": watch, "micro_batch": micro_batch}
-    options.update(follow=follow, follow_since=since)
+    options.update(follow=follow, follow_since=since, max_body_bytes=limits.max_body_bytes)
+    options.update(body_timeout_s=limits.body_timeout_s)
+    bounds = {**limits.uvicorn_options(), "timeout_graceful_shutdown": GRACEFUL_S}
     log = logging.getLogger("uvicorn.error")
     if workers == 1:
         app = make_app(run_dir, db, cache_dir, **options)
-        uvicorn.run(app, host=host, port=port, access_log=access_log, log_config=log_config())
+        uvicorn.run(app, host=host, port=port, access_log=access_log, log_config=log_config(), **bounds)
         return
     from uvicorn.supervisors import Multiprocess
 
@@ -89,13 +100,35 @@ def run_service(
             # A worker answers the supervisor's health pings only once it has imported torch and the
             # service, which takes more than uvicorn's default 5 s on a small, busy machine.
             timeout_worker_healthcheck=WORKER_START_S,
+            **bounds,
         )
         server = uvicorn.Server(config)
         sock = config.bind_socket()
         try:
-            Multiprocess(config, target=server.run, sockets=[sock]).run()
+            worker = functools.partial(_worker, server.run, os.getpid())  # dies with this process
+            Multiprocess(config, target=worker, sockets=[sock]).run()
         finally:
             sock.close()
+
+
+def _worker(run: Callable[..., None], supervisor: int, sockets: list[socket.socket] | None = None) -> None:
+    """A worker process of ``--workers N``: it stops when its supervisor dies, then serves."""
+    die_with_parent(supervisor)
+    run(sockets=sockets)
+
+
+def die_with_parent(parent: int) -> None:
+    """Have the kernel send this process SIGTERM when its parent dies, even by ``kill -9`` (Linux's
+    ``prctl(PR_SET_PDEATHSIG)``), so that no worker serves on as an orphan holding the port. A parent
+    already gone before that (``parent`` is not our parent any more) ends this process now."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+            logging.getLogger("uvicorn.error").warning(
+                "could not ask to stop with the supervisor: %s", os.strerror(ctypes.get_errno())
+            )
+    if os.getppid() != parent:
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 MAX_LOGGED_PATH = 200  # characters of a request's path and query in the access log

@@ -19,7 +19,16 @@ try:
 except ImportError as exc:  # pragma: no cover - exercised by a test that hides fastapi
     raise MissingExtraError("fastapi", "serve") from exc
 
-from lmrec.serve.store import MAX_ID, MAX_TIMESTAMP, fields_problem, id_problem, text_problem
+from lmrec.serve.records import (
+    MAX_ID,
+    MAX_TIMESTAMP,
+    MAX_YEAR,
+    MIN_YEAR,
+    brief,
+    id_problem,
+    item_field_problem,
+    text_problem,
+)
 
 MAX_BATCH = 1000
 
@@ -32,7 +41,7 @@ def _raw_id(value: Any) -> Any:
     return value
 
 
-def _valid_id(value: str) -> str:
+def valid_id(value: str) -> str:
     problem = id_problem(value)
     if problem:
         raise PydanticCustomError("invalid_id", "an ID {problem}", {"problem": problem})
@@ -58,10 +67,10 @@ RawId = Annotated[
     str,
     BeforeValidator(_raw_id),
     Field(min_length=1, max_length=MAX_ID, description=_ID_RULE),
-    AfterValidator(_valid_id),
+    AfterValidator(valid_id),
 ]
 # An ID in a URL path: the same rule (a longer path is refused before anything reads or echoes it).
-PathId = Annotated[str, PathParam(min_length=1, max_length=MAX_ID, description=_ID_RULE), AfterValidator(_valid_id)]
+PathId = Annotated[str, PathParam(min_length=1, max_length=MAX_ID, description=_ID_RULE), AfterValidator(valid_id)]
 Text = Annotated[str, AfterValidator(_valid_text)]
 
 
@@ -148,19 +157,45 @@ class FeedbackResponse(BaseModel):
     accepted: int
 
 
+def _year_in(value: Any) -> Any:
+    """A year is a JSON integer (or its decimal digits as a string); not a boolean, not a fraction."""
+    if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+        raise PydanticCustomError("invalid_year", "a year must be an integer")
+    if isinstance(value, str) and not (value.strip().isdigit() and len(value.strip()) <= 4):
+        raise PydanticCustomError("invalid_year", "a year must be an integer (digits only)")
+    return value
+
+
+Year = Annotated[int, BeforeValidator(_year_in), Field(ge=MIN_YEAR, le=MAX_YEAR)]
+Names = Annotated[
+    list[Text] | Text, Field(description="a list of names, or one string with '|' between them (\"Drama|War\")")
+]
+
+
 class ItemIn(BaseModel):
-    """An item: its ID, an optional title, and any other text fields (``genres``, ``description``)."""
+    """An item: its ID, an optional title, genres or categories, a year, and any other text fields
+    (``description``, ...). Every field has one type; anything else is refused here, naming the field."""
 
     model_config = ConfigDict(extra="allow")
     item: RawId
     title: Text | None = Field(None, max_length=1000)
+    genres: Names | None = None
+    categories: Names | None = None
+    year: Year | None = Field(None, description=f"an integer from {MIN_YEAR} to {MAX_YEAR}")
 
     @model_validator(mode="after")
-    def _storable_fields(self) -> ItemIn:
-        problem = fields_problem(self.model_extra or {})
-        if problem:
-            raise PydanticCustomError("invalid_fields", "the item's fields {problem}", {"problem": problem})
+    def _text_fields(self) -> ItemIn:
+        for name, value in (self.model_extra or {}).items():
+            problem = text_problem(name) or item_field_problem(name, value)
+            if problem:
+                context = {"name": brief(name, 40), "problem": problem}
+                raise PydanticCustomError("invalid_field", "field {name} {problem}", context)
         return self
+
+    def fields(self) -> dict[str, Any]:
+        """What is stored besides the ID and title: the declared fields that were sent, then the rest."""
+        declared = {name: getattr(self, name) for name in ("genres", "categories", "year")}
+        return {**{k: v for k, v in declared.items() if v is not None}, **(self.model_extra or {})}
 
 
 class ItemOut(BaseModel):

@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import threading
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from lmrec.runs import RUN_FILE
+from lmrec.data.sources import SOURCES
+from lmrec.errors import DataError
+from lmrec.runs import RUN_FILE, read_meta
 from lmrec.serve.metrics import Metrics
 from lmrec.serve.schemas import ServingInfo
 from lmrec.serve.state import LiveState, Prepared, score_together
@@ -62,11 +65,35 @@ class Service:
             return self.live
 
     def _open(self, run_dir: Path) -> LiveState:
-        return LiveState.open(run_dir, self.cache_dir, self.store, ann=self.ann, text_encoder=self.text_encoder)
+        """Load → check → warm: a state that has answered one request, or an error (nothing swapped)."""
+        check_files(run_dir)
+        live = LiveState.open(run_dir, self.cache_dir, self.store, ann=self.ann, text_encoder=self.text_encoder)
+        live.warm()
+        return live
 
     def info(self) -> ServingInfo:
         live = self.live
         return ServingInfo(model=live.model_name, version=live.version, run=str(live.run.directory))
+
+
+def check_files(run_dir: Path) -> None:
+    """Refuse a run whose files, or whose dataset, are not regular files or directories: reading a FIFO
+    or a device blocks forever (and a reload would hold the service's reload lock while it waits)."""
+    data = read_meta(run_dir)["data"]  # it refuses a run.json that is not a regular file
+    dataset = None if data["dataset"] in SOURCES else Path(str(data["dataset"]))
+    paths = [run_dir / name for name in os.listdir(run_dir)]
+    if (run_dir / "model").is_dir():
+        paths += [run_dir / "model" / name for name in os.listdir(run_dir / "model")]
+    if dataset is not None:
+        paths.append(dataset)
+        if dataset.is_dir():
+            paths += [dataset / name for name in os.listdir(dataset)]
+    for path in paths:
+        if path.exists() and not (path.is_file() or path.is_dir()):
+            what = "dataset path" if path == dataset else "file"
+            raise DataError(
+                f"run {run_dir}: {what} {path} is not a regular file (a FIFO, socket or device); not reading it"
+            )
 
 
 class RunWatcher:

@@ -25,7 +25,9 @@ training data and kept, a bounded number of them, per (method, trade-off, simila
 
 from __future__ import annotations
 
+import logging
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -37,7 +39,7 @@ import pandas as pd
 
 from lmrec.data.batch import QueryBatch
 from lmrec.data.schema import Dataset, Vocab
-from lmrec.errors import DataError
+from lmrec.errors import ConfigError, DataError, LmrecError
 from lmrec.evaluate.evaluator import Reranker
 from lmrec.models.base import ReadsItemText
 from lmrec.rerank import RERANKERS, SIMILARITIES, item_vectors_of, make_reranker
@@ -45,6 +47,8 @@ from lmrec.runs import Run, open_run, run_version
 from lmrec.serve.store import Event, EventStore, Item, brief, trained_through
 from lmrec.text.encoders import TextEncoder
 
+GROW_BATCH = 256  # serve-time items encoded, then served, at a time
+GROW_RETRY_S = 30.0  # after a failed encoding of new items, wait this long before trying again
 MAX_RERANKERS = 64  # built re-rankers kept per state; a λ slider has a few dozen positions
 REREAD_WINDOW_S = 5.0  # items stamped this long before the newest one read are read again (late commits)
 
@@ -78,6 +82,7 @@ class Served:
     items: Vocab
     added: dict[str, Item]  # serve-time items scored by ``model``, in row order after the trained ones
     newest: float = 0.0  # ``updated_at`` of the newest stored item read
+    vectors: tuple[np.ndarray, ...] = ()  # the text vector of each ``added`` item, in the same order
 
 
 @dataclass(frozen=True)
@@ -121,6 +126,10 @@ class LiveState:
         self._rerankers: OrderedDict[tuple[str, float, str | None], Reranker] = OrderedDict()
         self._train: Dataset | None = None
         self._grow_lock = threading.Lock()
+        self._growing = False  # a background thread is encoding new items
+        self._retry_at = 0.0  # after a failed encoding, when to try again (time.monotonic())
+        base = run.model
+        self._reads_text = isinstance(base, ReadsItemText) and base.scores_new_items
         topk, self.index = self._topk_for(run.model)
         self._served = Served(run.model, topk, ds.items, {})
         categories = any(len(c) for c in ds.catalog["categories"])
@@ -158,27 +167,91 @@ class LiveState:
 
     # -- serve-time items -----------------------------------------------------------------------
     def served(self) -> Served:
-        """The current model and item rows, grown first by any item the store has that it can now score."""
-        current, base = self._served, self.run.model
-        if not (isinstance(base, ReadsItemText) and base.scores_new_items):
+        """The current model and item rows. When the store has items the model can score that it does
+        not yet, they are encoded off the request path (a background thread, :meth:`grow`) and served
+        once ready: a request never waits for item text to be encoded."""
+        current = self._served
+        if not self._reads_text:
             return current
         changed = self.store.items_updated_since(current.newest - REREAD_WINDOW_S)
-        if not _news(changed, current, self.run.dataset):
-            return current
+        if _news(changed, current, self.run.dataset) and time.monotonic() >= self._retry_at:
+            with self._lock:
+                start, self._growing = not self._growing, True
+            if start:
+                threading.Thread(target=self._grow_in_background, name="lmrec-item-encoder", daemon=True).start()
+        return current
+
+    def _grow_in_background(self) -> None:
+        try:
+            self.grow()
+        except Exception as err:  # keep serving what is ready; try again a little later
+            self._retry_at = time.monotonic() + GROW_RETRY_S
+            logging.getLogger("uvicorn.error").warning("could not encode the items added at serve time: %s", err)
+        finally:
+            with self._lock:
+                self._growing = False
+
+    def grow(self) -> int:
+        """Encode the stored items the model can score but does not yet, ``GROW_BATCH`` at a time, and
+        swap in a model grown by each batch as soon as it is encoded; how many items were encoded.
+        Called off the event loop: by ``PUT /items`` after storing, by a background thread, by :meth:`warm`."""
+        base, ds = self.run.model, self.run.dataset
+        if not (self._reads_text and isinstance(base, ReadsItemText)):
+            return 0
         with self._grow_lock:  # one thread grows the model; the others then find nothing new
             current = self._served
-            fresh = _news(changed, current, self.run.dataset)
-            if not fresh:
-                return current
-            added = {**current.added, **{it.item: it for it in fresh}}
-            catalog = _catalog_of(list(added.values()), list(self.run.dataset.catalog.columns))
-            if self._encoder is None:
-                self._encoder = base.text_encoder(str(base.device))
-            model = base.with_new_items(base.encode_items(catalog, self._encoder, self._embeddings))
-            topk, _ = self._topk_for(model)
+            changed = self.store.items_updated_since(current.newest - REREAD_WINDOW_S)
+            fresh = _news(changed, current, ds)
             newest = max([current.newest] + [it.updated_at or 0.0 for it in changed])
-            self._served = Served(model, topk, self.run.dataset.items.extended(added), added, newest)
-            return self._served
+            columns = list(ds.catalog.columns)
+            for start in range(0, len(fresh), GROW_BATCH):
+                chunk = fresh[start : start + GROW_BATCH]
+                vectors = base.encode_items(_catalog_of(chunk, columns), self.text_encoder(), self._embeddings)
+                current = self._served
+                added, table = dict(current.added), list(current.vectors)
+                row_of = {item: n for n, item in enumerate(added)}
+                for it, vector in zip(chunk, vectors, strict=True):
+                    if it.item in row_of:  # new text for an item already served: its row, new vector
+                        table[row_of[it.item]] = vector
+                    else:
+                        table.append(vector)
+                    added[it.item] = it  # a dict keeps an updated key where it was: rows stay in order
+                model = base.with_new_items(np.stack(table))
+                topk, _ = self._topk_for(model)
+                done = start + GROW_BATCH >= len(fresh)
+                stamp = newest if done else current.newest
+                self._served = Served(model, topk, ds.items.extended(added), added, stamp, tuple(table))
+            return len(fresh)
+
+    def text_encoder(self) -> TextEncoder:
+        """The sentence encoder that reads items added at serve time: the one given, else the one the
+        model's config names, loaded once (a path missing on this machine is an error naming it)."""
+        if self._encoder is None:
+            base = self.run.model
+            if not isinstance(base, ReadsItemText):
+                raise ConfigError(f"{self.model_name} reads no item text: it has no text encoder")
+            try:
+                self._encoder = base.text_encoder(str(base.device))
+            except (LmrecError, OSError, ValueError) as err:
+                raise ConfigError(
+                    f"run {self.run.directory}: cannot load its text encoder "
+                    f"{getattr(base.config, 'text_encoder', '?')!r} ({err}); install it on this machine "
+                    "or serve with another encoder"
+                ) from err
+        return self._encoder
+
+    def warm(self) -> None:
+        """Everything a request needs, loaded now rather than on the first request: the text encoder and
+        the items added at serve time (for a model that reads item text); then one request answered. A
+        run that cannot serve fails here, before it replaces the one serving (load → check → warm → swap)."""
+        if self._reads_text:
+            self.text_encoder()
+            self.grow()
+        ds = self.run.dataset
+        if ds.n_users:
+            self.recommend(ds.users.ids[0], None, 1)
+        elif ds.n_items:
+            self.recommend(None, [ds.items.ids[0]], 1)
 
     # -- users ----------------------------------------------------------------------------------
     def known_user(self, user: str) -> bool:
@@ -386,7 +459,8 @@ def _catalog_of(items: list[Item], columns: Sequence[str]) -> pd.DataFrame:
     for it in items:
         row: dict[str, Any] = {**it.fields, "item": it.item, "title": it.title or it.item}
         cats = it.fields.get("categories", it.fields.get("genres", []))
-        row["categories"] = cats.split("|") if isinstance(cats, str) else list(cats or [])
+        names = cats.split("|") if isinstance(cats, str) else cats if isinstance(cats, list) else []
+        row["categories"] = [str(c) for c in names]
         rows.append(row)
     frame = pd.DataFrame(rows)
     return frame.reindex(columns=list(dict.fromkeys([*columns, *frame.columns])))

@@ -8,11 +8,7 @@ processes or machines sharing one database. :func:`lmrec.serve.stores.open_store
 implementation from a URL (it lives there so that this module never refers to the PostgreSQL one).
 
 What may be stored is one rule for every writer (the service checks it at its boundary, the stores
-again): an ID (:func:`id_problem`) is 1 to 256 printable characters without ``/`` (so it can be read
-back as one URL path segment) and is not ``.`` or ``..``; a text (:func:`text_problem`: a title, a
-field) is any string that UTF-8 and both databases can hold (no lone surrogate, no NUL); item fields
-are JSON values with finite numbers, nested at most ``MAX_DEPTH`` deep; a timestamp is finite, from
-0 (1970) to ``MAX_TIMESTAMP`` (the end of year 9999).
+again), and how a stored record is read back whatever an older version wrote: :mod:`lmrec.serve.records`.
 
 API keys look like ``lmr_<key id>_<secret>``. Only the SHA-256 of the whole key is stored; the
 plaintext is returned once by :meth:`EventStore.create_key` and never again. The secret has 256
@@ -25,7 +21,6 @@ import contextlib
 import hashlib
 import hmac
 import json
-import math
 import os
 import secrets
 import sqlite3
@@ -34,110 +29,29 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from lmrec.errors import DataError, LmrecError
+from lmrec.serve.records import (
+    MAX_DEPTH,
+    MAX_ID,
+    MAX_TIMESTAMP,
+    Event,
+    Item,
+    brief,
+    check_events,
+    check_items,
+    fields_problem,
+    id_problem,
+    readable_item,
+    text_problem,
+    timestamp_problem,
+)
 
 SCOPES = ("read", "write", "admin")
 KEY_PREFIX = "lmr"
-MAX_ID = 256  # characters in a user or item ID
-MAX_DEPTH = 16  # nesting of an item's fields (a list in a dict in a list ...)
-MAX_TIMESTAMP = 253402300799.0  # 9999-12-31T23:59:59Z, in seconds since the epoch
-
-
-# -- what may be stored ---------------------------------------------------------------------------
-def id_problem(value: object, limit: int = MAX_ID) -> str | None:
-    """Why ``value`` cannot be an ID, or None when it can: the one rule for every ID the service takes.
-
-    An ID is 1 to ``limit`` printable characters (:meth:`str.isprintable`: no control, format,
-    surrogate, private-use or unassigned code point, no space other than U+0020), without ``/``, and
-    not ``.`` or ``..`` — so that every ID can be sent back as one segment of a URL path.
-    """
-    if not isinstance(value, str):
-        return "must be a string"
-    if not value:
-        return "must not be empty"
-    if len(value) > limit:
-        return f"must be at most {limit} characters (got {len(value)})"
-    if "/" in value:
-        return "must not contain '/'"
-    if value in (".", ".."):
-        return f"must not be {value!r}"
-    if not value.isprintable():
-        at = next(i for i, c in enumerate(value) if not c.isprintable())
-        return f"must be printable characters (U+{ord(value[at]):04X} at position {at} is not)"
-    return None
-
-
-def text_problem(value: str) -> str | None:
-    """Why a text (a title, an item field) cannot be stored, or None: no lone surrogate, no NUL."""
-    if "\x00" in value:
-        return f"must not contain NUL (U+0000, at position {value.index(chr(0))})"
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError as err:
-        return f"must be valid Unicode (a lone surrogate U+{ord(value[err.start]):04X} at position {err.start})"
-    return None
-
-
-def fields_problem(value: Any, depth: int = 0) -> str | None:
-    """Why an item's fields (a JSON value) cannot be stored and read back, or None."""
-    if depth > MAX_DEPTH:
-        return f"nest deeper than {MAX_DEPTH} levels"
-    if value is None or isinstance(value, bool | int):
-        return None
-    if isinstance(value, float):
-        return None if math.isfinite(value) else f"hold a number that is not finite ({value})"
-    if isinstance(value, str):
-        return text_problem(value)
-    if isinstance(value, list | tuple):
-        return next((p for v in value if (p := fields_problem(v, depth + 1))), None)
-    if isinstance(value, dict):
-        for k, v in value.items():
-            problem = text_problem(k) if isinstance(k, str) else "have a key that is not a string"
-            if problem or (problem := fields_problem(v, depth + 1)):
-                return problem
-        return None
-    return f"hold a {type(value).__name__}, which is not JSON"
-
-
-def timestamp_problem(value: float) -> str | None:
-    """Why ``value`` cannot be an event's time, or None."""
-    if not (math.isfinite(value) and 0.0 <= value <= MAX_TIMESTAMP):
-        return f"must be seconds since the epoch from 0 to {MAX_TIMESTAMP:.0f} (year 9999), got {value!r}"
-    return None
-
-
-def brief(value: str, limit: int = 64) -> str:
-    """``value`` as a quoted literal for a message or a log, cut to about ``limit`` characters."""
-    return repr(value) if len(value) <= limit else repr(value[:limit]) + f"... ({len(value)} characters)"
-
-
-def check_events(events: Sequence[Event]) -> None:
-    """Raise :class:`DataError` for the first event the store may not hold."""
-    for n, e in enumerate(events):
-        for name, problem in (
-            ("user", id_problem(e.user)),
-            ("item", id_problem(e.item)),
-            ("type", id_problem(e.type, 32)),
-            ("timestamp", None if e.timestamp is None else timestamp_problem(float(e.timestamp))),
-        ):
-            if problem:
-                raise DataError(f"event {n}: {name} {problem}")
-
-
-def check_items(items: Sequence[Item]) -> None:
-    """Raise :class:`DataError` for the first item the store may not hold."""
-    for n, it in enumerate(items):
-        problem = id_problem(it.item)
-        if problem:
-            raise DataError(f"item {n}: item {problem}")
-        if it.title is not None and (problem := text_problem(it.title)):
-            raise DataError(f"item {n} ({it.item!r}): title {problem}")
-        if problem := fields_problem(it.fields):
-            raise DataError(f"item {n} ({it.item!r}): fields {problem}")
 
 
 def trained_through(meta: dict[str, Any], store: EventStore) -> int:
@@ -150,28 +64,6 @@ def trained_through(meta: dict[str, Any], store: EventStore) -> int:
 
 class StoreUnavailable(LmrecError):
     """The store's database cannot be reached, or all its connections stayed busy too long (HTTP 503)."""
-
-
-@dataclass(frozen=True)
-class Event:
-    """One interaction reported to the service (raw IDs, seconds since the epoch)."""
-
-    user: str
-    item: str
-    type: str = "click"
-    timestamp: float | None = None  # when it happened; None: when it was received
-    received_at: float | None = None
-    id: int | None = None
-
-
-@dataclass(frozen=True)
-class Item:
-    """An item added or updated at serve time: a title and any other text fields."""
-
-    item: str
-    title: str | None = None
-    fields: dict[str, Any] = field(default_factory=dict)
-    updated_at: float | None = None
 
 
 @dataclass(frozen=True)
@@ -365,6 +257,7 @@ class SQLiteStore(EventStore):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         _create_private(self.path)
         self._lock = threading.Lock()
+        self._reported: set[tuple[str, float | None]] = set()  # malformed stored items already logged
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30.0)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
@@ -450,14 +343,14 @@ class SQLiteStore(EventStore):
             marks = ",".join("?" * len(chunk))
             rows = self._query(f"SELECT item, title, fields, updated_at FROM items WHERE item IN ({marks})", chunk)
             for item, title, fields, updated in rows:
-                out[item] = Item(item, title, json.loads(fields), updated)
+                out[item] = readable_item(item, title, fields, updated, self._reported)
         return out
 
     def items_updated_since(self, since: float) -> list[Item]:
         rows = self._query(
             "SELECT item, title, fields, updated_at FROM items WHERE updated_at >= ? ORDER BY updated_at", (since,)
         )
-        return [Item(item, title, json.loads(fields), updated) for item, title, fields, updated in rows]
+        return [readable_item(item, title, fields, updated, self._reported) for item, title, fields, updated in rows]
 
     # -- API keys -------------------------------------------------------------------------------
     def create_key(self, scopes: Iterable[str]) -> tuple[str, str]:
@@ -505,3 +398,32 @@ class SQLiteStore(EventStore):
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+__all__ = [
+    "KEY_PREFIX",
+    "MAX_DEPTH",
+    "MAX_ID",
+    "MAX_TIMESTAMP",
+    "SCOPES",
+    "ApiKey",
+    "Event",
+    "EventStore",
+    "Item",
+    "SQLiteStore",
+    "StoreUnavailable",
+    "brief",
+    "check_events",
+    "check_items",
+    "check_scopes",
+    "fields_problem",
+    "id_problem",
+    "key_id_of",
+    "key_matches",
+    "new_key",
+    "readable_item",
+    "redact_url",
+    "text_problem",
+    "timestamp_problem",
+    "trained_through",
+]
