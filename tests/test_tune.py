@@ -60,7 +60,8 @@ def test_three_trials_and_the_best_yaml_trains_through_lmrec_train(
 ) -> None:
     best = tmp_path / "best.yaml"
     tune_cli(shop, tmp_path / "study.db", 3, "--out", str(best), "--runs", str(tmp_path / "trials"))
-    out = capsys.readouterr().out
+    out, err = capsys.readouterr()
+    assert "the defaults (trial 0)" in err  # best against the defaults, measured alike
     trials = trials_of(tmp_path / "study.db")
     assert [t.state.name for t in trials] == ["COMPLETE"] * 3
     assert trials[0].params == {} and trials[0].user_attrs["defaults"]  # the defaults, trained as they are

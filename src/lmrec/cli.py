@@ -274,6 +274,13 @@ def cmd_tune(args: argparse.Namespace) -> int:
     print(markdown_table(result.rows, result.best["trial"]))
     best = result.best
     _say(f"{result.ran} trial(s) run, {len(result.rows)} in the study; best: trial {best['trial']} ({best['options']})")
+    defaults = next((r for r in result.rows if r["options"] == "defaults" and r["ndcg@10"] is not None), None)
+    if defaults is not None:  # the comparison the search is for, both measured alike
+        change = best["ndcg@10"] / defaults["ndcg@10"] - 1 if defaults["ndcg@10"] else float("nan")
+        _say(
+            f"validation ndcg@10: best {best['ndcg@10']:.4f}, the defaults (trial {defaults['trial']})"
+            f" {defaults['ndcg@10']:.4f} ({change:+.1%})"
+        )
     if args.out:
         path = write_config(Path(args.out), result, args.model, args.dataset)
         _say(f"wrote {path}: lmrec train --dataset {args.dataset} --model {args.model} --config {path} --out RUN")
