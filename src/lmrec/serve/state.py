@@ -26,6 +26,7 @@ training data and kept, a bounded number of them, per (method, trade-off, simila
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections import OrderedDict
@@ -51,6 +52,7 @@ GROW_BATCH = 256  # serve-time items encoded, then served, at a time
 GROW_RETRY_S = 30.0  # after a failed encoding of new items, wait this long before trying again
 MAX_RERANKERS = 64  # built re-rankers kept per state; a λ slider has a few dozen positions
 REREAD_WINDOW_S = 5.0  # items stamped this long before the newest one read are read again (late commits)
+REREAD_EVERY_S = 1.0  # how often a request re-reads that window (other requests read only newer items)
 
 
 class NotFound(DataError):
@@ -128,6 +130,7 @@ class LiveState:
         self._grow_lock = threading.Lock()
         self._growing = False  # a background thread is encoding new items
         self._retry_at = 0.0  # after a failed encoding, when to try again (time.monotonic())
+        self._window_read_at = -math.inf  # when a request last re-read the window (time.monotonic())
         base = run.model
         self._reads_text = isinstance(base, ReadsItemText) and base.scores_new_items
         topk, self.index = self._topk_for(run.model)
@@ -171,10 +174,17 @@ class LiveState:
         not yet, they are encoded off the request path (a background thread, :meth:`grow`) and served
         once ready: a request never waits for item text to be encoded."""
         current = self._served
-        if not self._reads_text:
+        if not self._reads_text or self._grow_lock.locked():  # being grown: the grower reads the news
             return current
-        changed = self.store.items_updated_since(current.newest - REREAD_WINDOW_S)
-        if _news(changed, current, self.run.dataset) and time.monotonic() >= self._retry_at:
+        # Items newer than the newest read, and every REREAD_EVERY_S the window before it too (late
+        # commits): not the whole window on every request, which after a bulk PUT is every new item.
+        now = time.monotonic()
+        if now - self._window_read_at >= REREAD_EVERY_S:
+            since, self._window_read_at = current.newest - REREAD_WINDOW_S, now
+        else:
+            since = math.nextafter(current.newest, math.inf)
+        changed = self.store.items_updated_since(since)
+        if _news(changed, current, self.run.dataset) and now >= self._retry_at:
             with self._lock:
                 start, self._growing = not self._growing, True
             if start:
