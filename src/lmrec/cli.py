@@ -479,6 +479,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from lmrec.serve import open_store, serve
+    from lmrec.serve.limits import Limits
     from lmrec.serve.retrain import default_store
 
     db = args.db or default_store(Path(args.run))
@@ -511,6 +512,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         watch=WATCH_SECONDS if args.watch else None,
         workers=args.workers,
         micro_batch=not args.no_batch,
+        limits=Limits(
+            head_timeout_s=args.head_timeout,
+            body_timeout_s=args.body_timeout,
+            keep_alive_s=args.keep_alive,
+            max_connections=args.max_connections,
+        ),
     )
     return 0
 
@@ -838,6 +845,10 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help=f"reload when the run's run.json changes (checked every {WATCH_SECONDS:g}s), e.g. a symlink moved on",
     )
+    p.add_argument("--head-timeout", type=float, default=10.0, help="seconds a client has to send a request's headers")
+    p.add_argument("--body-timeout", type=float, default=30.0, help="seconds a client has to send a request's body")
+    p.add_argument("--keep-alive", type=int, default=5, help="seconds an idle keep-alive connection stays open")
+    p.add_argument("--max-connections", type=int, default=2048, help="connections at once; more are answered 503")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("compress", help="compress a run's model into a new run (needs lmrec[compress])")
