@@ -130,6 +130,10 @@ def test_adding_items_never_blocks_the_event_loop(runs: dict[str, Path], tmp_pat
     with TestClient(app) as client:  # one event loop for every request
         encoder.armed = True
         put, put_out = in_thread(lambda: client.put("/items", json=new))
+        deadline = time.monotonic() + WAIT_S
+        while app.state.service.store.get_item("new999") is None:  # stored: a request now sees the news
+            assert time.monotonic() < deadline, "the PUT never stored its items"
+            time.sleep(0.05)
         first, first_out = in_thread(lambda: client.post("/recommend", json={"user": "u0", "k": 5}))
         assert encoder.entered.wait(WAIT_S), "nothing encoded the new items"
         # The encoder is stuck in the middle of the new items: other requests still answer.

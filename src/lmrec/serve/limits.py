@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 MAX_DETAIL = 2000  # characters of an error's detail (and of the list of validation errors)
+LINGER_S = 2.0  # after refusing a head, how long what the client still sends is read and dropped
 
 
 @dataclass(frozen=True)
@@ -162,10 +163,17 @@ if HttpToolsProtocol is not None:
                 raise _HeadRefused
 
         def _refuse(self, status: int, detail: str) -> None:
+            """Answer, then close gently: end our side and read (and drop) what the client is still
+            sending for up to ``LINGER_S`` seconds, since closing with unread data would reset the
+            connection, and a reset can destroy the answer before the client reads it."""
             self._refused = True
             self._stop_head_clock()
             self.transport.write(raw_response(status, detail))
-            self.transport.close()
+            if self.transport.can_write_eof():
+                self.transport.write_eof()
+                self.loop.call_later(LINGER_S, self.transport.close)
+            else:  # pragma: no cover - TLS transports cannot half-close
+                self.transport.close()
 
         def data_received(self, data: bytes) -> None:
             if not self._refused:  # what a refused client still sends is not read
