@@ -11,11 +11,13 @@ part of its users' histories starts after them.
 
 Items added with ``PUT /items`` that the run's model has no row for are stored and shown by the
 read endpoints, and feedback on them is accepted and kept for the next training. A model that
-reads item text (``text-sasrec`` with ``item_repr`` text or fused) scores them as soon as they are
-stored: every request asks the store for items updated since the newest one this process has read
-(one indexed query), encodes the new texts (cached on disk by text hash) and swaps in a copy of the
-model grown by those rows (:meth:`SequentialRecommender.with_new_items`). They are then
-recommended, and read as history like any other item. ID-based models cannot score an item they
+reads item text (``text-sasrec`` with ``item_repr`` text or fused) scores them once they are
+encoded: every request asks the store for items updated since the newest one this process has read
+(one indexed query) and, when there are new ones, starts a background thread that encodes their
+texts (``GROW_BATCH`` at a time, cached on disk by text hash) and swaps in a copy of the model grown
+by each batch (:meth:`SequentialRecommender.with_new_items`); ``PUT /items`` does the same in its own
+worker thread before it returns. No request waits for an encoding. The items are then recommended,
+and read as history like any other item. ID-based models cannot score an item they
 never saw; for them new items wait for the next training. Re-rankers compare items by what the
 training data knows, so a re-ranked list holds trained items only.
 
