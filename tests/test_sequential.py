@@ -316,7 +316,10 @@ def test_regularization_follows_the_logs_density(board: Dataset) -> None:
     assert regularization(288.0) == (0.2, 0.0)  # the MovieLens-1M-shaped log: the values tuned there
     dropout, decay = regularization(130.0)
     assert 0.2 < dropout < 0.4 and 0.0 < decay < 1.0  # in between, in between
-    assert regularization(1.0) == regularization(58.3) and regularization(1e5) == regularization(288.0)
+    assert regularization(12.7) == regularization(20.1) == (0.6, 0.0)  # the sparse shared logs: their values
+    dropout, decay = regularization(35.0)
+    assert 0.4 < dropout < 0.6 and 0.0 < decay < 1.0
+    assert regularization(1.0) == regularization(12.7) and regularization(1e5) == regularization(288.0)
 
     fitted = SASRec(SequentialConfig(**{**TINY, "epochs": 1})).fit(board)
     per_item = len(board.interactions) / board.n_items

@@ -28,6 +28,7 @@ a target once), windows of similar length are batched together so little compute
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 import weakref
 from collections.abc import Iterator
@@ -66,17 +67,23 @@ FULL_SOFTMAX_ITEMS = 20_000  # loss=auto: full softmax up to this many items, in
 ITEM_REPRS = ("id", "text", "fused", "aligned", "late")
 ITEM_INITS = ("random", "text")
 # Regularisation by the log's density: (training events per item, dropout, AdamW weight decay), the
-# best found on validation on ml-100k (58 events per item; 3 seeds, benchmarks/tune.py) and on the
-# MovieLens-1M-shaped log (288; one seed each at a 600-s budget, benchmarks/speed.py): a denser log
-# needs less of both. Between the two points both follow log(events per item) linearly; outside
-# them, the nearer point's values hold.
-REGULARIZATION = ((60.0, 0.4, 1.0), (280.0, 0.2, 0.0))
+# best found on validation on the sparse shared logs (amazon-beauty-2014 13 and amazon-games-2018 20
+# training events per item; benchmarks/sparse.py), on ml-100k (58; 3 seeds, benchmarks/tune.py; its
+# values hold from 50 to 60) and on the MovieLens-1M-shaped log (288; one seed each at a 600-s budget,
+# benchmarks/speed.py). Between two points both follow log(events per item) linearly; outside them,
+# the nearer point's values hold.
+REGULARIZATION = ((21.0, 0.6, 0.0), (50.0, 0.4, 1.0), (60.0, 0.4, 1.0), (280.0, 0.2, 0.0))
+OPEN = REGULARIZATION[2]  # what an encoder built outside ``fit`` (a profile, a test) uses: ml-100k's
 
 
 def regularization(events_per_item: float) -> tuple[float, float]:
     """(dropout, weight decay) for a log with this many training events per item (REGULARIZATION)."""
-    (e0, d0, w0), (e1, d1, w1) = REGULARIZATION
-    t = min(1.0, max(0.0, math.log(max(events_per_item, 1e-9) / e0) / math.log(e1 / e0)))
+    x = math.log(max(events_per_item, 1e-9))
+    (e0, d0, w0), (e1, d1, w1) = next(
+        ((a, b) for a, b in itertools.pairwise(REGULARIZATION) if x <= math.log(b[0])),
+        REGULARIZATION[-2:],
+    )
+    t = min(1.0, max(0.0, (x - math.log(e0)) / math.log(e1 / e0)))
     return round(d0 + t * (d1 - d0), 3), round(w0 + t * (w1 - w0), 3)
 
 
@@ -167,12 +174,12 @@ class SequentialConfig(ModelConfig):
     def dropout_value(self) -> float:
         """``dropout``; while it is open (None, before :meth:`for_data`), the sparse-log value, which
         is what an encoder built outside ``fit`` (a profile, a test) uses."""
-        return REGULARIZATION[0][1] if self.dropout is None else self.dropout
+        return OPEN[1] if self.dropout is None else self.dropout
 
     @property
     def weight_decay_value(self) -> float:
         """``weight_decay``, the same way."""
-        return REGULARIZATION[0][2] if self.weight_decay is None else self.weight_decay
+        return OPEN[2] if self.weight_decay is None else self.weight_decay
 
     def for_data(self, train: Dataset) -> SequentialConfig:
         """This config, with a ``dropout`` or ``weight_decay`` left as None set from the training
