@@ -107,6 +107,9 @@ MALFORMED: dict[str, str] = {
     "i7": json.dumps({"genres": [1, {"a": 2}], "categories": {"x": 1}}),
     "i8": "5",  # fields that are not an object
     "i9": "not json at all",
+    "i10": json.dumps({"year": 1995.5, "price": 9.5, "tags": ["a", 1], "meta": {"a": [1, None]}, "new": False}),
+    "i11": json.dumps({"year": True, "categories": [None], "genres": "", "rating": 10**30}),
+    "i12": json.dumps({"year": 10_000, "description": None}),
     "new1": json.dumps({"genres": 5, "year": "inf"}),  # serve-time items the text model scores
     "new2": json.dumps({"categories": False, "year": HUGE}),
     "new3": "[1, 2, 3]",
@@ -164,6 +167,8 @@ def test_every_endpoint_answers_over_a_store_of_malformed_records(
     by_id = {it["item"]: it for it in listed}
     assert by_id["i1"]["genres"] == ["Low", "Odd"]  # the catalog's, since the stored genres cannot be read
     assert by_id["i5"]["year"] is None
+    i10 = client.get("/items/i10").json()["fields"]  # free-form fields of other types were stored then: kept
+    assert "year" not in i10 and i10["price"] == 9.5 and i10["tags"] == ["a", 1] and i10["new"] is False
     if run == "text":  # serve-time items with malformed fields are scored from what can be read
         assert {"new1", "new2", "new3"} <= set(by_id)
 
