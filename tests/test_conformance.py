@@ -107,12 +107,8 @@ FAST: dict[str, dict[str, Any]] = {
     },
 }
 RATED = {"mtl-sasrec"}  # models that also learn ratings: their checkerboard has one (1-5, by item)
-# What fails on the user's path today, each as a strict xfail with its reason (issue 30).
-MTL_PREDICT = (
-    "issue 30: Run._rating_metrics calls model.predict(users, items), which MultiTaskSASRec.predict(batch, items, "
-    "task) cannot take: train_run's validation report of mtl-sasrec on rated data raises TypeError"
-)
-KNOWN: dict[str, str] = {"mtl-sasrec": MTL_PREDICT}
+# What fails on the user's path today, each as a strict xfail with its reason (none at present).
+KNOWN: dict[str, str] = {}
 
 
 def registered(key: str) -> str:
@@ -343,23 +339,14 @@ PRIVATE = sorted(name for name in MODELS if getattr(model_class(name), "private"
 DP_EPOCHS = 2
 # declares privacy, but its default item representation (text) has no private training: refused clearly
 DP_REFUSED = {"text-sasrec": "text-sasrec with differential privacy needs item_repr=id"}
-MTL_DP = (
-    "issue 30: MultiTaskSASRec inherits private = True but its _fit never reads FitOptions.dp (it would train "
-    "without DP and without an error); today train_run fails first, at the rating report (" + MTL_PREDICT + ")"
-)
 
 
 def test_some_models_declare_privacy() -> None:
     assert {"bpr", "sasrec"} <= set(PRIVATE) and "pop" not in PRIVATE
+    assert "mtl-sasrec" not in PRIVATE  # no DP path over its mixer and heads: refused below, not ignored
 
 
-@pytest.mark.parametrize(
-    "name",
-    [
-        pytest.param(n, marks=pytest.mark.xfail(strict=True, reason=MTL_DP)) if n == "mtl-sasrec" else n
-        for n in sorted(set(PRIVATE) - set(DP_REFUSED))
-    ],
-)
+@pytest.mark.parametrize("name", sorted(set(PRIVATE) - set(DP_REFUSED)))
 def test_dp_epsilon_trains_privately(name: str, where: dict[str, Path], tmp_path: Path) -> None:
     pytest.importorskip("opacus")
     from lmrec.train.privacy import DPSpec

@@ -7,6 +7,7 @@ alone (5 for items 0, 1 mod 4, else 1), so a head that reads the item can learn 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -229,3 +230,67 @@ def test_same_seed_same_model(split: Split) -> None:
     q = QueryBatch.from_histories([0, 1], [[0, 2], [1, 3]])
     assert torch.equal(a.score(q), b.score(q))
     assert torch.equal(a.predict_rating(q, np.array([4, 5])), b.predict_rating(q, np.array([4, 5])))
+
+
+# -- the user's path: train_run (what `lmrec train` calls) on a rated file --------------------------
+@pytest.fixture(scope="module")
+def rated_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The rated checkerboard as the interactions.csv ``lmrec train --data`` reads."""
+    board = checkerboard()
+    frame = board.interactions
+    users, items = board.users.raw(frame["user"].to_numpy()), board.items.raw(frame["item"].to_numpy())
+    ratings = item_rating(frame["item"].to_numpy())
+    directory = tmp_path_factory.mktemp("rated")
+    lines = ["user,item,timestamp,rating"]
+    lines += [f"{u},{i},{t},{r:g}" for u, i, t, r in zip(users, items, frame["timestamp"], ratings, strict=True)]
+    (directory / "interactions.csv").write_text("\n".join(lines) + "\n")
+    return directory
+
+
+def test_train_run_reports_rating_metrics(rated_file: Path, tmp_path: Path) -> None:
+    """Issue 30: the validation and test reports of a train_run carry the rating head's RMSE/MAE,
+    each test rating predicted after its user's history before the test (what evaluate reads)."""
+    from lmrec.runs import DataRecipe, open_run, train_run
+
+    out = tmp_path / "run"
+    train_run(DataRecipe(dataset=str(rated_file)), "mtl-sasrec", TINY, out, tmp_path / "cache", FitOptions(seed=0))
+    valid = json.loads((out / "valid.json").read_text())["metrics"]
+    assert {"ndcg@10", "rmse", "mae"} <= set(valid) and np.isfinite(valid["rmse"])
+    run = open_run(out, tmp_path / "cache")
+    report = run.evaluate("test")["metrics"]
+    test = RatedEvalSet.from_split(run.split, "test")  # leave-one-out: one rating per test user
+    model = run.model
+    assert isinstance(model, MultiTaskSASRec)
+    by_hand = rmse(model.predict_rating(target_pairs(test), test.target_items).numpy(), test.target_values["rating"])
+    assert report["rmse"] == pytest.approx(by_hand, abs=1e-5)
+    assert report["rmse"] < 1.0  # ratings are 1 or 5 by item: a constant is off by about 2
+
+    # a model without a rating task reports no rating error (and does not fail)
+    train_run(
+        DataRecipe(dataset=str(rated_file)),
+        "mtl-sasrec",
+        {**TINY, "tasks": ("next_item", "like"), "epochs": 1},
+        tmp_path / "no-rating",
+        tmp_path / "cache",
+        FitOptions(seed=0),
+    )
+    assert "rmse" not in json.loads((tmp_path / "no-rating" / "valid.json").read_text())["metrics"]
+
+
+def test_dp_epsilon_is_refused(rated_file: Path, tmp_path: Path) -> None:
+    """Issue 30: mtl-sasrec has no private training path, so --dp-epsilon is refused before anything
+    is written, not silently trained without privacy."""
+    from lmrec.runs import DataRecipe, train_run
+    from lmrec.train.privacy import DPSpec
+
+    assert not MultiTaskSASRec.private
+    with pytest.raises(ConfigError, match="mtl-sasrec has no differentially private training"):
+        train_run(
+            DataRecipe(dataset=str(rated_file)),
+            "mtl-sasrec",
+            TINY,
+            tmp_path / "run",
+            tmp_path / "cache",
+            FitOptions(seed=0, dp=DPSpec(epsilon=8.0)),
+        )
+    assert not (tmp_path / "run").exists()

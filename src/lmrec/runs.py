@@ -144,11 +144,22 @@ class Run:
         )
 
     def _rating_metrics(self, part: Part) -> dict[str, float]:
-        predict = getattr(self.model, "predict", None)
+        """RMSE/MAE on ``part``'s ratings, from a model that rates a user row (``predict(users, items)``,
+        MF/SVD) or an item after a history (``rate_after(batch, items)``, mtl-sasrec: each row's query
+        is its user's history before ``part``, as :meth:`evaluate` reads it)."""
         frame = self.split.frame(part)
-        if predict is None or "rating" not in frame.columns or len(frame) == 0:
+        if "rating" not in frame.columns or len(frame) == 0:
             return {}
-        pred = predict(frame["user"].to_numpy(), frame["item"].to_numpy())
+        users, items = frame["user"].to_numpy(), frame["item"].to_numpy()
+        pred = None
+        if (rate_after := getattr(self.model, "rate_after", None)) is not None:
+            queries = self.split.eval_set(part).queries  # one per user with a row in part, users sorted
+            rows = np.searchsorted(queries.users, users)
+            pred = rate_after(QueryBatch.from_histories(users, [queries.history(int(r)) for r in rows]), items)
+        elif (predict := getattr(self.model, "predict", None)) is not None:
+            pred = predict(users, items)
+        if pred is None:  # the model predicts no ratings
+            return {}
         true = frame["rating"].to_numpy()
         return {"rmse": rmse(pred, true), "mae": mae(pred, true)}
 

@@ -275,6 +275,7 @@ class MultiTaskSASRec(SequentialRecommender):
 
     name = "mtl-sasrec"
     config_class = MultiTaskConfig
+    private = False  # no DP-SGD path over the mixer and heads: --dp-epsilon is refused, not ignored
     config: MultiTaskConfig
     module: MultiTaskNet
 
@@ -444,6 +445,13 @@ class MultiTaskSASRec(SequentialRecommender):
     def predict_like(self, batch: QueryBatch, items: np.ndarray) -> torch.Tensor:
         """Predicted probability that each query likes its item(s) (the first binary task)."""
         return self.predict(batch, items, self._first("binary"))
+
+    def rate_after(self, batch: QueryBatch, items: np.ndarray) -> np.ndarray | None:
+        """The rating each query's history gives its item (``items`` (B,)): the regression task on
+        the ``rating`` column, or None without one. What a run's rating metrics (RMSE, MAE) read:
+        a sequence model rates after a history, where MF's ``predict(users, items)`` reads a user row."""
+        task = next((s.name for s in self.specs if s.kind == "regression" and s.column == "rating"), None)
+        return None if task is None else self.predict(batch, items, task).numpy()
 
     def _first(self, kind: str) -> str:
         name = next((s.name for s in self.specs if s.kind == kind), None)
