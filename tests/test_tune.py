@@ -121,6 +121,7 @@ def test_pruned_trials_stop_at_the_epoch_the_pruner_says(shop: Path, tmp_path: P
     )
     states = [r["state"] for r in result.rows]
     assert states == ["complete", "pruned", "pruned"] and result.best["trial"] == 0
+    assert result.ran == 3  # the defaults' trial, enqueued before it runs, counted once
     assert [r["epochs"] for r in result.rows] == [3, 1, 1]
     assert not (tmp_path / "trials" / "trial-001" / "run.json").exists()  # stopped inside the Trainer
     # without an injected pruner: Optuna's median pruner after the warm-up epochs

@@ -179,6 +179,7 @@ def tune(
     study = open_study(model, recipe, options, pruner)
     finished = (lib.trial.TrialState.COMPLETE, lib.trial.TrialState.PRUNED)
     to_run = max(0, options.trials - len(study.get_trials(deepcopy=False, states=finished)))
+    before = len(study.trials)  # an enqueued trial is one of the study's before it runs
     if options.defaults_first and not study.trials and to_run:
         study.enqueue_trial({}, user_attrs={"defaults": True})
     base = replace(fit or FitOptions(), seed=options.seed, progress=False, log=None)
@@ -217,10 +218,9 @@ def tune(
     def report(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         say(_line(_row(trial)))
 
-    before = len(study.trials)
     try:
-        for _ in range(to_run):  # the first trial always runs (bounded by the budget, if any), so there is a best
-            if deadline is not None and time.monotonic() >= deadline and len(study.trials) > before:
+        for started in range(to_run):  # the first trial always runs (bounded by the budget, if any): a best
+            if deadline is not None and started and time.monotonic() >= deadline:
                 break
             study.optimize(objective, n_trials=1, catch=(LmrecError,), callbacks=[report])
     finally:
