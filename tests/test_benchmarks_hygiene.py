@@ -16,7 +16,6 @@ SHARED = "harness"  # the one module scripts may import from benchmarks/
 NOT_MODELS = {"ProductQuantizer"}
 # Scripts of other engineers still to convert, each with its reason (strict: a clean one must leave the list).
 PENDING: dict[str, str] = {
-    "contention.py": "owned by another engineer: imports classic.py",
     "text_scoring.py": "added by another engineer (ed08c91): fits on an in-memory synthetic catalog",
 }
 # Functions that still fit in memory because no data recipe describes their data (strict, as above).
