@@ -66,3 +66,11 @@ def test_sasrec_block_learns_saves_and_loads(tmp_path: Path) -> None:
 def test_unknown_block_is_refused() -> None:
     with pytest.raises(ConfigError, match="block must be one of"):
         SequentialConfig(block="postnorm").validate()
+
+
+def test_pruning_refuses_the_sasrec_block() -> None:
+    """The pruner rebuilds pre-norm blocks: a SASRec-block model would silently change what it computes."""
+    from lmrec.compress.prune import PrunedEncoder
+
+    with pytest.raises(ConfigError, match="cannot be pruned"):
+        PrunedEncoder(20, SequentialConfig(**CFG), [(1, 8), (1, 8)])

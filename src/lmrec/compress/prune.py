@@ -132,6 +132,8 @@ class PrunedEncoder(SequenceEncoder):
     from ``(n_items, cfg, spec, text_dim)`` and ``load_state_dict`` a saved state into it."""
 
     def __init__(self, n_items: int, cfg: SequentialConfig, spec: list[tuple[int, int]], text_dim: int = 0) -> None:
+        if cfg.block != "prenorm":
+            raise ConfigError(f"pruning rebuilds pre-norm blocks; a model with block={cfg.block!r} cannot be pruned")
         super().__init__(n_items, replace(cfg, inner=1, layers=1), text_dim)  # its blocks are replaced below
         if len(spec) != cfg.layers or any(h < 1 or i < 1 for h, i in spec):
             raise ConfigError(f"spec needs {cfg.layers} (heads >= 1, inner >= 1) pairs, got {spec}")

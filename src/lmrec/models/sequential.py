@@ -61,6 +61,7 @@ from lmrec.train.privacy import DPSpec, DPStrategy
 from lmrec.train.trainer import TrainConfig, fast_bf16
 
 S = TypeVar("S", bound="SequentialRecommender")
+E = TypeVar("E", bound="SequenceEncoder")
 OBJECTIVES = ("causal", "masked")
 LOSSES = ("auto", "ce", "inbatch", "sampled", "gbce", "bce")
 FULL_SOFTMAX_ITEMS = 20_000  # loss=auto: full softmax up to this many items, in-batch + log-Q beyond
@@ -370,6 +371,13 @@ class SequenceEncoder(nn.Module):
         nn.init.normal_(self.positions.weight, std=0.02)
         with torch.no_grad():
             self.items.weight[0].zero_()
+
+    training_rounds = 0  # times put in training mode (train()): a cached inference table is stale after one
+
+    def train(self: E, mode: bool = True) -> E:
+        if mode:
+            self.training_rounds += 1
+        return super().train(mode)
 
     def item_table(self, id_drop: torch.Tensor | None = None) -> torch.Tensor:
         """The (n_items + 2, dim) item representations the output scores (and, but for ``late``, the
@@ -758,21 +766,23 @@ class SequentialRecommender(ReadsItemText, DotProductModel):
         return "ce" if self.n_items <= FULL_SOFTMAX_ITEMS else "inbatch"
 
     # -- inference --------------------------------------------------------------------------------
-    _table_cache: tuple[weakref.ref[nn.Module], tuple[tuple[int, int], ...], torch.Tensor] | None = None
+    _table_cache: tuple[weakref.ref[nn.Module], tuple[Any, ...], torch.Tensor] | None = None
 
     def inference_table(self) -> torch.Tensor:
         """The encoder's item table (:meth:`SequenceEncoder.item_table`) for scoring, without
         gradient. A text model's table runs the text adaptor over the whole catalog, which was most
         of a served request's time (twice per request); in eval mode it is computed once per model
-        state and kept. The state is the encoder object and the version counter and storage of each
-        of its parameters and buffers, which every in-place change moves (an optimizer step,
-        ``load_state_dict``, an EMA swap, new item text), so a changed model recomputes it. Training
-        never reads this: its loss calls ``item_table`` itself, with gradient."""
+        state and kept. The state is the encoder object, how often it was put in training mode (a
+        fused optimizer step changes weights without moving their version counters) and the version
+        counter and storage of each of its parameters and buffers, which every other in-place change
+        moves (``load_state_dict``, an EMA swap, new item text), so a changed model recomputes it.
+        Training never reads this: its loss calls ``item_table`` itself, with gradient."""
         net = self.net
         if net.item_repr == "id" or net.training:  # an ID table is the weight itself: nothing to keep
             with torch.no_grad():
                 return net.item_table()
-        state = tuple((t._version, t.data_ptr()) for t in (*net.parameters(), *net.buffers()))
+        tensors = (*net.parameters(), *net.buffers())
+        state = (net.training_rounds, *((t._version, t.data_ptr()) for t in tensors))
         cached = self._table_cache
         if cached is not None and cached[0]() is net and cached[1] == state:
             return cached[2]
