@@ -106,10 +106,17 @@ def test_default_config_json_round_trip(name: str) -> None:
 
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_every_default_value_survives_the_command_line(name: str) -> None:
-    """``--set key=str(value)`` for every field gives back the default config."""
+    """``--set key=str(value)`` for every field (``part.key=str(value)`` for a part's options)
+    gives back the default config."""
     klass = model_class(name).config_class
     default = klass()
-    as_strings = {f.name: str(getattr(default, f.name)) for f in dataclasses.fields(default)}
+    as_strings = {}
+    for f in dataclasses.fields(default):
+        value = getattr(default, f.name)
+        if isinstance(value, ModelConfig):
+            as_strings.update({f"{f.name}.{k}": str(v) for k, v in value.to_dict().items()})
+        else:
+            as_strings[f.name] = str(value)
     if isinstance(default, model_class("ncf").config_class):
         assert as_strings["mlp"] == "(64, 32, 16)"
     assert klass.from_dict(as_strings) == default

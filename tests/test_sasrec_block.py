@@ -20,9 +20,10 @@ CFG = {"dim": 16, "inner": 16, "layers": 2, "heads": 1, "max_len": 12, "block": 
 
 
 def test_sasrec_block_computes_kang_and_mcauleys_block() -> None:
-    """Queries from LayerNorm(x) attend over the raw x (keys, values and residual); the sum is
-    normalised and goes through a ReLU feed-forward with its own residual — written out by hand
-    with nn.MultiheadAttention on the same weights."""
+    """Queries q = LayerNorm(x) attend over the raw x (keys and values), q is the residual (as
+    in Kang & McAuley's code and the CE-SASRec baselines); the sum is normalised and goes through
+    a ReLU feed-forward with its own residual — written out by hand with nn.MultiheadAttention on
+    the same weights."""
     torch.manual_seed(0)
     blocks = transformer_blocks(16, 2, 24, 0.0, 1, "sasrec").eval()
     block = blocks.layers[0]
@@ -30,8 +31,9 @@ def test_sasrec_block_computes_kang_and_mcauleys_block() -> None:
     mha.load_state_dict(block.self_attn.state_dict(), strict=False)
     x = torch.randn(3, 5, 16)
     causal = torch.ones(5, 5, dtype=torch.bool).triu(1)
-    attended = mha(block.norm1(x), x, x, attn_mask=causal, need_weights=False)[0]
-    h = block.norm2(x + attended)
+    q = block.norm1(x)
+    attended = mha(q, x, x, attn_mask=causal, need_weights=False)[0]
+    h = block.norm2(q + attended)
     want = h + block.linear2(torch.relu(block.linear1(h)))
     assert torch.allclose(blocks(x, causal[None, None]), want, atol=1e-5)
     prenorm = transformer_blocks(16, 2, 24, 0.0, 1).eval()

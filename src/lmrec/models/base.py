@@ -59,7 +59,9 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls: type[C], values: dict[str, Any]) -> C:
-        """Build from a dict (JSON, YAML or ``--set key=value`` strings), converting types."""
+        """Build from a dict (JSON, YAML or ``--set key=value`` strings), converting types. A field
+        that is itself a config (a part's) takes a dict, or dotted keys: ``fusion.weight=2``."""
+        values = _nested(values)
         hints = typing.get_type_hints(cls)
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - names)
@@ -71,8 +73,29 @@ class ModelConfig:
         return type(self).from_dict({**self.to_dict(), **values})
 
 
+def _nested(values: dict[str, Any]) -> dict[str, Any]:
+    """``{"fusion.weight": 2}`` → ``{"fusion": {"weight": 2}}``, the dotted keys laid over a dict
+    (or a part's config) the same field already has."""
+    out = {k: v for k, v in values.items() if "." not in k}
+    for key, value in values.items():
+        if "." in key:
+            head, rest = key.split(".", 1)
+            part = out.get(head) or {}
+            out[head] = {**(part.to_dict() if isinstance(part, ModelConfig) else part), rest: value}
+    return out
+
+
 def _coerce(value: Any, hint: Any, name: str) -> Any:
     """Convert ``value`` to the field's type; strings from the command line are parsed."""
+    if isinstance(hint, type) and issubclass(hint, ModelConfig):  # a part's own config
+        if isinstance(value, hint):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"option {name!r} takes {name}.KEY=VALUE options, got {value!r}")
+        try:
+            return hint.from_dict(value)
+        except ConfigError as err:
+            raise ConfigError(f"{name}: {err}") from None
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(hint) if a is not type(None)]

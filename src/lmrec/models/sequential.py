@@ -32,7 +32,7 @@ import itertools
 import math
 import weakref
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -46,6 +46,7 @@ from lmrec.data.sequences import length_buckets, pad_right, sequence_windows
 from lmrec.errors import ConfigError
 from lmrec.models.base import DotProductModel, FitOptions, ModelConfig, Queries, ReadsItemText
 from lmrec.models.registry import load_model
+from lmrec.models.text_fusion import TextFusion, TextFusionConfig
 from lmrec.text.whiten import whiten
 from lmrec.train.losses import (
     bce_one_negative,
@@ -136,6 +137,8 @@ class SequentialConfig(ModelConfig):
     teacher: str | None = None  # a sequential run or model over the same items to distil from (loss=ce)
     distill_weight: float = 0.5  # α: weight of the teacher's softened distribution against the labels
     distill_temperature: float = 2.0
+    # score-level text fusion (lmrec.models.text_fusion): fusion.weight, fusion.choose, fusion.recent
+    fusion: TextFusionConfig = field(default_factory=TextFusionConfig)
 
     def validate(self) -> None:
         if self.item_init not in ITEM_INITS:
@@ -297,12 +300,13 @@ class Block(nn.Module):
 
 class SASRecBlock(Block):
     """The block of the original SASRec (Kang & McAuley 2018, as the tuned CE-SASRec baselines
-    run it): queries from the normalised input attend over the raw input, which is the residual;
-    the sum is normalised and goes through a ReLU feed-forward with its own residual. The same
-    parameters (and names) as :class:`Block`."""
+    run it): queries from the normalised input attend over the raw input, and the normalised
+    queries are the residual; the sum is normalised and goes through a ReLU feed-forward with its
+    own residual. The same parameters (and names) as :class:`Block`."""
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        x = self.norm2(x + self.self_attn(self.norm1(x), mask, kv=x))
+        q = self.norm1(x)
+        x = self.norm2(q + self.self_attn(q, mask, kv=x))
         return x + self.dropout2(self.linear2(nn.functional.relu(self.dropout(self.linear1(x)))))
 
 
@@ -518,7 +522,8 @@ class SequentialRecommender(ReadsItemText, DotProductModel):
         if options.dp is not None:
             self._check_private()
         reads_text = cfg.item_repr != "id"
-        text = self._text_vectors(train, options) if reads_text or cfg.item_init == "text" else None
+        needs_text = reads_text or cfg.item_init == "text" or cfg.fusion.on
+        text = self._text_vectors(train, options) if needs_text else None
         self.net = SequenceEncoder(self.n_items, cfg, text.shape[1] if text is not None and reads_text else 0)
         self.net.to(self.device)
         if text is not None and reads_text:
@@ -557,6 +562,18 @@ class SequentialRecommender(ReadsItemText, DotProductModel):
         task = SequenceTask(self, histories, cfg.objective)
         config = self._train_config(cfg.epochs, cfg.objective)
         self.training_log.update(self._train(task, config, options, gen, valid=valid, phase=cfg.objective))
+        if text is not None and cfg.fusion.on:
+            self._fit_fusion(torch.from_numpy(text), valid, options)
+
+    def _fit_fusion(self, text: torch.Tensor, valid: EvalSet | None, options: FitOptions) -> None:
+        """Score-level text fusion over the trained model, its weight chosen on validation."""
+        from lmrec.train.validation import validation_ndcg
+
+        self.fusion = TextFusion(self.config.fusion, text)
+        if self.config.fusion.choose and valid is not None:
+            scores = self.fusion.chosen(lambda: validation_ndcg(self, valid))
+            self.training_log["fusion"] = {"valid_ndcg@10": scores, "weight": self.fusion.weight}
+            options.say(f"{self.name}: text fusion weight {self.fusion.weight} (validation NDCG@10 {scores})")
 
     def _check_private(self) -> None:
         """DP-SGD trains the ID model on its own objective with the full-softmax CE, from scratch."""
@@ -570,6 +587,7 @@ class SequentialRecommender(ReadsItemText, DotProductModel):
             "diversity_weight=0": cfg.diversity_weight == 0,
             "item_decay_to=zero": cfg.item_decay_to == "zero",
             "compile=false": not cfg.compile,
+            "no text fusion (its weight is chosen on validation users)": not cfg.fusion.on,
         }
         if not all(needs.values()):
             missing = ", ".join(k for k, ok in needs.items() if not ok)
@@ -640,6 +658,7 @@ class SequentialRecommender(ReadsItemText, DotProductModel):
         out.net.load_state_dict(state)
         out.net.eval()
         out.popularity = torch.cat([self.popularity, torch.zeros(extra)])
+        out.fusion = self.fusion.grown(vectors) if self.fusion is not None else None
         out.unseen = out.popularity == 0
         out.net.mark_trained(~out.unseen)
         return out
@@ -791,9 +810,18 @@ class SequentialRecommender(ReadsItemText, DotProductModel):
         self._table_cache = (weakref.ref(net), state, table)
         return table
 
+    fusion: TextFusion | None = None  # score-level text fusion (fusion.*), once fitted
+
+    @property
+    def fused(self) -> bool:
+        """Whether scores add the text similarity (:mod:`lmrec.models.text_fusion`)."""
+        return self.fusion is not None and self.fusion.weight > 0
+
     def item_embeddings(self) -> torch.Tensor:
-        """The rows the encoder scores with (ID, text, fused or aligned), without pad and mask."""
-        return self.inference_table()[1 : self.n_items + 1].detach().float().cpu()
+        """The rows the encoder scores with (ID, text, fused or aligned), without pad and mask;
+        with text fusion on, the unit text rows appended."""
+        rows = self.inference_table()[1 : self.n_items + 1].detach().float().cpu()
+        return self.fusion.items(rows) if self.fused else rows  # type: ignore[union-attr]
 
     def query_embeddings(self, batch: QueryBatch) -> Queries:
         """The encoder's last hidden state after each history (one forward pass per 128 queries of
@@ -812,7 +840,8 @@ class SequentialRecommender(ReadsItemText, DotProductModel):
                 rows = order[s : s + 128]
                 part, n = seq[rows].to(self.device), lengths[rows].to(self.device)
                 out[rows] = self.net.encode(part, n, causal=not masked, table=table).float().cpu()
-        return Queries(out, torch.zeros(len(batch)), lengths > 0)
+        queries = Queries(out, torch.zeros(len(batch)), lengths > 0)
+        return self.fusion.queries(queries, batch) if self.fused else queries  # type: ignore[union-attr]
 
     def fallback_scores(self, batch: QueryBatch) -> torch.Tensor:
         """Nothing to read: training popularity."""
@@ -826,7 +855,8 @@ class SequentialRecommender(ReadsItemText, DotProductModel):
         return torch.softmax(logits.double() / temperature, dim=0)
 
     def state(self) -> dict[str, torch.Tensor]:
-        return {**{f"net.{k}": v for k, v in self.net.state_dict().items()}, "popularity": self.popularity}
+        fusion = {"fusion.text": self.fusion.text} if self.fusion is not None else {}
+        return {**{f"net.{k}": v for k, v in self.net.state_dict().items()}, "popularity": self.popularity, **fusion}
 
     def load_state(self, tensors: dict[str, torch.Tensor]) -> None:
         if not hasattr(self, "net"):
@@ -836,6 +866,8 @@ class SequentialRecommender(ReadsItemText, DotProductModel):
         self.popularity = tensors["popularity"]
         self.unseen = self.popularity == 0
         self.net.mark_trained(~self.unseen)
+        if "fusion.text" in tensors:
+            self.fusion = TextFusion(self.config.fusion, tensors["fusion.text"])
 
 
 class SequenceTask:

@@ -66,7 +66,14 @@ def load_encoder(spec: str = DEFAULT_ENCODER, device: str = "cpu", cache_dir: st
     """``minilm`` (the packaged default), ``smollm2`` (the packaged SmolLM2-135M-Instruct, mean-pooled
     hidden states), ``lm:DIRECTORY`` (a local causal LM, the same way) or a path to a local
     sentence-encoder directory. ``cache_dir`` is lmrec's cache, where SmolLM2's GGUF is converted
-    once (default :func:`lmrec.cache.default_cache`); the sentence encoders do not use it."""
+    once (default :func:`lmrec.cache.default_cache`); the sentence encoders do not use it.
+    ``random:DIM`` and ``shuffled:SPEC`` are the controls of :mod:`lmrec.text.controls`."""
+    from lmrec.text.controls import RANDOM_PREFIX, SHUFFLED_PREFIX, RandomTextEncoder, ShuffledEncoder, parse_random_dim
+
+    if spec.startswith(RANDOM_PREFIX):
+        return RandomTextEncoder(parse_random_dim(spec))
+    if spec.startswith(SHUFFLED_PREFIX):
+        return ShuffledEncoder(load_encoder(spec[len(SHUFFLED_PREFIX) :], device, cache_dir))
     if spec == SMOLLM2_ENCODER or spec.startswith(LM_PREFIX):
         from lmrec.text.lm_encoder import load_lm_encoder
 
