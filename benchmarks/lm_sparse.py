@@ -88,16 +88,23 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--pin", default="", help="CPU cores to pin to, e.g. 0")
     parser.add_argument("--runs", type=Path, default=Path("runs/lm-sparse"))
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument(
+        "--defaults", action="store_true", help="sasrec's defaults under every arm instead of the tuned CE-SASRec's"
+    )
     args = parser.parse_args(argv)
 
     log = Path(args.dataset).name
-    arms = [Arm(name, "sasrec", ARMS[name]) for name in args.arms]
-    out = args.out or BENCH / "results" / f"lm-sparse-{log}.json"
+    tuned = {} if args.defaults else TUNED
+    arms = [
+        Arm(name, "sasrec", {**tuned, **{k: v for k, v in ARMS[name].items() if k not in TUNED}}) for name in args.arms
+    ]
+    tag = "-defaults" if args.defaults else ""
+    out = args.out or BENCH / "results" / f"lm-sparse-{log}{tag}.json"
     report = run_arms(
         arms,
         [int(s) for s in args.seeds.split(",")],
         baseline=args.arms[0],
-        runs_dir=args.runs / log,
+        runs_dir=args.runs / f"{log}{tag}",
         out=out,
         dataset=args.dataset,
         argv=sys.argv[1:] if argv is None else argv,

@@ -66,6 +66,10 @@ def test_fused_scores_are_the_model_plus_weight_times_text_similarity(tmp_path: 
     fused.save(tmp_path / "m")
     loaded = load_model(tmp_path / "m")
     assert torch.equal(loaded.score(queries), fused.score(queries))
+    from lmrec.compress.model import CompressedConfig, compress_model
+
+    with pytest.raises(ConfigError, match="text fusion"):  # its encoder would drop the text term
+        compress_model(fused, CompressedConfig())
 
 
 def test_weight_is_chosen_on_validation_and_recorded() -> None:

@@ -322,9 +322,16 @@ def compress_model(
         raise ConfigError(
             f"lmrec compress works on sequential models (sasrec, bert4rec, text-sasrec), not {source.name}"
         )
+    if source.fused:
+        raise ConfigError(
+            f"lmrec compress: {source.name} adds text fusion to its scores (fusion.weight "
+            f"{source.config.fusion.weight}), which the compressed encoder does not carry; compress a model "
+            "trained without it"
+        )
     options = options or FitOptions()
     scfg = source.config
-    config = config.updated({"source": source.name, "source_config": scfg.to_dict()})
+    # as saved (JSON: a part's tuples become lists), so a loaded config compares equal
+    config = config.updated({"source": source.name, "source_config": json.loads(json.dumps(scfg.to_dict()))})
     causal = scfg.objective == "causal"
     net: SequenceEncoder = source.net
     training_log: dict[str, Any] = {}
