@@ -88,6 +88,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--pin", default="", help="CPU cores to pin to, e.g. 0")
     parser.add_argument("--runs", type=Path, default=Path("runs/lm-sparse"))
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--epochs", type=int, help="cap every arm at this many epochs (patience 5) instead of 60 (10)")
     parser.add_argument(
         "--defaults", action="store_true", help="sasrec's defaults under every arm instead of the tuned CE-SASRec's"
     )
@@ -95,10 +96,12 @@ def main(argv: list[str] | None = None) -> None:
 
     log = Path(args.dataset).name
     tuned = {} if args.defaults else TUNED
+    if args.epochs:
+        tuned = {**tuned, "epochs": str(args.epochs), "patience": "5"}
     arms = [
         Arm(name, "sasrec", {**tuned, **{k: v for k, v in ARMS[name].items() if k not in TUNED}}) for name in args.arms
     ]
-    tag = "-defaults" if args.defaults else ""
+    tag = ("-defaults" if args.defaults else "") + (f"-e{args.epochs}" if args.epochs else "")
     out = args.out or BENCH / "results" / f"lm-sparse-{log}{tag}.json"
     report = run_arms(
         arms,
