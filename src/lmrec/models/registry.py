@@ -27,12 +27,12 @@ MODELS: dict[str, str] = {
     "als": "lmrec.models.mf:ALS",
     "svd": "lmrec.models.mf:SVD",
     "ncf": "lmrec.models.ncf:NCF",
-    "sasrec": "lmrec.models.sequential:SASRec",
-    "bert4rec": "lmrec.models.sequential:BERT4Rec",
-    "text-sasrec": "lmrec.models.sequential:TextSASRec",
+    "sasrec": "lmrec.models.sequential.model:SASRec",
+    "bert4rec": "lmrec.models.sequential.model:BERT4Rec",
+    "text-sasrec": "lmrec.models.sequential.model:TextSASRec",
     "mtl-sasrec": "lmrec.models.multitask:MultiTaskSASRec",
-    "lm-ranker": "lmrec.models.lmranker:LMRanker",
-    "lm-list-ranker": "lmrec.models.lmranker:ListRanker",  # SmolLM2 re-ranks lettered candidates
+    "lm-ranker": "lmrec.models.lmranker.encoder:LMRanker",
+    "lm-list-ranker": "lmrec.models.lmranker.lists:ListRanker",  # SmolLM2 re-ranks lettered candidates
     "tiger": "lmrec.models.tiger:Tiger",
     "llm-gen": "lmrec.models.llmgen:GenerativeLLM",
     "compressed": "lmrec.compress.model:CompressedSequential",  # `lmrec compress`: ONNX encoder + quantized table
