@@ -22,13 +22,8 @@ is what keeps loading a few million rows fast.
 
 from __future__ import annotations
 
-import codecs
-import csv
-import gzip
-import io
-import re
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, replace
+from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +31,7 @@ import pandas as pd
 
 from lmrec.data.schema import Dataset
 from lmrec.data.stream import is_prepared, load_prepared
+from lmrec.data.tables import TABLE_SUFFIXES, Table, check_header, read_delimited, read_table, table_suffix
 from lmrec.errors import ConfigError, DataError
 
 # Column names we look for, in order of preference, matched case-insensitively. The canonical
@@ -58,202 +54,19 @@ ML100K_GENRES = (
     "War", "Western",
 )  # fmt: skip
 
-TABLE_SUFFIXES = (".csv", ".tsv", ".csv.gz", ".tsv.gz", ".parquet", ".pq")
 SUPPORTED_FORMATS = (
     "a MovieLens directory (u.data or ratings.dat), a RecBole .inter file or directory, "
     "a .csv/.tsv/.csv.gz/.parquet table (columns user,item[,timestamp][,rating]), "
     "a .txt file with one 'user item' pair per line, or a directory holding "
     "interactions.{csv,parquet} and optionally items.* and users.*"
 )
-_UTF8_HINT = "re-save the file as UTF-8"
-_BLANKS = re.compile(r"[ \t\r]+")  # what pandas' sep=r"\s+" splits on
-
-
-# -- reading files --------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Table:
-    """A parsed file: its columns as read (strings for text files) and, for text files, the file
-    line each row starts on, so any later check can point at the line."""
-
-    path: Path
-    frame: pd.DataFrame
-    lines: np.ndarray | None = None  # None for Parquet, which has rows but no lines
-    header_line: int | None = None
-
-    def error(
-        self, problem: str, row: int | None = None, column: str | None = None, hint: str | None = None
-    ) -> DataError:
-        """A DataError for this file, at data row ``row`` (0-based) if given."""
-        if row is None:
-            return DataError(problem, path=self.path, column=column, hint=hint)
-        if self.lines is None:
-            return DataError(f"row {row + 1}: {problem}", path=self.path, column=column, hint=hint)
-        return DataError(problem, path=self.path, line=int(self.lines[row]), column=column, hint=hint)
-
-
-def _read_text(path: Path, encoding: str = "utf-8") -> str:
-    """The whole file as text (gunzipped for ``.gz``); strict decoding, errors name the line."""
-    try:
-        data = path.read_bytes()
-    except OSError as err:
-        raise DataError(f"cannot read file: {err.strerror or err}", path=path) from None
-    if path.suffix == ".gz":
-        try:
-            data = gzip.decompress(data)
-        except (OSError, EOFError) as err:
-            raise DataError(f"not a valid gzip file: {err}", path=path) from None
-    if encoding == "utf-8" and data.startswith(codecs.BOM_UTF8):  # as Excel writes it
-        data = data[len(codecs.BOM_UTF8) :]
-    try:
-        return data.decode(encoding)
-    except UnicodeDecodeError as err:
-        line = data.count(b"\n", 0, err.start) + 1
-        raise DataError(
-            f"byte 0x{data[err.start]:02x} is not valid {encoding.upper()}",
-            path=path,
-            line=line,
-            hint=_UTF8_HINT,
-        ) from None
-
-
-def _records(path: Path, text: str, sep: str | None, quoted: bool) -> Iterator[tuple[int, list[str]]]:
-    """``(file line, fields)`` of every non-blank record, split the way pandas will split it.
-
-    ``sep=None`` means runs of blanks. Whitespace-only lines count as blank, as they do in pandas.
-    """
-    if sep is None:
-        for number, line in enumerate(text.split("\n"), start=1):
-            fields = _BLANKS.split(line.strip(" \t\r"))
-            if fields != [""]:
-                yield number, fields
-        return
-    reader = csv.reader(
-        io.StringIO(text, newline=""),
-        delimiter=sep,
-        quoting=csv.QUOTE_MINIMAL if quoted else csv.QUOTE_NONE,
-        strict=quoted,
-    )
-    start = 1
-    try:
-        for fields in reader:
-            if fields and not (len(fields) == 1 and not fields[0].strip()):
-                yield start, fields
-            start = reader.line_num + 1
-    except csv.Error as err:
-        raise DataError(f"malformed row: {err}", path=path, line=reader.line_num) from None
-
-
-def _scan(
-    path: Path, text: str, sep: str | None, quoted: bool, names: list[str] | None
-) -> tuple[list[str], np.ndarray, int | None]:
-    """Check that every row has as many fields as the header (or ``names``); return the column
-    names, the file line of every data row and the header's line."""
-    records = _records(path, text, sep, quoted)
-    header_line = None
-    if names is None:
-        first = next(records, None)
-        if first is None:
-            raise DataError("file is empty", path=path)
-        header_line, header = first
-        names = [h.strip() for h in header]
-        _check_header(path, header_line, names)
-    lines: list[int] = []
-    for line, fields in records:
-        if len(fields) != len(names):
-            raise DataError(
-                f"malformed row: {len(fields)} field(s), expected {len(names)} ({', '.join(names)})",
-                path=path,
-                line=line,
-                hint=f"quote fields that contain {sep!r}" if quoted else None,
-            )
-        lines.append(line)
-    if not lines:
-        raise DataError("file is empty" if not text.strip() else "no data rows, only a header", path=path)
-    return names, np.asarray(lines, dtype=np.int64), header_line
-
-
-def _check_header(path: Path, line: int, names: list[str]) -> None:
-    """A header may not repeat or leave out a column name."""
-    seen: set[str] = set()
-    for name in names:
-        if not name:
-            raise DataError(f"empty column name in header {names}", path=path, line=line)
-        if name in seen:
-            raise DataError(f"column {name!r} appears twice in the header", path=path, line=line)
-        seen.add(name)
-
-
-def _read_delimited(
-    path: Path,
-    *,
-    sep: str | None,
-    names: list[str] | None = None,
-    quoted: bool = True,
-    encoding: str = "utf-8",
-) -> _Table:
-    """Read a delimited text file into string columns.
-
-    ``sep=None`` splits on blanks; ``names`` means the file has no header; ``quoted=False`` reads
-    quote characters as data (MovieLens and RecBole files are not quoted).
-    """
-    text = _read_text(path, encoding)
-    if sep == "::":
-        # MovieLens .dat files separate fields by "::" and never quote; a one-character stand-in
-        # lets the fast C parser read them.
-        text, sep = text.replace("::", "\x1f"), "\x1f"
-    columns, lines, header_line = _scan(path, text, sep, quoted, names)
-    try:
-        frame = pd.read_csv(
-            io.StringIO(text),
-            sep=r"\s+" if sep is None else sep,
-            header=None if names is not None else 0,
-            dtype=str,
-            keep_default_na=False,
-            quoting=csv.QUOTE_MINIMAL if quoted else csv.QUOTE_NONE,
-            engine="c",
-        )
-    except (pd.errors.ParserError, ValueError) as err:
-        raise DataError(f"cannot parse file: {err}", path=path) from None
-    if len(frame) != len(lines):  # the scan and pandas must agree on what a row is
-        raise DataError(f"pandas read {len(frame)} rows where {len(lines)} were expected", path=path)
-    frame.columns = pd.Index(columns)
-    return _Table(path, frame, lines, header_line)
-
-
-def _read_parquet(path: Path) -> _Table:
-    """Read a Parquet file; errors point at rows since Parquet has no lines."""
-    try:
-        frame = pd.read_parquet(path)
-    except Exception as err:  # pyarrow raises many types; all mean "not a readable Parquet file"
-        raise DataError(f"cannot read Parquet file: {err}", path=path) from None
-    if len(frame) == 0:
-        raise DataError("file is empty", path=path)
-    return _Table(path, frame.reset_index(drop=True), None)
-
-
-def _table_suffix(path: Path) -> str | None:
-    """The table suffix of ``path`` (``.csv.gz`` counts as one), or None."""
-    name = path.name.lower()
-    return next((s for s in TABLE_SUFFIXES if name.endswith(s)), None)
-
-
-def _read_table(path: Path) -> _Table:
-    """Read a CSV, TSV (optionally gzipped) or Parquet file, chosen by suffix."""
-    suffix = _table_suffix(path)
-    if suffix in (".parquet", ".pq"):
-        return _read_parquet(path)
-    if suffix is None:
-        raise DataError(f"unsupported table format; expected one of {', '.join(TABLE_SUFFIXES)}", path=path)
-    return _read_delimited(path, sep="\t" if suffix.startswith(".tsv") else ",")
 
 
 # -- columns --------------------------------------------------------------------------------------
 
 
 def _resolve_columns(
-    table: _Table,
+    table: Table,
     roles: Mapping[str, tuple[str, ...]],
     required: tuple[str, ...],
     explicit: Mapping[str, str] | None = None,
@@ -293,7 +106,7 @@ def _resolve_columns(
     return mapping
 
 
-def _missing_columns(table: _Table, found: list[str], missing: Mapping[str, str]) -> DataError:
+def _missing_columns(table: Table, found: list[str], missing: Mapping[str, str]) -> DataError:
     """The error for columns that are not in the file, listing the ones that are."""
     wanted = ", ".join(f"{ours!r} (mapped to {theirs!r})" if theirs else repr(ours) for ours, theirs in missing.items())
     hint = "map your column names with columns={'user': ..., 'item': ...}"
@@ -302,7 +115,7 @@ def _missing_columns(table: _Table, found: list[str], missing: Mapping[str, str]
     return table.error(f"missing column {wanted}; the file has columns {found}", hint=hint)
 
 
-def _id_strings(table: _Table, values: pd.Series, column: str) -> pd.Series:
+def _id_strings(table: Table, values: pd.Series, column: str) -> pd.Series:
     """IDs as stripped strings; an empty or missing ID is an error naming its line."""
     if pd.api.types.is_float_dtype(values) and values.notna().all() and bool((values % 1 == 0).all()):
         values = values.astype("int64")  # Parquet ints stored as float: 7.0 -> "7"
@@ -314,7 +127,7 @@ def _id_strings(table: _Table, values: pd.Series, column: str) -> pd.Series:
     return text
 
 
-def _timestamps(table: _Table, values: pd.Series, column: str) -> pd.Series:
+def _timestamps(table: Table, values: pd.Series, column: str) -> pd.Series:
     """Datetime columns and ISO 8601 date text become integer seconds since the epoch; anything
     else passes through, so the schema converts numbers and reports the first bad value. A column
     whose first value is a number is taken to be numeric."""
@@ -331,7 +144,7 @@ def _timestamps(table: _Table, values: pd.Series, column: str) -> pd.Series:
     return (pd.to_datetime(values, utc=True) - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)
 
 
-def _keyed(table: _Table, frame: pd.DataFrame, key: str, column: str) -> pd.DataFrame:
+def _keyed(table: Table, frame: pd.DataFrame, key: str, column: str) -> pd.DataFrame:
     """``frame`` with ``key`` as validated ID strings; a repeated key is an error naming both lines."""
     keys = _id_strings(table, frame[key], column)
     dup = keys.duplicated(keep="first").to_numpy()
@@ -372,7 +185,7 @@ def _year_from_title(titles: pd.Series) -> pd.Series:
 
 
 def _dataset(
-    table: _Table,
+    table: Table,
     columns: Mapping[str, str],
     *,
     name: str,
@@ -401,7 +214,7 @@ def _dataset(
     return replace(ds, meta={"source": str(table.path), "format": fmt, "ignored_columns": ignored})
 
 
-def _catalog(table: _Table, seq_columns: frozenset[str] = frozenset()) -> pd.DataFrame:
+def _catalog(table: Table, seq_columns: frozenset[str] = frozenset()) -> pd.DataFrame:
     """An item table with ``item``, ``title``, ``categories`` and ``year`` under our names; other
     columns are kept. Category columns in ``seq_columns`` (RecBole token_seq) split on spaces;
     other category strings are split on ``|`` or ``,`` by the schema."""
@@ -418,7 +231,7 @@ def _catalog(table: _Table, seq_columns: frozenset[str] = frozenset()) -> pd.Dat
     return frame
 
 
-def _user_table(table: _Table) -> pd.DataFrame:
+def _user_table(table: Table) -> pd.DataFrame:
     """A user feature table with a ``user`` column of ID strings."""
     key = _resolve_columns(table, {"user": INTERACTION_ALIASES["user"]}, ("user",))["user"]
     return _keyed(table, table.frame.rename(columns={key: "user"}), "user", key)
@@ -443,13 +256,13 @@ _IDENTITY = {name: name for name in _RATING_NAMES}
 
 def _load_ml100k(directory: Path) -> Dataset:
     """ml-100k: tab-separated ``u.data``, pipe-separated ``u.item``/``u.genre``/``u.user``."""
-    ratings = _read_delimited(directory / "u.data", sep="\t", names=_RATING_NAMES, quoted=False, encoding="latin-1")
+    ratings = read_delimited(directory / "u.data", sep="\t", names=_RATING_NAMES, quoted=False, encoding="latin-1")
     catalog = _ml100k_items(directory) if (directory / "u.item").is_file() else None
     users = None
     if (directory / "u.user").is_file():
         names = ["user", "age", "gender", "occupation", "zip_code"]
         users = _user_table(
-            _read_delimited(directory / "u.user", sep="|", names=names, quoted=False, encoding="latin-1")
+            read_delimited(directory / "u.user", sep="|", names=names, quoted=False, encoding="latin-1")
         )
     return _dataset(ratings, _IDENTITY, name=directory.name, fmt="movielens", catalog=catalog, users=users)
 
@@ -459,7 +272,7 @@ def _ml100k_genres(directory: Path) -> list[str]:
     path = directory / "u.genre"
     if not path.is_file():
         return list(ML100K_GENRES)
-    table = _read_delimited(path, sep="|", names=["genre", "index"], quoted=False, encoding="latin-1")
+    table = read_delimited(path, sep="|", names=["genre", "index"], quoted=False, encoding="latin-1")
     index = pd.to_numeric(table.frame["index"], errors="coerce")
     if index.isna().any():
         raise table.error("genre index is not a number", row=int(np.argmax(index.isna().to_numpy())))
@@ -470,7 +283,7 @@ def _ml100k_items(directory: Path) -> pd.DataFrame:
     """``u.item``: id|title|release date|video release date|url|one 0/1 flag per genre."""
     genres = _ml100k_genres(directory)
     names = ["item", "title", "release_date", "video_release_date", "imdb_url", *genres]
-    table = _read_delimited(directory / "u.item", sep="|", names=names, quoted=False, encoding="latin-1")
+    table = read_delimited(directory / "u.item", sep="|", names=names, quoted=False, encoding="latin-1")
     flags = table.frame[genres].to_numpy() == "1"
     frame = table.frame[["item", "title", "release_date", "imdb_url"]].copy()
     frame["year"] = _year_from_title(frame["title"])
@@ -480,12 +293,10 @@ def _ml100k_items(directory: Path) -> pd.DataFrame:
 
 def _load_ml1m(directory: Path) -> Dataset:
     """ml-1m / ml-10m: ``::``-separated ``ratings.dat``, ``movies.dat`` and ``users.dat``."""
-    ratings = _read_delimited(
-        directory / "ratings.dat", sep="::", names=_RATING_NAMES, quoted=False, encoding="latin-1"
-    )
+    ratings = read_delimited(directory / "ratings.dat", sep="::", names=_RATING_NAMES, quoted=False, encoding="latin-1")
     catalog = None
     if (directory / "movies.dat").is_file():
-        movies = _read_delimited(
+        movies = read_delimited(
             directory / "movies.dat",
             sep="::",
             names=["item", "title", "genres"],
@@ -500,7 +311,7 @@ def _load_ml1m(directory: Path) -> Dataset:
     if (directory / "users.dat").is_file():
         names = ["user", "gender", "age", "occupation", "zip_code"]
         users = _user_table(
-            _read_delimited(directory / "users.dat", sep="::", names=names, quoted=False, encoding="latin-1")
+            read_delimited(directory / "users.dat", sep="::", names=names, quoted=False, encoding="latin-1")
         )
     return _dataset(ratings, _IDENTITY, name=directory.name, fmt="movielens", catalog=catalog, users=users)
 
@@ -534,15 +345,15 @@ def _recbole_inter(path: Path) -> Path:
     return found[0]
 
 
-def _read_atomic(path: Path) -> tuple[_Table, dict[str, str]]:
+def _read_atomic(path: Path) -> tuple[Table, dict[str, str]]:
     """An atomic file with ``name:type`` headers stripped to ``name``; also returns name → type."""
-    table = _read_delimited(path, sep="\t", quoted=False)
+    table = read_delimited(path, sep="\t", quoted=False)
     names, types = [], {}
     for header in table.frame.columns:
         name, _, kind = str(header).partition(":")
         names.append(name)
         types[name] = kind
-    _check_header(path, table.header_line or 1, names)
+    check_header(path, table.header_line or 1, names)
     frame = table.frame.set_axis(names, axis=1)
     return replace(table, frame=frame), types
 
@@ -565,11 +376,11 @@ def load_table(
     (``item`` plus text columns) and user tables.
     """
     path = Path(path)
-    table = _read_table(path)
+    table = read_table(path)
     mapping = _resolve_columns(table, INTERACTION_ALIASES, ("user", "item"), columns)
-    catalog = _catalog(_read_table(Path(items_path))) if items_path is not None else None
-    users = _user_table(_read_table(Path(users_path))) if users_path is not None else None
-    name = path.name[: -len(_table_suffix(path) or "")] or path.name
+    catalog = _catalog(read_table(Path(items_path))) if items_path is not None else None
+    users = _user_table(read_table(Path(users_path))) if users_path is not None else None
+    name = path.name[: -len(table_suffix(path) or "")] or path.name
     return _dataset(table, mapping, name=name, fmt="table", catalog=catalog, users=users)
 
 
@@ -577,7 +388,7 @@ def load_lines(path: str | Path) -> Dataset:
     """Load a file with one ``user item`` pair per line, separated by blanks (the ``.txt`` format
     SASRec published). There is no timestamp: file order is time order."""
     path = Path(path)
-    table = _read_delimited(path, sep=None, names=["user", "item"], quoted=False)
+    table = read_delimited(path, sep=None, names=["user", "item"], quoted=False)
     return _dataset(table, {"user": "user", "item": "item"}, name=path.stem, fmt="lines")
 
 
@@ -622,7 +433,7 @@ def load(path: str | Path, columns: Mapping[str, str] | None = None) -> Dataset:
         path, kind = path.parent, "movielens"
     elif path.suffix == ".inter":
         kind = "recbole"
-    elif _table_suffix(path) is not None:
+    elif table_suffix(path) is not None:
         kind = "table"
     elif path.suffix == ".txt":
         kind = "lines"
