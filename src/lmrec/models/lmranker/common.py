@@ -3,9 +3,13 @@ rest of a row in the ranker's order (mixed with the base's), and the step schedu
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
+import numpy as np
 import torch
 
 from lmrec.data.batch import QueryBatch, mask_seen
+from lmrec.errors import ConfigError
 from lmrec.models.base import Recommender
 from lmrec.train.trainer import TrainConfig, step_rounds
 
@@ -72,3 +76,28 @@ def step_schedule(steps: int, lr: float, weight_decay: float, desc: str) -> Trai
         clip=1.0,
         desc=desc,
     )
+
+
+class HistoryPrefixes:
+    """What both rankers fine-tune on: batches of users with at least two training items, each cut
+    at a random point into a prefix and the item after it; ``steps`` split into ten-step "epochs"."""
+
+    def __init__(self, histories: QueryBatch, steps: int, batch_size: int, model: str) -> None:
+        self.histories, self.batch_size = histories, batch_size
+        self.eligible = np.flatnonzero(histories.lengths() >= 2)
+        if len(self.eligible) == 0:
+            raise ConfigError(f"{model} needs users with at least two training interactions")
+        self.seen = [set(histories.history(int(u)).tolist()) for u in range(len(histories))]
+        self.rounds = step_rounds(steps)
+
+    def batches(
+        self, epoch: int, rng: np.random.Generator
+    ) -> Iterator[tuple[np.ndarray, list[np.ndarray], np.ndarray]]:
+        """(users, their prefixes, the item after each prefix) for each step of ``epoch``."""
+        h = self.histories
+        for _ in range(self.rounds[epoch]):
+            users = rng.choice(self.eligible, size=self.batch_size)
+            cuts = [int(rng.integers(1, len(h.history(int(u))))) for u in users]
+            prefixes = [h.history(int(u))[:t] for u, t in zip(users, cuts, strict=True)]
+            positives = np.array([h.history(int(u))[t] for u, t in zip(users, cuts, strict=True)])
+            yield users, prefixes, positives

@@ -71,8 +71,15 @@ from lmrec.data.sequences import pad_right
 from lmrec.errors import ConfigError, MissingExtraError
 from lmrec.llm.lm import with_lora
 from lmrec.models.base import FitOptions, ModelConfig, Recommender
-from lmrec.models.lmranker.common import RANKERS, fuse_orders, lift_candidates, step_schedule, top_candidates
-from lmrec.train.trainer import numpy_rng, step_rounds
+from lmrec.models.lmranker.common import (
+    RANKERS,
+    HistoryPrefixes,
+    fuse_orders,
+    lift_candidates,
+    step_schedule,
+    top_candidates,
+)
+from lmrec.train.trainer import numpy_rng
 
 DEFAULT_ENCODER = "minilm"
 LORA_TARGETS = ("query", "key", "value", "dense")  # BERT-style module names; attention and MLP
@@ -445,22 +452,14 @@ class RankerTask:
     its next item and hard (base model) plus random negatives; ten steps an "epoch"."""
 
     def __init__(self, model: LMRanker, histories: QueryBatch) -> None:
-        self.model, self.module, self.histories = model, model.encoder, histories
-        self.eligible = np.flatnonzero(histories.lengths() >= 2)
-        if len(self.eligible) == 0:
-            raise ConfigError("lm-ranker needs users with at least two training interactions")
-        self.seen = [set(histories.history(int(u)).tolist()) for u in range(len(histories))]
-        self.rounds = step_rounds(model.config.steps)
+        self.model, self.module = model, model.encoder
+        self.prefixes = HistoryPrefixes(histories, model.config.steps, model.config.batch_size, "lm-ranker")
 
     def batches(self, epoch: int, gen: torch.Generator) -> Iterator[tuple[Any, ...]]:
-        h, rng = self.histories, numpy_rng(gen)
-        for _ in range(self.rounds[epoch]):
-            users = rng.choice(self.eligible, size=self.model.config.batch_size)
-            cuts = [int(rng.integers(1, len(h.history(int(u))))) for u in users]
-            prefixes = [h.history(int(u))[:t] for u, t in zip(users, cuts, strict=True)]
-            positives = np.array([h.history(int(u))[t] for u, t in zip(users, cuts, strict=True)])
-            negatives = self.model._negatives(users, prefixes, self.seen, rng)
-            yield prefixes, positives, negatives, [self.seen[int(u)] for u in users]
+        seen, rng = self.prefixes.seen, numpy_rng(gen)
+        for users, prefixes, positives in self.prefixes.batches(epoch, rng):
+            negatives = self.model._negatives(users, prefixes, seen, rng)
+            yield prefixes, positives, negatives, [seen[int(u)] for u in users]
 
     def loss(self, module: nn.Module, batch: tuple[Any, ...], gen: torch.Generator) -> torch.Tensor:
         return self.model._loss(*batch)  # the encoder is called through the model's own helpers

@@ -21,8 +21,15 @@ from lmrec.data.sequences import pad_right
 from lmrec.errors import ConfigError
 from lmrec.llm.lm import DEFAULT_LM, LocalLM, load_lm, with_lora
 from lmrec.models.base import FitOptions, ModelConfig, Recommender
-from lmrec.models.lmranker.common import RANKERS, fuse_orders, lift_candidates, step_schedule, top_candidates
-from lmrec.train.trainer import numpy_rng, step_rounds
+from lmrec.models.lmranker.common import (
+    RANKERS,
+    HistoryPrefixes,
+    fuse_orders,
+    lift_candidates,
+    step_schedule,
+    top_candidates,
+)
+from lmrec.train.trainer import numpy_rng
 
 # == the list ranker: a causal LM picks the next item from lettered candidates (LlamaRec) ==========
 LABELS = string.ascii_uppercase  # candidate labels: one token each
@@ -459,21 +466,13 @@ class ListRankerTask:
     prompt whose shuffled candidates hold the next item; ten steps an "epoch"."""
 
     def __init__(self, model: ListRanker, histories: QueryBatch) -> None:
-        self.model, self.module, self.histories = model, model.lm.model, histories
-        self.eligible = np.flatnonzero(histories.lengths() >= 2)
-        if len(self.eligible) == 0:
-            raise ConfigError("lm-list-ranker needs users with at least two training interactions")
-        self.seen = [set(histories.history(int(u)).tolist()) for u in range(len(histories))]
-        self.rounds = step_rounds(model.config.steps)
+        self.model, self.module = model, model.lm.model
+        self.prefixes = HistoryPrefixes(histories, model.config.steps, model.config.batch_size, "lm-list-ranker")
 
     def batches(self, epoch: int, gen: torch.Generator) -> Iterator[tuple[Any, ...]]:
-        h, rng = self.histories, numpy_rng(gen)
-        for _ in range(self.rounds[epoch]):
-            users = rng.choice(self.eligible, size=self.model.config.batch_size)
-            cuts = [int(rng.integers(1, len(h.history(int(u))))) for u in users]
-            prefixes = [h.history(int(u))[:t] for u, t in zip(users, cuts, strict=True)]
-            positives = np.array([h.history(int(u))[t] for u, t in zip(users, cuts, strict=True)])
-            yield self.model.training_prompts(users, prefixes, positives, self.seen, rng)
+        seen, rng = self.prefixes.seen, numpy_rng(gen)
+        for users, prefixes, positives in self.prefixes.batches(epoch, rng):
+            yield self.model.training_prompts(users, prefixes, positives, seen, rng)
 
     def loss(self, module: nn.Module, batch: tuple[Any, ...], gen: torch.Generator) -> torch.Tensor:
         return self.model._loss(*batch)  # the LM is called through the model's own helpers
