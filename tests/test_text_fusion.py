@@ -90,7 +90,7 @@ def test_fusion_grows_with_new_items_and_is_refused_where_it_cannot_work() -> No
     fusion = TextFusion(TextFusionConfig(weight=1.0), torch.eye(3))
     grown = fusion.grown(np.ones((2, 3), np.float32))
     assert grown.text.shape == (5, 3) and torch.allclose(grown.text.norm(dim=1), torch.ones(5))
-    with pytest.raises(ConfigError, match="no teacher, pretraining, init_from, diversity_weight or fusion"):
+    with pytest.raises(ConfigError, match="no teacher, pretraining, init_from, diversity_weight, fusion"):
         from lmrec.models.multitask import MultiTaskConfig
 
         MultiTaskConfig.from_dict({"fusion.weight": "1"})

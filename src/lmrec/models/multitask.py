@@ -160,8 +160,17 @@ class MultiTaskConfig(SequentialConfig):
         super().validate()
         if self.objective != "causal" or self.item_repr != "id":
             raise ConfigError("mtl-sasrec is causal (objective=causal) over ID items (item_repr=id)")
-        if self.teacher or self.pretrain_epochs or self.init_from or self.diversity_weight or self.fusion.on:
-            raise ConfigError("mtl-sasrec has no teacher, pretraining, init_from, diversity_weight or fusion")
+        if (
+            self.teacher
+            or self.pretrain_epochs
+            or self.init_from
+            or self.diversity_weight
+            or self.fusion.on
+            or self.adversarial.on
+        ):
+            raise ConfigError(
+                "mtl-sasrec has no teacher, pretraining, init_from, diversity_weight, fusion or adversarial training"
+            )
         if self.mixer not in MIXERS:
             raise ConfigError(f"mixer must be one of {MIXERS}, got {self.mixer!r}")
         if self.weighting not in WEIGHTINGS:

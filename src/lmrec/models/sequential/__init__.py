@@ -23,8 +23,12 @@ catalog; ``distribution`` turns them into p(next item | history).
 Item rows are shifted by one inside the network: 0 is padding, 1..n the items, n+1 the mask token.
 Training sequences are cut into windows from the end of each user's history (every interaction is
 a target once), windows of similar length are batched together so little compute goes to padding.
+
+Parts with their own options: score-level text fusion (``fusion.*``, :mod:`lmrec.models.text_fusion`)
+and adversarial training of the item rows (``adversarial.*``, APR, :mod:`.adversarial`).
 """
 
+from lmrec.models.sequential.adversarial import AdversarialConfig, adversarial_loss
 from lmrec.models.sequential.blocks import BLOCKS, ByteDropout, SelfAttention, causal_mask, transformer_blocks
 from lmrec.models.sequential.config import (
     FULL_SOFTMAX_ITEMS,
@@ -64,6 +68,7 @@ __all__ = [
     "OBJECTIVES",
     "OPEN",
     "REGULARIZATION",
+    "AdversarialConfig",
     "BERT4Rec",
     "BERT4RecConfig",
     "ByteDropout",
@@ -77,6 +82,7 @@ __all__ = [
     "SequentialRecommender",
     "TextSASRec",
     "TextSequentialConfig",
+    "adversarial_loss",
     "causal_mask",
     "count_parameters",
     "expected_similarity",

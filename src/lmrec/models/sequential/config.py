@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from lmrec.data.schema import Dataset
 from lmrec.errors import ConfigError
 from lmrec.models.base import ModelConfig
+from lmrec.models.sequential.adversarial import AdversarialConfig
 from lmrec.models.sequential.blocks import BLOCKS
 from lmrec.models.text_fusion import TextFusionConfig
 
@@ -89,6 +90,8 @@ class SequentialConfig(ModelConfig):
     distill_temperature: float = 2.0
     # score-level text fusion (lmrec.models.text_fusion): fusion.weight, fusion.choose, fusion.recent
     fusion: TextFusionConfig = field(default_factory=TextFusionConfig)
+    # adversarial training of the item rows (APR; lmrec.models.sequential.adversarial): adversarial.eps, .weight
+    adversarial: AdversarialConfig = field(default_factory=AdversarialConfig)
 
     def validate(self) -> None:
         if self.item_init not in ITEM_INITS:

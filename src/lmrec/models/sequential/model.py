@@ -124,6 +124,7 @@ class SequentialRecommender(ReadsItemText, DotProductModel):
             "item_decay_to=zero": cfg.item_decay_to == "zero",
             "compile=false": not cfg.compile,
             "no text fusion (its weight is chosen on validation users)": not cfg.fusion.on,
+            "no adversarial training (its perturbation reads the whole batch's gradient)": not cfg.adversarial.on,
         }
         if not all(needs.values()):
             missing = ", ".join(k for k, ok in needs.items() if not ok)

@@ -12,6 +12,7 @@ from torch import nn
 from lmrec.data.batch import QueryBatch
 from lmrec.data.sequences import length_buckets, pad_right, sequence_windows
 from lmrec.errors import ConfigError
+from lmrec.models.sequential.adversarial import adversarial_loss
 from lmrec.models.sequential.config import SequentialConfig
 from lmrec.models.sequential.encoder import PrivateSequenceEncoder, SequenceEncoder
 from lmrec.train.losses import sequence_ce_per_example
@@ -86,11 +87,17 @@ class SequenceTask:
             inputs, targets = seq[:, :-1], seq[:, 1:]
         else:
             inputs, targets = model._mask(seq, gen)
-        hidden = module(inputs, causal=self.causal, table=table)
         keep = targets > 0
+
+        def loss_of(table: torch.Tensor) -> torch.Tensor:
+            hidden = module(inputs, causal=self.causal, table=table)
+            if model.teacher is not None:
+                return model._distill(inputs, hidden[keep], targets[keep] - 1, keep, table, self.causal)
+            return model._loss(hidden[keep], targets[keep] - 1, gen, table)
+
+        loss = adversarial_loss(loss_of, table, model.config.adversarial)
         if model.teacher is not None:
-            return model._distill(inputs, hidden[keep], targets[keep] - 1, keep, table, self.causal)
-        loss = model._loss(hidden[keep], targets[keep] - 1, gen, table)
+            return loss
         if model.config.item_repr == "aligned":
             loss = loss + net.alignment_loss()
         if model.config.item_init_pull > 0:  # a prior: rows stay near their text start unless data says otherwise
