@@ -58,6 +58,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     for report, run in zip(reports, runs, strict=True):
         rows[report["model"] if len(runs) == 1 else f"{report['model']} ({run.directory.name})"] = report["metrics"]
     print(markdown_report(rows, reports[0]["protocol"], reports[0]["n_users"]))
+    _print_fairness(list(rows), reports)
     for (label, _), report in zip(rows.items(), reports, strict=True):
         if "privacy" in report:
             dp = report["privacy"]
@@ -66,6 +67,36 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                 f"{dp['accountant'].upper()} accountant, clip {dp['clip']}, noise σ {dp['noise_multiplier']}"
             )
     return 0
+
+
+def _print_fairness(labels: list[str], reports: list[dict[str, Any]]) -> None:
+    """Where the tail and the providers are, and one line per user grouping: each group's mean
+    metric and users, then the gap between the best and worst group of enough users."""
+    from lmrec.evaluate.fairness import TAIL_RULE
+
+    print(f"\nFairness — {TAIL_RULE}.")
+    for label, report in zip(labels, reports, strict=True):
+        who = f"{label} " if len(reports) > 1 else ""
+        if "providers" in report:
+            p = report["providers"]
+            print(f"{who}providers ({p['column']}): {p['exposed']} of {p['total']} exposed in the top lists")
+        groups = report.get("groups")
+        if not groups:
+            continue
+        metric = groups["metric"]
+        for name, grouping in groups["by"].items():
+            cells = " · ".join(f"{g} {v[metric]:.4f} ({v['users']})" for g, v in grouping["groups"].items())
+            gap = "gap –"
+            if grouping["gap"] is not None:
+                high, low = grouping["gap_between"]
+                gap = f"gap {grouping['gap']:.4f} ({high} − {low})"
+            how = f", {grouping['bins']}" if "bins" in grouping else ""
+            of = f" ({grouping['of']})" if "of" in grouping else ""
+            print(f"{who}{metric} by {name}{of}{how}: {cells}; {gap}")
+        for name, why in groups.get("skipped", {}).items():
+            print(f"{who}not grouped by {name}: {why}")
+    if any(r.get("groups") for r in reports):
+        print(f"gap: highest minus lowest group mean over groups of at least {reports[0]['groups']['min_users']} users")
 
 
 def _recommend_many(args: argparse.Namespace) -> int:

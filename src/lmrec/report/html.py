@@ -28,7 +28,8 @@ from lmrec.evaluate.beyond import beyond_accuracy
 from lmrec.evaluate.evaluator import PROTOCOL, EvalResult, evaluate
 from lmrec.evaluate.report import metric_columns
 from lmrec.evaluate.significance import bootstrap_ci, paired_test
-from lmrec.runs import Run
+from lmrec.report.fairness import RunFairness, fairness_section
+from lmrec.runs import Run, evaluation_fairness
 
 TABLE_METRICS = ("ndcg", "recall", "mrr", "precision", "map")
 BEYOND = ("coverage", "ild", "novelty", "avg_popularity", "gini")
@@ -55,6 +56,7 @@ class RunSection:
     beyond: dict[str, float]
     target_ranks: np.ndarray  # per (user, target) pair: 0-based rank in the top-k, -1 if not there
     sweep: list[dict[str, Any]] | None = None
+    fairness: RunFairness | None = None  # tail share, provider exposure, user groups
 
 
 @dataclass
@@ -99,6 +101,7 @@ def collect(
         started = time.perf_counter()
         result = evaluate(run.model, eval_set, ks=ks)
         seconds = time.perf_counter() - started
+        fair, extras = evaluation_fairness(result, run.dataset, train, tuple(ks))
         sections.append(
             RunSection(
                 label=label,
@@ -109,6 +112,7 @@ def collect(
                 beyond=_beyond(run, result, max(ks), eval_set, popularity),
                 target_ranks=_target_ranks(result, eval_set, max(ks)),
                 sweep=_stored_sweep(run.directory),
+                fairness=RunFairness(label, fair, extras),
             )
         )
     protocol = {
@@ -318,6 +322,7 @@ def render(data: ReportData) -> str:
     parts.append(_beyond_table(data))
     parts.append(_history_breakdown(data))
     parts.append(_popularity_breakdown(data))
+    parts.append(fairness_section([r.fairness for r in data.runs if r.fairness is not None], max(data.ks)))
     logs = [
         (r.label, training_log(r.run), int(r.run.meta.get("config", {}).get("eval_every", 1) or 1)) for r in data.runs
     ]
