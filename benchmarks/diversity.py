@@ -1,4 +1,4 @@
-"""Relevance against diversity: MMR, DPP and calibrated re-ranking of SASRec on ml-100k.
+"""Relevance against diversity and the long tail: MMR, DPP, calibrated and fair re-ranking of SASRec on ml-100k.
 
 Same data, split and protocol as ``classic.py`` (time-ordered leave-one-out, full ranking, history
 excluded, @10). SASRec (max_len 200, batch 32, early stopping on validation NDCG@10, seed 0) ranks
@@ -8,13 +8,17 @@ the whole catalog; each re-ranker reorders its top 100 and the metrics are taken
   mmr          maximal marginal relevance, λ ∈ {1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.3}
   dpp          greedy DPP MAP (Chen et al. 2018), θ ∈ {0.99, 0.9, 0.8, 0.7, 0.6, 0.5}
   calibration  Steck 2018, λ ∈ {0.1, 0.3, 0.5, 0.7, 0.9}
+  fair         FA*IR-style fair exposure of long-tail items (Zehlike et al. 2017, α = 0.1), target
+               tail share p ∈ {0.1, 0.2, 0.3, 0.4, 0.5, 0.6}
   train-reg    no re-ranking, but SASRec trained with the diversity regulariser (``diversity_weight``
                μ ∈ ``--train-weights``: μ·E[cos] of two items drawn from the predicted distribution)
 
 MMR and DPP compare items by genre (cosine of multi-hot genre vectors; ``--similarity embedding``
 uses SASRec's learned item embeddings instead). Intra-list diversity (ILD) is always measured on
 the genre vectors, as ``lmrec evaluate`` does. A setting is marked when it raises ILD by ≥ 20 % for
-≤ 5 % loss of NDCG@10.
+≤ 5 % loss of NDCG@10. Every setting also reports the tail share of its top 10
+(:func:`lmrec.evaluate.fairness.tail_share`: tail items are all but the most popular ones that hold
+the first half of the training interactions, the set the fair re-ranker protects).
 
     .venv/bin/python benchmarks/diversity.py                    # train SASRec, then all settings
     .venv/bin/python benchmarks/diversity.py --run runs/sasrec  # a saved run's model instead
@@ -60,8 +64,9 @@ GRIDS: dict[str, list[float]] = {
     "mmr": [1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.3],
     "dpp": [0.99, 0.9, 0.8, 0.7, 0.6, 0.5],
     "calibration": [0.1, 0.3, 0.5, 0.7, 0.9],
+    "fair": [0.1, 0.2, 0.3, 0.4, 0.5, 0.6],
 }
-PARAMETER = {"none": "", "mmr": "λ", "dpp": "θ", "calibration": "λ", "train-reg": "μ"}
+PARAMETER = {"none": "", "mmr": "λ", "dpp": "θ", "calibration": "λ", "fair": "p", "train-reg": "μ"}
 SASREC = {"max_len": 200, "batch_size": 32}
 K = 10
 ILD_GAIN, NDCG_LOSS = 0.20, 0.05  # the marked settings: ILD +20 % or more for at most 5 % NDCG loss
@@ -73,7 +78,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--save", type=Path, help="train the run into this directory (which --run accepts)")
     parser.add_argument("--similarity", choices=("genre", "embedding"), default="genre")
     parser.add_argument("--candidates", type=int, default=100, help="re-rank the model's top N")
-    parser.add_argument("--methods", default="mmr,dpp,calibration", help="any of mmr, dpp, calibration")
+    parser.add_argument("--methods", default="mmr,dpp,calibration,fair", help="any of mmr, dpp, calibration, fair")
     parser.add_argument("--smoke", action="store_true", help="2 training epochs, *-smoke output files")
     parser.add_argument("--train-weights", default="0.5,2", help="diversity_weight values to train SASRec with")
     parser.add_argument("--threads", type=int, default=2, help="torch / BLAS threads")
@@ -173,12 +178,14 @@ def run_settings(
 ) -> list[dict[str, Any]]:
     from lmrec.evaluate import evaluate
     from lmrec.evaluate.beyond import beyond_accuracy
-    from lmrec.rerank import DPP, MMR, Calibrated, make_similarity
+    from lmrec.evaluate.fairness import tail_items, tail_share
+    from lmrec.rerank import DPP, MMR, Calibrated, FairExposure, make_similarity
 
     ds, test = split.dataset, split.eval_set("test")
     cats = list(ds.catalog["categories"])
     genre_vectors = ds.category_matrix()
     popularity = split.train_dataset().item_popularity()
+    is_tail = tail_items(popularity)
     histories = [test.queries.history(i) for i in range(len(test))]
     similarity = make_similarity(args.similarity, ds, model)
     frozen = FrozenScores(model, test)
@@ -196,6 +203,7 @@ def run_settings(
             item_categories=cats,
             histories=histories,
         )
+        beyond["tail_share"] = tail_share(result.recommendations, is_tail)
         row = {
             "method": method,
             "value": value,
@@ -204,7 +212,8 @@ def run_settings(
             "seconds": round(seconds, 3),
         }
         print(f"{method} {'' if value is None else value}: ndcg@10 {row['metrics']['ndcg@10']:.4f}, "
-              f"ild {beyond['ild']:.4f} ({seconds:.1f} s)", file=sys.stderr)  # fmt: skip
+              f"ild {beyond['ild']:.4f}, tail share {beyond['tail_share']:.4f} ({seconds:.1f} s)",
+              file=sys.stderr)  # fmt: skip
         return row
 
     rows = [measure("none", None, None)]
@@ -218,6 +227,8 @@ def run_settings(
                 reranker = MMR(similarity, lam=value)
             elif method == "dpp":
                 reranker = DPP(similarity, theta=value)
+            elif method == "fair":
+                reranker = FairExposure(is_tail, p=value)
             else:
                 reranker = Calibrated(cats, lam=value)
             rows.append(measure(method, value, reranker))
@@ -242,7 +253,7 @@ def _pct(value: float) -> str:
 def render(rows: list[dict[str, Any]], info: dict[str, Any]) -> str:
     header = [
         "method", "parameter", "NDCG@10", "ΔNDCG %", "Recall@10", "ILD", "ΔILD %", "category coverage",
-        "miscalibration", "coverage", "novelty", "s", f"ILD ≥ +{ILD_GAIN:.0%}, NDCG ≥ −{NDCG_LOSS:.0%}",
+        "miscalibration", "coverage", "novelty", "tail share", "s", f"ILD ≥ +{ILD_GAIN:.0%}, NDCG ≥ −{NDCG_LOSS:.0%}",
     ]  # fmt: skip
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
@@ -251,7 +262,8 @@ def render(rows: list[dict[str, Any]], info: dict[str, Any]) -> str:
         cells = [
             row["method"], param, fmt(m["ndcg@10"], 4), _pct(row["delta_ndcg"]), fmt(m["recall@10"], 4),
             fmt(m["ild"], 4), _pct(row["delta_ild"]), fmt(m["category_coverage"], 4),
-            fmt(m["miscalibration"], 4), fmt(m["coverage"], 4), fmt(m["novelty"], 2), fmt(row["seconds"], 2),
+            fmt(m["miscalibration"], 4), fmt(m["coverage"], 4), fmt(m["novelty"], 2), fmt(m["tail_share"], 4),
+            fmt(row["seconds"], 2),
             "✓" if row["marked"] else "",
         ]  # fmt: skip
         lines.append("| " + " | ".join(cells) + " |")
@@ -268,7 +280,9 @@ def render(rows: list[dict[str, Any]], info: dict[str, Any]) -> str:
     )
     lines.append(
         f"Model: {trained}. Re-ranking the top {info['candidates']} by {info['similarity']} similarity "
-        f"(MMR, DPP); ILD over genre vectors; novelty in bits; s: evaluation incl. re-ranking of "
+        f"(MMR, DPP); ILD over genre vectors; novelty in bits; tail share: share of the top-10 slots "
+        f"holding items outside the head (the most popular items with half the training interactions; "
+        f"the fair re-ranker's protected group); s: evaluation incl. re-ranking of "
         f"{info['n_users']} users (model scores computed once)."
     )
     mach = info["machine"]
@@ -280,29 +294,39 @@ def render(rows: list[dict[str, Any]], info: dict[str, Any]) -> str:
 
 
 def plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
+    """NDCG@10 against ILD (left) and against the tail share of the top 10 (right), one curve per method."""
     plt = require_matplotlib()
-    fig, ax = plt.subplots(figsize=(8, 5.5), dpi=120)
+    fig, (ild_ax, tail_ax) = plt.subplots(1, 2, figsize=(13, 5.5), dpi=120, sharey=True)
     base = rows[0]["metrics"]
-    ax.scatter([base["ild"]], [base["ndcg@10"]], marker="*", s=180, color="black", zorder=3, label="no re-ranking")
-    lines = (("mmr", "tab:blue"), ("dpp", "tab:orange"), ("calibration", "tab:green"), ("train-reg", "tab:red"))
-    for method, color in lines:
-        points = [r for r in rows if r["method"] == method]
-        if not points:
-            continue
-        xs = [r["metrics"]["ild"] for r in points]
-        ys = [r["metrics"]["ndcg@10"] for r in points]
-        ax.plot(xs, ys, marker="o", color=color, label=method.upper() if method in ("mmr", "dpp") else method)
-        for r, x, y in zip(points, xs, ys, strict=True):
-            ax.annotate(f"{PARAMETER[method]}={r['value']:g}", (x, y), textcoords="offset points", xytext=(4, 4),
-                        fontsize=7, color=color)  # fmt: skip
-    ax.axhline(base["ndcg@10"] * (1 - NDCG_LOSS), color="grey", linestyle=":", linewidth=1,
-               label=f"NDCG@10 −{NDCG_LOSS:.0%}")  # fmt: skip
-    ax.axvline(base["ild"] * (1 + ILD_GAIN), color="grey", linestyle="--", linewidth=1, label=f"ILD +{ILD_GAIN:.0%}")
-    ax.set_xlabel("intra-list diversity @10 (genres)")
-    ax.set_ylabel("NDCG@10")
-    ax.set_title(title, fontsize=10)
-    ax.legend(loc="lower left", fontsize=8)
-    ax.grid(alpha=0.3)
+    lines = (
+        ("mmr", "tab:blue"), ("dpp", "tab:orange"), ("calibration", "tab:green"), ("fair", "tab:purple"),
+        ("train-reg", "tab:red"),
+    )  # fmt: skip
+    for ax, metric, label in (
+        (ild_ax, "ild", "intra-list diversity @10 (genres)"),
+        (tail_ax, "tail_share", "tail share of the top 10 (items outside the popular head)"),
+    ):
+        ax.scatter([base[metric]], [base["ndcg@10"]], marker="*", s=180, color="black", zorder=3,
+                   label="no re-ranking")  # fmt: skip
+        for method, color in lines:
+            points = [r for r in rows if r["method"] == method]
+            if not points:
+                continue
+            xs = [r["metrics"][metric] for r in points]
+            ys = [r["metrics"]["ndcg@10"] for r in points]
+            ax.plot(xs, ys, marker="o", color=color, label=method.upper() if method in ("mmr", "dpp") else method)
+            for r, x, y in zip(points, xs, ys, strict=True):
+                ax.annotate(f"{PARAMETER[method]}={r['value']:g}", (x, y), textcoords="offset points",
+                            xytext=(4, 4), fontsize=7, color=color)  # fmt: skip
+        ax.axhline(base["ndcg@10"] * (1 - NDCG_LOSS), color="grey", linestyle=":", linewidth=1,
+                   label=f"NDCG@10 −{NDCG_LOSS:.0%}")  # fmt: skip
+        ax.set_xlabel(label)
+        ax.grid(alpha=0.3)
+    ild_ax.axvline(base["ild"] * (1 + ILD_GAIN), color="grey", linestyle="--", linewidth=1,
+                   label=f"ILD +{ILD_GAIN:.0%}")  # fmt: skip
+    ild_ax.set_ylabel("NDCG@10")
+    ild_ax.legend(loc="lower left", fontsize=8)
+    fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)

@@ -689,6 +689,7 @@ def test_rerank_mmr_diversifies_and_says_what_ran(client: TestClient) -> None:
     [
         ({"method": "dpp", "lam": 0.5}, "DPP(theta=0.5"),
         ({"method": "calibration", "lam": 0.9}, "Calibrated(lam=0.9"),
+        ({"method": "fair", "lam": 0.5}, "FairExposure(p=0.5, alpha=0.1"),
         ({"method": "mmr", "lam": 0.5, "similarity": "cooccurrence", "candidates": 10}, "CooccurrenceSimilarity"),
     ],
 )
@@ -739,12 +740,13 @@ def test_rerankers_are_built_once_and_reused(client: TestClient) -> None:
     assert live.reranker(RerankSpec("calibration", 0.5, "genre")) is live.reranker(
         RerankSpec("calibration", 0.5, "cooccurrence")
     )
+    assert live.reranker(RerankSpec("fair", 0.3, "genre")) is live.reranker(RerankSpec("fair", 0.3, "embedding"))
 
 
 def test_health_lists_what_the_run_supports(client: TestClient) -> None:
     health = client.get("/health").json()
     assert health["index"] == "exact"
-    assert health["rerankers"] == ["mmr", "dpp", "calibration"]
+    assert health["rerankers"] == ["mmr", "dpp", "calibration", "fair"]
     assert health["similarities"] == ["genre", "cooccurrence"]  # EASE has no item embeddings
 
 

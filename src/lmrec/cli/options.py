@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from lmrec.models.base import FitOptions
     from lmrec.runs import Run
 
-RERANK_DEFAULTS = {"mmr": 0.7, "dpp": 0.8, "calibration": 0.5}
+RERANK_DEFAULTS = {"mmr": 0.7, "dpp": 0.8, "calibration": 0.5, "fair": 0.3}
 WATCH_SECONDS = 2.0  # how often `lmrec serve --watch` looks at the run
 # oneDNN, which runs torch's bf16 matmuls on CPU, keeps a kernel per input shape in two caches of
 # 1,024 entries each (ideep's LRU_CACHE_CAPACITY, oneDNN's primitive cache). A model whose shapes
@@ -113,8 +113,16 @@ def build_reranker(args: argparse.Namespace, run: Any) -> Any:
 
 
 def add_rerank_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--rerank", choices=sorted(RERANK_DEFAULTS), help="re-rank the top candidates for diversity")
-    p.add_argument("--lam", type=float, help="trade-off: MMR/calibration λ, DPP θ (1 = relevance only for MMR)")
+    p.add_argument(
+        "--rerank",
+        choices=sorted(RERANK_DEFAULTS),
+        help="re-rank the top candidates for diversity, calibration or long-tail exposure",
+    )
+    p.add_argument(
+        "--lam",
+        type=float,
+        help="trade-off: MMR/calibration λ, DPP θ, fair p (target share of long-tail items; 0 = model order)",
+    )
     p.add_argument("--similarity", default="genre", choices=["genre", "embedding", "cooccurrence"])
     p.add_argument("--candidates", type=positive, default=100, help="how many of the model's top items to re-rank")
 

@@ -1,4 +1,5 @@
-"""Re-rankers that trade a little relevance for diversity or calibration: MMR, DPP, calibration.
+"""Re-rankers that trade a little relevance for diversity, calibration or long-tail exposure: MMR,
+DPP, calibration, FA*IR-style fair exposure.
 
 Each one follows :class:`lmrec.evaluate.evaluator.Reranker`, so it plugs into
 ``evaluate(model, eval_set, reranker=..., candidates=100)``::
@@ -19,6 +20,7 @@ from lmrec.data.schema import Dataset
 from lmrec.errors import ConfigError
 from lmrec.rerank.calibration import Calibrated
 from lmrec.rerank.dpp import DPP
+from lmrec.rerank.fair import FairExposure
 from lmrec.rerank.mmr import MMR
 from lmrec.rerank.similarity import (
     CategorySimilarity,
@@ -37,6 +39,7 @@ __all__ = [
     "CategorySimilarity",
     "CooccurrenceSimilarity",
     "EmbeddingSimilarity",
+    "FairExposure",
     "ItemSimilarity",
     "item_vectors_of",
     "make_reranker",
@@ -46,7 +49,7 @@ __all__ = [
 if TYPE_CHECKING:
     from lmrec.models.base import Recommender
 
-RERANKERS = ("mmr", "dpp", "calibration")
+RERANKERS = ("mmr", "dpp", "calibration", "fair")
 SIMILARITIES = ("genre", "embedding", "cooccurrence")
 
 
@@ -75,14 +78,18 @@ def make_reranker(
     *,
     model: Recommender | None = None,
     similarity_name: str = "genre",
-) -> MMR | DPP | Calibrated:
-    """A re-ranker by name with its one trade-off ``value``: MMR's λ, DPP's θ or calibration's λ.
+) -> MMR | DPP | Calibrated | FairExposure:
+    """A re-ranker by name with its one trade-off ``value``: MMR's λ, DPP's θ, calibration's λ or
+    fair exposure's p (the target share of long-tail items).
 
     MMR and DPP compare items with :func:`make_similarity` ``similarity_name``; calibration reads the
-    catalog's categories.
+    catalog's categories; fair exposure reads the long tail off ``dataset``'s interactions (pass the
+    training part).
     """
     if name == "calibration":
         return Calibrated.from_catalog(dataset, lam=value)
+    if name == "fair":
+        return FairExposure.from_training(dataset, p=value)
     if name not in RERANKERS:
         raise ConfigError(f"unknown re-ranker {name!r}; choose one of {', '.join(RERANKERS)}")
     sim = make_similarity(similarity_name, dataset, model)

@@ -80,17 +80,19 @@ class _Strict(BaseModel):
 
 
 class RerankRequest(_Strict):
-    """Re-rank the model's top ``candidates`` for diversity (MMR, DPP) or calibration to the history."""
+    """Re-rank the model's top ``candidates`` for diversity (MMR, DPP), calibration to the history or
+    exposure of long-tail items (fair)."""
 
-    method: Literal["mmr", "dpp", "calibration"]
+    method: Literal["mmr", "dpp", "calibration", "fair"]
     lam: float = Field(
         ge=0.0,
         le=1.0,
         allow_inf_nan=False,
-        description="the trade-off: MMR's λ (1 = the model's order), DPP's θ (must be < 1), calibration's λ",
+        description="the trade-off: MMR's λ (1 = the model's order), DPP's θ (must be < 1), calibration's λ, "
+        "fair's p, the target share of long-tail items (0 = the model's order)",
     )
     similarity: Literal["genre", "embedding", "cooccurrence"] = Field(
-        "genre", description="how MMR and DPP compare items (calibration always uses genres)"
+        "genre", description="how MMR and DPP compare items (calibration always uses genres; fair ignores it)"
     )
     candidates: int = Field(100, ge=1, le=1000, description="how many of the model's top items to re-rank")
 

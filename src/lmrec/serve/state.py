@@ -21,8 +21,8 @@ and read as history like any other item. ID-based models cannot score an item th
 never saw; for them new items wait for the next training. Re-rankers compare items by what the
 training data knows, so a re-ranked list holds trained items only.
 
-Re-rankers (MMR, DPP, calibration; :mod:`lmrec.rerank`) are built on first use from the run's
-training data and kept, a bounded number of them, per (method, trade-off, similarity).
+Re-rankers (MMR, DPP, calibration, fair exposure; :mod:`lmrec.rerank`) are built on first use from
+the run's training data and kept, a bounded number of them, per (method, trade-off, similarity).
 """
 
 from __future__ import annotations
@@ -53,6 +53,7 @@ from lmrec.text.encoders import TextEncoder
 GROW_BATCH = 256  # serve-time items encoded, then served, at a time
 GROW_RETRY_S = 30.0  # after a failed encoding of new items, wait this long before trying again
 MAX_RERANKERS = 64  # built re-rankers kept per state; a λ slider has a few dozen positions
+SIMILARITY_RERANKERS = ("mmr", "dpp")  # the re-rankers that compare items by a similarity
 REREAD_WINDOW_S = 5.0  # items stamped this long before the newest one read are read again (late commits)
 REREAD_EVERY_S = 1.0  # how often a request re-reads that window (other requests read only newer items)
 
@@ -99,8 +100,8 @@ class RerankSpec:
     candidates: int = 100
 
     def key(self) -> tuple[str, float, str | None]:
-        # Calibration reads catalog categories and ignores the similarity: one cache entry for all.
-        return (self.method, self.lam, None if self.method == "calibration" else self.similarity)
+        # Calibration and fair exposure ignore the similarity: one cache entry for all.
+        return (self.method, self.lam, self.similarity if self.method in SIMILARITY_RERANKERS else None)
 
 
 class LiveState:
@@ -414,7 +415,7 @@ class LiveState:
             else {
                 "method": rerank.method,
                 "lam": rerank.lam,
-                "similarity": None if rerank.method == "calibration" else rerank.similarity,
+                "similarity": rerank.similarity if rerank.method in SIMILARITY_RERANKERS else None,
                 "candidates": min(query.n, ds.n_items),
                 "reranker": repr(reranker),
             },
