@@ -18,6 +18,7 @@ IntArray = npt.NDArray[np.int64]
 
 __all__ = [
     "average_popularity",
+    "check_recs",
     "beyond_accuracy",
     "catalog_coverage",
     "category_coverage",
@@ -37,7 +38,7 @@ _ILD_BLOCK = 2048
 # Input checks and shared helpers
 
 
-def _check_recs(recs: npt.ArrayLike, n_items: int) -> IntArray:
+def check_recs(recs: npt.ArrayLike, n_items: int) -> IntArray:
     """Return ``recs`` as a 2-D int64 array whose entries are -1 or valid item rows."""
     arr = np.asarray(recs)
     if arr.ndim != 2:
@@ -125,7 +126,7 @@ def catalog_coverage(recs: npt.ArrayLike, n_items: int) -> float:
     """Share of the catalog's ``n_items`` items that appear in at least one list."""
     if n_items < 1:
         raise ValueError(f"n_items must be >= 1, got {n_items}")
-    r = _check_recs(recs, n_items)
+    r = check_recs(recs, n_items)
     return float(np.unique(r[r >= 0]).size / n_items)
 
 
@@ -143,7 +144,7 @@ def novelty(recs: npt.ArrayLike, item_popularity: npt.ArrayLike, n_users: int) -
             f"item_popularity has a value {pop.max():g} above n_users={n_users}; "
             "popularity must count distinct users per item"
         )
-    r = _check_recs(recs, pop.shape[0])
+    r = check_recs(recs, pop.shape[0])
     _require_items(r)
     self_info = -np.log2(np.maximum(pop, 1.0) / n_users)
     return _mean_over_lists(self_info[np.maximum(r, 0)], r)
@@ -152,7 +153,7 @@ def novelty(recs: npt.ArrayLike, item_popularity: npt.ArrayLike, n_users: int) -
 def average_popularity(recs: npt.ArrayLike, item_popularity: npt.ArrayLike) -> float:
     """Mean popularity of recommended items, averaged within each non-empty list, then over lists."""
     pop = _check_popularity(item_popularity)
-    r = _check_recs(recs, pop.shape[0])
+    r = check_recs(recs, pop.shape[0])
     _require_items(r)
     return _mean_over_lists(pop[np.maximum(r, 0)], r)
 
@@ -165,7 +166,7 @@ def gini_index(recs: npt.ArrayLike, n_items: int) -> float:
     """
     if n_items < 1:
         raise ValueError(f"n_items must be >= 1, got {n_items}")
-    r = _check_recs(recs, n_items)
+    r = check_recs(recs, n_items)
     _require_items(r)
     counts = np.sort(np.bincount(r[r >= 0], minlength=n_items)).astype(np.float64)
     i = np.arange(1, n_items + 1)
@@ -187,7 +188,7 @@ def intra_list_diversity_per_user(recs: npt.ArrayLike, item_vectors: npt.ArrayLi
         raise ValueError(f"item_vectors must be 2-D (n_items, d), got shape {vecs.shape}")
     if not np.isfinite(vecs).all():
         raise ValueError("item_vectors contains NaN or infinite values")
-    r = _check_recs(recs, vecs.shape[0])
+    r = check_recs(recs, vecs.shape[0])
     norms = np.linalg.norm(vecs, axis=1, keepdims=True)
     unit = np.divide(vecs, norms, out=np.zeros_like(vecs), where=norms > 0)
 
@@ -232,7 +233,7 @@ def category_coverage(recs: npt.ArrayLike, item_categories: Sequence[Sequence[st
     ``item_categories[i]`` lists the categories of item row i. An empty list covers nothing (0).
     """
     _check_categories(item_categories)
-    r = _check_recs(recs, len(item_categories))
+    r = check_recs(recs, len(item_categories))
     item_cat, names = _category_matrix(item_categories, weighted=False)
     if not names:
         raise ValueError("item_categories holds no categories at all")
@@ -259,7 +260,7 @@ def miscalibration_per_user(
         raise ValueError(f"alpha must be in (0, 1], got {alpha}")
     _check_categories(item_categories)
     n_items = len(item_categories)
-    r = _check_recs(recs, n_items)
+    r = check_recs(recs, n_items)
     n_users = r.shape[0]
     if len(histories) != n_users:
         raise ValueError(f"histories has {len(histories)} users but recs has {n_users} rows")

@@ -31,7 +31,7 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
-from lmrec.evaluate.beyond import _check_recs
+from lmrec.evaluate.beyond import check_recs
 
 BoolArray = npt.NDArray[np.bool_]
 
@@ -91,7 +91,7 @@ def tail_share(recs: npt.ArrayLike, is_tail: npt.ArrayLike) -> float:
     tail = np.asarray(is_tail, dtype=bool)
     if tail.ndim != 1:
         raise ValueError(f"is_tail must be 1-D (n_items,), got shape {tail.shape}")
-    r = _check_recs(recs, tail.shape[0])
+    r = check_recs(recs, tail.shape[0])
     filled = r[r >= 0]
     if filled.size == 0:
         raise ValueError("recs contains no recommended items (every slot is -1)")
@@ -118,7 +118,7 @@ def provider_exposure(recs: npt.ArrayLike, providers: Sequence[Any] | pd.Series 
     missing = labels.isna() | (labels.astype(str).str.strip() == "")
     codes, names = pd.factorize(labels.where(~missing).astype(str).where(~missing))
     n_providers = len(names)
-    r = _check_recs(recs, len(labels))
+    r = check_recs(recs, len(labels))
     slot_codes = codes[r[r >= 0]]
     exposure = np.bincount(slot_codes[slot_codes >= 0], minlength=n_providers).astype(np.float64)
     exposed = int(np.count_nonzero(exposure))
