@@ -18,10 +18,10 @@ IntArray = npt.NDArray[np.int64]
 
 __all__ = [
     "average_popularity",
-    "check_recs",
     "beyond_accuracy",
     "catalog_coverage",
     "category_coverage",
+    "check_recs",
     "gini_index",
     "intra_list_diversity",
     "intra_list_diversity_per_user",
