@@ -32,8 +32,12 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("features", ("lmrec.features",)),  # item and user feature tables: text, images, attributes
     ("train & evaluate", ("lmrec.train", "lmrec.evaluate")),  # loop, losses, validation; metrics, evaluator
     ("models", ("lmrec.models",)),
-    # after a model's ranking: re-rank it, compress the model, private training, explain a list
-    ("rerank/compress/privacy", ("lmrec.rerank", "lmrec.compress", "lmrec.privacy", "lmrec.llm.explain")),
+    # after a model's ranking: re-rank it, compress the model, private training, explain a list; attacks
+    # on the training data and the detector of fake users (robust: reads data only)
+    (
+        "rerank/compress/privacy",
+        ("lmrec.rerank", "lmrec.compress", "lmrec.privacy", "lmrec.robust", "lmrec.llm.explain"),
+    ),
     # a trained run on disk (data, split, model), its HTML report, new catalog items added to it, every
     # user's top-k into a file, a hyperparameter search over runs
     ("runs", ("lmrec.runs", "lmrec.report", "lmrec.newitems", "lmrec.batch_recommend", "lmrec.tune")),

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from lmrec.cache import default_cache
 from lmrec.cli.options import ONEDNN_CACHES, WATCH_SECONDS, add_rerank_options, dp_arguments, duration, positive
+from lmrec.cli.robust import add_parsers as add_robust_parsers
 from lmrec.cli.train import cmd_compress, cmd_federated, cmd_mask, cmd_prepare, cmd_retrain, cmd_train, cmd_tune
 from lmrec.cli.use import (
     cmd_compare,
@@ -266,6 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
         if action == "revoke":
             k.add_argument("key_id", help="the key to revoke (see `lmrec keys list`)")
         k.set_defaults(func=cmd_keys)
+    add_robust_parsers(sub)  # attack, detect
     return parser
 
 
