@@ -53,13 +53,25 @@ def serve(run: Any, reranker: Any) -> tuple[list[str], np.ndarray]:
 
 
 def exposure(shown: np.ndarray, tail: set[str], catalog: int) -> dict[str, float]:
+    """How concentrated the lists shown this round are: over items (Gini of slots per catalog item,
+    the tail's share, coverage, the top 1 %'s share) and over users (homogenisation: the mean
+    Jaccard overlap of two users' lists, Chaney et al. 2018)."""
+    from scipy import sparse
+
     from lmrec.evaluate.beyond import gini_index
 
     filled = shown[shown != ""]
     vocab = {item: row for row, item in enumerate(sorted(set(filled)))}
     rows = np.vectorize(lambda i: vocab.get(i, -1))(shown)
     counts = np.bincount(rows[rows >= 0], minlength=catalog)
+    user, slot = np.nonzero(rows >= 0)
+    lists = sparse.csr_array((np.ones(len(user)), (user, rows[user, slot])), shape=(len(rows), catalog))
+    common = (lists @ lists.T).toarray()
+    sizes = np.asarray(lists.sum(axis=1)).ravel()
+    jaccard = common / np.maximum(sizes[:, None] + sizes[None, :] - common, 1)
+    n = len(rows)
     return {
+        "homogenisation": round(float((jaccard.sum() - np.trace(jaccard)) / (n * (n - 1))), 4),
         "gini": round(gini_index(rows, catalog), 4),
         "tail_share": round(float(np.isin(filled, list(tail)).mean()), 4),
         "coverage": round(len(vocab) / catalog, 4),
@@ -169,14 +181,15 @@ def render(report: dict[str, Any], args: argparse.Namespace) -> str:
         f"Command: `{report['command']}`",
         "",
         "| policy | round | exposure Gini | tail share of top-10 | coverage | top-1 % items' share "
-        "| clicks' tail share | Gini of all clicks so far |",
-        "|---|---|---|---|---|---|---|---|",
+        "| homogenisation | clicks' tail share | Gini of all clicks so far |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for policy, rounds in report["policies"].items():
         for r in rounds:
             lines.append(
                 f"| {policy} | {r['round']} | {r['gini']:.4f} | {r['tail_share']:.4f} | {r['coverage']:.4f} "
-                f"| {r['top1%_share']:.4f} | {fmt(r.get('clicks_tail_share'), 4)} | {fmt(r.get('clicks_gini'), 4)} |"
+                f"| {r['top1%_share']:.4f} | {r['homogenisation']:.4f} | {fmt(r.get('clicks_tail_share'), 4)} "
+                f"| {fmt(r.get('clicks_gini'), 4)} |"
             )
     return "\n".join(lines)
 
