@@ -197,3 +197,14 @@ def test_make_reranker_by_name() -> None:
     rows = np.array([ds.items.rows(["a", "b", "c", "d"])])
     out = make_reranker("fair", 1.0, ds)(no_batch(1), rows, descending(rows), 4)
     assert ds.items.raw(out[0]) == ["c", "d", "a", "b"]
+
+
+def test_every_list_of_rerankers_names_the_same_ones() -> None:
+    """The re-rankers are listed where they are made, in the service's request schema and in the CLI's
+    defaults; a new one must reach all three."""
+    from typing import get_args
+
+    from lmrec.cli.options import RERANK_DEFAULTS
+    from lmrec.serve.schemas import RerankRequest
+
+    assert set(get_args(RerankRequest.model_fields["method"].annotation)) == set(RERANKERS) == set(RERANK_DEFAULTS)
