@@ -47,8 +47,12 @@ DATA_OF = {  # which written log each arm trains on
 
 
 def prepare_logs(args: argparse.Namespace, cache_dir: Path, where: Path) -> dict[str, Any]:
-    """Write the clean, attacked, detected and text-attacked logs under ``where`` (once: a second
-    call reads what the first wrote) and return the attack's record."""
+    """Make the clean, attacked, detected and text-attacked logs (seeded: the same every call), write
+    each under ``where`` unless it is there already, and return the attack's record. A log written
+    by an earlier call that holds other users (the detector changed since) is an error: the runs
+    trained on it would no longer match the record."""
+    import pandas as pd
+
     from lmrec.robust import (
         Attack,
         choose_targets,
@@ -60,15 +64,11 @@ def prepare_logs(args: argparse.Namespace, cache_dir: Path, where: Path) -> dict
         write_dataset,
     )
 
-    record_file = where / "attack.json"
-    if record_file.is_file():
-        return json.loads(record_file.read_text())
     dataset, _ = recipe(args.dataset).load(cache_dir)
     targets = choose_targets(dataset, args.targets, seed=args.attack_seed)
     attack = Attack(kind=args.attack, fraction=args.fraction, targets=tuple(targets), seed=args.attack_seed)
     attacked, fakes = inject(dataset, attack)
     found = detect(attacked, expected_fraction=args.fraction)
-    quality = detection_quality(found.flagged, fakes, n_genuine=dataset.n_users)
     logs = {
         "clean": dataset,
         "attacked": attacked,
@@ -76,15 +76,20 @@ def prepare_logs(args: argparse.Namespace, cache_dir: Path, where: Path) -> dict
         "text-attacked": text_attack(dataset, targets, seed=args.attack_seed),
     }
     for name, data in logs.items():
-        write_dataset(data, where / name)
+        if not (where / name).is_dir():
+            write_dataset(data, where / name)
+            continue
+        written = set(pd.read_csv(where / name / "interactions.csv", usecols=["user"], dtype=str)["user"])
+        if written != set(data.users.ids):
+            raise SystemExit(f"{where / name} holds other users than this code makes: remove it and its runs")
     record = {
         "attack": {"kind": args.attack, "fraction": args.fraction, "seed": args.attack_seed},
         "targets": list(targets),
         "fake_users": len(fakes),
         "genuine_users": dataset.n_users,
-        "detection": quality,
+        "detection": detection_quality(found.flagged, fakes, n_genuine=dataset.n_users),
     }
-    record_file.write_text(json.dumps(record, indent=2) + "\n")
+    (where / "attack.json").write_text(json.dumps(record, indent=2) + "\n")
     return record
 
 
