@@ -3,8 +3,9 @@
 * :mod:`~lmrec.robust.attacks` — fake users that push target items (random, bandwagon and
   sequence-aware profiles), a text attack on target items' text, and writing a (poisoned) dataset
   back as a directory ``lmrec train --dataset`` reads (``lmrec attack``);
-* :mod:`~lmrec.robust.detect` — per-user popularity and group-similarity features combined as
-  robust z-scores into one suspicion score, the users it flags, and removing them (``lmrec detect``).
+* :mod:`~lmrec.robust.detect` — how far a user's items lean popular or niche, and whether they share
+  an item with too many users leaning the same way, as one suspicion score; the users it flags, and
+  removing them (``lmrec detect``).
 
 This package sits above the models in the layers but reads only :mod:`lmrec.data`.
 """
