@@ -79,11 +79,18 @@ def prepare_logs(args: argparse.Namespace, cache_dir: Path, where: Path) -> dict
         if not (where / name).is_dir():
             write_dataset(data, where / name)
             continue
-        written = set(pd.read_csv(where / name / "interactions.csv", usecols=["user"], dtype=str)["user"])
-        if written != set(data.users.ids):
-            raise SystemExit(f"{where / name} holds other users than this code makes: remove it and its runs")
+        written = pd.read_csv(where / name / "interactions.csv", usecols=["user", "item"], dtype=str)
+        made = data.interactions
+        made = pd.DataFrame({"user": data.users.raw(made["user"]), "item": data.items.raw(made["item"])})
+        if (
+            not written.sort_values(["user", "item"])
+            .reset_index(drop=True)
+            .equals(made.sort_values(["user", "item"]).reset_index(drop=True))
+        ):
+            raise SystemExit(f"{where / name} holds another log than this command makes: use other --runs")
     record = {
         "attack": {"kind": args.attack, "fraction": args.fraction, "seed": args.attack_seed},
+        "adversarial_eps": args.eps,
         "targets": list(targets),
         "fake_users": len(fakes),
         "genuine_users": dataset.n_users,
@@ -137,8 +144,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     cache_dir = default_cache()
     runs = args.runs or Path("runs") / f"robust-{Path(args.dataset).name}"
-    record = prepare_logs(args, cache_dir, runs / "data" / f"{args.attack}-{args.fraction:g}")
     where = runs / "data" / f"{args.attack}-{args.fraction:g}"
+    record = prepare_logs(args, cache_dir, where)
     seeds = [int(s) for s in args.seeds.split(",")]
     shared = dict(kv.split("=", 1) for kv in args.set)
     report: dict[str, Any] = {"title": "Poisoning attacks and defences", **header(argv), **record, "models": {}}
@@ -210,7 +217,8 @@ def render(report: dict[str, Any]) -> str:
         f"{report['date']}. Command: `{report['command']}`",
         "",
         f"Detector: precision {detection['precision']:.3f}, recall {detection['recall']:.3f}, "
-        f"genuine users removed {detection['genuine_removed']} ({detection['genuine_removed_share']:.2%}).",
+        f"genuine users removed {detection['genuine_removed']} ({detection['genuine_removed_share']:.2%}). "
+        f"Adversarial arms: adversarial.eps={report.get('adversarial_eps')}.",
         "",
         "| model | arm | seeds | NDCG@10 (genuine) | vs clean | p (paired, per seed) | target HR@10 | lift cut |",
         "|---|---|---|---|---|---|---|---|",
