@@ -17,20 +17,6 @@ import pandas as pd
 
 from lmrec.errors import DataError
 
-# Column names we look for, in order of preference, matched case-insensitively. The canonical
-# name itself always wins; otherwise exactly one alias must be present.
-INTERACTION_ALIASES: dict[str, tuple[str, ...]] = {
-    "user": ("user", "user_id", "userid", "uid", "customer_id"),
-    "item": ("item", "item_id", "itemid", "movieid", "movie_id", "product_id", "iid"),
-    "timestamp": ("timestamp", "time", "ts", "unix_timestamp", "datetime"),
-    "rating": ("rating",),
-    "event": ("event", "event_type"),
-    "weight": ("weight",),
-}
-TITLE_COLUMNS = ("title", "movie_title", "name", "product_title")
-CATEGORY_COLUMNS = ("categories", "genres", "genre", "class", "category")
-YEAR_COLUMNS = ("year", "release_year")
-
 TABLE_SUFFIXES = (".csv", ".tsv", ".csv.gz", ".tsv.gz", ".parquet", ".pq")
 _UTF8_HINT = "re-save the file as UTF-8"
 _BLANKS = re.compile(r"[ \t\r]+")  # what pandas' sep=r"\s+" splits on
