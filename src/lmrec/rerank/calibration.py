@@ -24,7 +24,7 @@ from scipy import sparse
 from lmrec.data.batch import QueryBatch
 from lmrec.data.schema import Dataset
 from lmrec.errors import DataError
-from lmrec.rerank.candidates import Candidates, greedy_setup, prepare
+from lmrec.rerank.candidates import Candidates, greedy_setup, prepare, take
 
 __all__ = ["Calibrated"]
 
@@ -130,9 +130,7 @@ class Calibrated:
             if not live.any():
                 break
             r, j = rows[live], best[live]
-            chosen[r, slot] = cands.items[r, j]
-            n_chosen[r] += 1
-            available[r, j] = False
+            take(cands, chosen, n_chosen, available, slot, r, j)
             list_weights[r] += weights[r, j]
             list_mass[r] += mass[r, j]
         return chosen

@@ -15,7 +15,7 @@ import numpy as np
 
 from lmrec.data.batch import QueryBatch
 
-__all__ = ["BLOCK", "BlockReranker", "Candidates", "fill_in_order", "greedy_setup", "prepare"]
+__all__ = ["BLOCK", "BlockReranker", "Candidates", "fill_in_order", "greedy_setup", "prepare", "take"]
 
 # Queries re-ranked together: bounds the (block, N, N) similarity arrays to a few tens of MB.
 BLOCK = 256
@@ -96,6 +96,21 @@ def greedy_setup(cands: Candidates, k: int) -> tuple[np.ndarray, np.ndarray, np.
     """Empty result (b, k), per-row count of chosen items, and the mask of still available ones."""
     b = len(cands)
     return np.full((b, k), -1, dtype=np.int64), np.zeros(b, dtype=np.int64), cands.valid.copy()
+
+
+def take(
+    cands: Candidates,
+    chosen: np.ndarray,
+    n_chosen: np.ndarray,
+    available: np.ndarray,
+    slot: int,
+    r: np.ndarray,
+    j: np.ndarray,
+) -> None:
+    """A greedy step's pick: candidate ``j[i]`` of query ``r[i]`` goes to ``slot`` and is no longer available."""
+    chosen[r, slot] = cands.items[r, j]
+    n_chosen[r] += 1
+    available[r, j] = False
 
 
 class BlockReranker:

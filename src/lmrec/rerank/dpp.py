@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from lmrec.rerank.candidates import BlockReranker, Candidates, fill_in_order, greedy_setup
+from lmrec.rerank.candidates import BlockReranker, Candidates, fill_in_order, greedy_setup, take
 from lmrec.rerank.similarity import ItemSimilarity
 
 __all__ = ["DPP"]
@@ -79,9 +79,7 @@ class DPP(BlockReranker):
             if not live.any():
                 break
             r, j = rows[live], best[live]
-            chosen[r, slot] = cands.items[r, j]
-            n_chosen[r] += 1
-            available[r, j] = False
+            take(cands, chosen, n_chosen, available, slot, r, j)
             # e_i = (S_ji − <c_j, c_i>) / d_j ; d_i² −= e_i²  (Chen et al., Algorithm 1)
             c_j = factors[r, :slot, j]  # (m, slot)
             dot = np.einsum("ms,msn->mn", c_j, factors[r, :slot, :])

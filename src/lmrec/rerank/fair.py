@@ -23,7 +23,7 @@ from scipy.stats import binom
 
 from lmrec.data.schema import Dataset
 from lmrec.evaluate.fairness import tail_items
-from lmrec.rerank.candidates import BlockReranker, Candidates, greedy_setup
+from lmrec.rerank.candidates import BlockReranker, Candidates, greedy_setup, take
 
 __all__ = ["FairExposure", "minimum_protected"]
 
@@ -99,8 +99,6 @@ class FairExposure(BlockReranker):
             if not live.any():
                 break
             r, j = rows[live], best[live]
-            chosen[r, slot] = cands.items[r, j]
-            n_chosen[r] += 1
-            available[r, j] = False
+            take(cands, chosen, n_chosen, available, slot, r, j)
             n_protected[r] += protected[r, j]
         return chosen

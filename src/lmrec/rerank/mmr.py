@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from lmrec.rerank.candidates import BlockReranker, Candidates, greedy_setup
+from lmrec.rerank.candidates import BlockReranker, Candidates, greedy_setup, take
 from lmrec.rerank.similarity import ItemSimilarity
 
 __all__ = ["MMR"]
@@ -45,9 +45,7 @@ class MMR(BlockReranker):
             if not live.any():
                 break
             r, j = rows[live], best[live]
-            chosen[r, slot] = cands.items[r, j]
-            n_chosen[r] += 1
-            available[r, j] = False
+            take(cands, chosen, n_chosen, available, slot, r, j)
             if sims is not None:
                 closest[r] = np.maximum(closest[r], sims[r, j])
         return chosen
