@@ -111,3 +111,32 @@ def test_control_encoders_break_what_the_text_says() -> None:
     real = inner.encode(texts)
     assert sorted(map(tuple, shuffled.round(5))) == sorted(map(tuple, real.round(5)))  # the same vectors
     assert not np.allclose(shuffled, real)  # handed to other texts
+
+
+def test_position_scores_are_the_served_text_term_at_every_prefix() -> None:
+    """Distilling from a fused teacher: the text term at training position j is the one the
+    teacher would serve after the history that ends there."""
+    text = torch.randn(5, 4)
+    fusion = TextFusion(TextFusionConfig(weight=2.0, recent=2, decay=0.5), text)
+    histories = [np.array([0, 3, 1, 4]), np.array([2, 1])]
+    inputs = torch.tensor([[1, 4, 2, 5], [3, 2, 0, 0]])  # net rows (item + 1), right-padded
+    keep = inputs > 0
+    got = fusion.position_scores(inputs, keep)
+    prefixes = [h[: j + 1] for h in histories for j in range(len(h))]
+    want = 2.0 * fusion.profiles(QueryBatch.from_histories(list(range(len(prefixes))), prefixes)) @ fusion.text.T
+    assert got.shape == (6, 5) and torch.allclose(got, want, atol=1e-6)
+
+
+def test_a_fused_teacher_passes_its_text_to_an_id_only_student(tmp_path: Path) -> None:
+    split = leave_one_out(parity_board())
+    options = FitOptions(seed=0, text_encoder=KeywordEncoder("even"))
+    cfg = {"dim": 16, "inner": 16, "heads": 1, "max_len": 12, "epochs": 1, "batch_size": 16}
+    teacher = SASRec(SequentialConfig(**cfg, fusion=TextFusionConfig(weight=3.0, recent=1)))
+    teacher.fit(split.train_dataset(), None, options).save(tmp_path / "teacher")
+    student = SASRec(SequentialConfig(**cfg, teacher=str(tmp_path / "teacher")))
+    assert not student.fit(split.train_dataset(), None, FitOptions(seed=0)).fused  # reads no text itself
+    assert np.isfinite(student.training_log["losses"]).all()
+    with pytest.raises(ConfigError, match="causal students only"):
+        SASRec(SequentialConfig(**cfg, objective="masked", teacher=str(tmp_path / "teacher"))).fit(
+            split.train_dataset(), None, FitOptions(seed=0)
+        )

@@ -76,6 +76,21 @@ class TextFusion:
             total[has] += decay**back
         return out / total.clamp(min=1e-12)
 
+    def position_scores(self, inputs: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        """``w · p · t_i`` for every item at the kept positions of right-padded training inputs
+        (B, L) of net rows (0 pad, item i at row i + 1): the profile at position j reads the items
+        at j, j − 1, … as :meth:`profiles` reads a history's end. (N, n_items), N = keep.sum()."""
+        recent, decay = self.config.recent, self.config.decay
+        text = torch.cat([torch.zeros(1, self.text.shape[1]), self.text]).to(inputs.device)  # row 0: pad
+        out = torch.zeros(*inputs.shape, self.text.shape[1], device=inputs.device)
+        total = torch.zeros(*inputs.shape, 1, device=inputs.device)
+        for back in range(min(recent, inputs.shape[1])):  # the item `back` places before each position
+            rows = torch.nn.functional.pad(inputs, (back, 0))[:, : inputs.shape[1]]
+            out += decay**back * text[rows]
+            total += decay**back * (rows > 0).unsqueeze(-1)
+        profiles = (out / total.clamp(min=1e-12))[keep]
+        return self.weight * profiles @ text[1:].T
+
     def queries(self, queries: Queries, batch: QueryBatch) -> Queries:
         """The model's query vectors with ``weight`` × the text profile appended."""
         fused = torch.cat([queries.vectors, self.weight * self.profiles(batch)], dim=1)

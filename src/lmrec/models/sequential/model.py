@@ -205,6 +205,10 @@ class SequentialRecommender(ReadsItemText, DotProductModel):
         teacher = load_sequential(path, "teacher", self.n_items)
         if teacher.config.max_len < self.config.max_len:
             raise ConfigError(f"teacher {path} reads {teacher.config.max_len} items, the student {self.config.max_len}")
+        if teacher.fused and self.config.objective != "causal":
+            raise ConfigError(
+                f"teacher {path} adds text fusion, which reads the items before a position: causal students only"
+            )
         teacher.net.to(self.device).eval()
         return teacher
 
@@ -291,6 +295,8 @@ class SequentialRecommender(ReadsItemText, DotProductModel):
         with torch.no_grad():
             t_table = teacher.item_table()
             t_logits = teacher.logits(teacher(inputs, causal=causal, table=t_table)[keep], t_table)
+            if self.teacher.fused:  # the teacher's scores as it serves them: text similarity added
+                t_logits = t_logits + self.teacher.fusion.position_scores(inputs, keep)  # type: ignore[union-attr]
         logits = self.net.logits(hidden, table)
         unseen = self.unseen
         return distillation_loss(
