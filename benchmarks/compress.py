@@ -16,6 +16,12 @@ size on disk and parameter count, p50/p99 batch-1 latency and batch-64 throughpu
 Recall@10 on all test users, and the relative change against the uncompressed run::
 
     taskset -c 0 .venv/bin/python benchmarks/compress.py --run runs/sasrec-ml100k --threads 1
+
+A distilled student beside its teacher (the teacher first, the base of the × columns), only the
+variant a deployment would serve::
+
+    .venv/bin/python benchmarks/compress.py --run runs/distill-beauty/distilled-seed0 \
+        --teacher runs/teachers/beauty-init+fusion-seed0 --only "prune + int8" --threads 1
 """
 
 from __future__ import annotations
@@ -77,6 +83,10 @@ def main() -> None:
     parser.add_argument("--run", type=Path, help="compress this sequential run with every method instead")
     parser.add_argument("--out", type=Path, help="--run: where the compressed runs go (default: beside RUN)")
     parser.add_argument("--cache-dir", type=Path, default=None, help="--run: the dataset cache")
+    parser.add_argument(
+        "--teacher", type=Path, help="--run: a run it was distilled from, timed first (the base of the × columns)"
+    )
+    parser.add_argument("--only", help="--run: the variants to make, comma-separated labels (default: all)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.run is not None:
@@ -243,15 +253,14 @@ def run_table(args: argparse.Namespace) -> None:
     source = open_run(args.run, cache)
     queries = source.split.eval_set("test").queries
     entries: list[tuple[str, Run, int, int, float]] = [
-        (
-            f"{source.meta['model']} (torch, source)",
-            source,
-            directory_bytes(args.run / "model"),
-            source_parameter_count(source.model),
-            0.0,
-        )
+        (f"{name} (torch)", run, directory_bytes(path / "model"), source_parameter_count(run.model), 0.0)
+        for name, path, run in [
+            *([("teacher", args.teacher, open_run(args.teacher, cache))] if args.teacher else []),
+            (source.meta["model"] + (", source" if not args.teacher else ", student"), args.run, source),
+        ]
     ]
-    for label, method, sets in VARIANTS:
+    only = set(args.only.split(",")) if args.only else {label for label, _, _ in VARIANTS}
+    for label, method, sets in [v for v in VARIANTS if v[0] in only]:
         target = out / label.replace(" (1 head, ffn/2) + 5 ep", "").replace(" (1 head, ffn/4)", "-ffn4")
         target = target.with_name(target.name.replace(" + ", "+").replace(" ", "-").replace("=", ""))
         if not (target / "run.json").exists():

@@ -6,6 +6,10 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +37,38 @@ from tests.conftest import checkerboard
 
 BPR = {"dim": 8, "batch_size": 32, "lr": 0.05}
 SASREC = {"dim": 16, "layers": 1, "heads": 2, "inner": 32, "max_len": 8, "batch_size": 16}
+CHILD_TIMEOUT = 300  # seconds; a federation here takes ~10 s
+
+
+def lmrec_in_child(args: list[str]) -> subprocess.CompletedProcess[str]:
+    """``lmrec ARGS`` in a child process of its own session, NumPy's global generator seeded 0
+    (Flower draws DP noise from it). Started inside a pytest process that had run ~600 tests, Ray's
+    simulation now and then never returned (CI, twice); a child starts clean, and one that outlives
+    ``CHILD_TIMEOUT`` is killed with the Ray processes it started and run once more."""
+    code = "import sys, numpy; numpy.random.seed(0); from lmrec.cli import main; sys.exit(main(sys.argv[1:]))"
+    for _ in range(2):
+        child = subprocess.Popen(
+            [sys.executable, "-c", code, *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+        try:
+            out, err = child.communicate(timeout=CHILD_TIMEOUT)
+            return subprocess.CompletedProcess(child.args, child.returncode, out, err)
+        except subprocess.TimeoutExpired:
+            os.killpg(child.pid, signal.SIGKILL)
+            child.communicate()
+    pytest.fail(f"lmrec {' '.join(args[:4])} ... did not finish in {CHILD_TIMEOUT} s, twice")
+
+
+def run_federation(args: list[str]) -> None:
+    """A federation through the CLI in a child; skipped where Ray could not start its node."""
+    done = lmrec_in_child(args)
+    if done.returncode != 0 and "did not start in" in done.stderr:  # the machine, not the code
+        pytest.skip("Ray could not start its node within its 30 s on this (loaded) machine")
+    assert done.returncode == 0, done.stderr[-3000:]
 
 
 def test_shards_are_disjoint_and_cover_every_user() -> None:
@@ -115,9 +151,7 @@ def test_federated_options_refuse_what_cannot_work() -> None:
         federated_config("bpr", {}, FederatedOptions(dp=DPSpec(epsilon=8)))
 
 
-def test_two_clients_three_rounds_through_flower_make_a_normal_run(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_two_clients_three_rounds_through_flower_make_a_normal_run(tmp_path: Path) -> None:
     """The CLI on Flower's Simulation Engine; the saved global model is FedAvg of the clients'
     local training replayed here round by round, beats popularity, and `lmrec evaluate` reads it."""
     pytest.importorskip("flwr")
@@ -129,10 +163,7 @@ def test_two_clients_three_rounds_through_flower_make_a_normal_run(
     args = ["--cache-dir", str(cache), "federated", "--dataset", str(data), "--model", "bpr", "--quiet"]
     args += ["--clients", "2", "--rounds", "3", "--no-validate", "--out", str(out), "--seed", "3"]
     args += [f"--set={k}={v}" for k, v in BPR.items()]
-    code = main(args)
-    if code != 0 and "did not start in" in capsys.readouterr().err:  # the machine, not the code
-        pytest.skip("Ray could not start its node within its 30 s on this (loaded) machine")
-    assert code == 0
+    run_federation(args)
     meta = json.loads((out / "run.json").read_text())
     log = meta["training"]["federated"]
     assert meta["federated"]["clients"] == 2 and [r["round"] for r in log["per_round"]] == [1, 2, 3]
@@ -158,9 +189,7 @@ def test_two_clients_three_rounds_through_flower_make_a_normal_run(
     assert main(["--cache-dir", str(cache), "evaluate", "--run", str(out)]) == 0
 
 
-def test_dp_fedavg_through_flower_clips_adds_the_noise_and_states_the_guarantee(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_dp_fedavg_through_flower_clips_adds_the_noise_and_states_the_guarantee(tmp_path: Path) -> None:
     """--dp-epsilon on `lmrec federated`: Flower's fixed-clipping wrapper around the FedAvg, the
     noise for the target ε from the Opacus accountant (every client every round), the guarantee in
     run.json and in every report of the run. One round replayed here: the saved model is the
@@ -178,11 +207,7 @@ def test_dp_fedavg_through_flower_clips_adds_the_noise_and_states_the_guarantee(
     args += ["--clients", "2", "--rounds", "1", "--out", str(out), "--seed", "3", "--dp-epsilon", "8"]
     args += ["--dp-clip", str(clip)]
     args += [f"--set={k}={v}" for k, v in SASREC.items()]
-    np.random.seed(0)  # Flower draws the noise from NumPy's global generator, in this process
-    code = main(args)
-    if code != 0 and "did not start in" in capsys.readouterr().err:  # the machine, not the code
-        pytest.skip("Ray could not start its node within its 30 s on this (loaded) machine")
-    assert code == 0
+    run_federation(args)
     meta = json.loads((out / "run.json").read_text())
     assert meta["training"]["federated"]["strategy"].startswith("DP-FedAvg")
     privacy = meta["training"]["privacy"]
