@@ -18,7 +18,7 @@ import pytest
 pytest.importorskip("matplotlib", reason="the report needs matplotlib: pip install 'lmrec[plot]'")
 
 from lmrec.cli import main
-from lmrec.report.html import popularity_buckets, target_scores, valid_epochs
+from lmrec.report.data import popularity_buckets, target_scores, valid_epochs
 from tests.test_cli import N_USERS, write_shop
 
 SASREC = ["dim=16", "inner=32", "layers=1", "max_len=12", "epochs=3", "batch_size=16"]

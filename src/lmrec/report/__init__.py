@@ -6,6 +6,7 @@ timings); :func:`render` turns that into one HTML file with its plots embedded (
 ``pip install 'lmrec[plot]'``); :func:`write_report` does both.
 """
 
-from lmrec.report.html import ReportData, RunSection, collect, render, write_report
+from lmrec.report.data import ReportData, RunSection, collect
+from lmrec.report.html import render, write_report
 
 __all__ = ["ReportData", "RunSection", "collect", "render", "write_report"]
