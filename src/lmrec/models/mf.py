@@ -1,8 +1,11 @@
-"""Matrix factorisation: BPR (pairwise ranking), ALS (implicit feedback), SVD (rating regression).
+"""Matrix factorisation: BPR (pairwise ranking), and the parts the factor models share.
 
-All three learn a user factor p_u and an item factor q_i and score by their dot product. A user the
-model never saw is folded in from their history: BPR and SVD use the mean factor of the history
-items, ALS solves its least-squares problem for the new user exactly.
+All three factor models — BPR here, ALS (implicit feedback, :mod:`lmrec.models.als`) and SVD (rating
+regression, :mod:`lmrec.models.svd`) — learn a user factor p_u and an item factor q_i and score by
+their dot product. A user the model never saw is folded in from their history: BPR and SVD use the
+mean factor of the history items (:func:`fold_in_mean`), ALS solves its least-squares problem for the
+new user exactly. Shared here: :class:`Factors`, :class:`PairTask`, :class:`PositiveSet`,
+:func:`sample_negatives` (also NCF's), :func:`check_positive` and :func:`training_pairs`.
 """
 
 from __future__ import annotations
@@ -11,27 +14,26 @@ from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
 import numpy as np
-import scipy.sparse as sp
 import torch
 from torch import nn
 
 from lmrec.data.batch import EvalSet, QueryBatch
 from lmrec.data.schema import Dataset
 from lmrec.errors import ConfigError
-from lmrec.models.base import DotProductModel, FitOptions, ModelConfig, Queries, interaction_matrix
-from lmrec.train.loop import fit_epochs, minibatches
-from lmrec.train.losses import bpr_loss, mse_loss
+from lmrec.models.base import DotProductModel, FitOptions, ModelConfig, Queries
+from lmrec.train.loop import minibatches
+from lmrec.train.losses import bpr_loss
 from lmrec.train.privacy import DPSpec, DPStrategy
 from lmrec.train.trainer import TrainConfig
 
 
-def _check_positive(model: str, **values: float) -> None:
+def check_positive(model: str, **values: float) -> None:
     for key, value in values.items():
         if value <= 0:
             raise ConfigError(f"{model}: {key} must be > 0, got {value}")
 
 
-def _training_pairs(train: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
+def training_pairs(train: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
     inter = train.interactions
     return torch.tensor(inter["user"].to_numpy()), torch.tensor(inter["item"].to_numpy())
 
@@ -125,7 +127,7 @@ class BPRConfig(ModelConfig):
     patience: int = 5  # validations without improvement before stopping
 
     def validate(self) -> None:
-        _check_positive("bpr", dim=self.dim, epochs=self.epochs, batch_size=self.batch_size, lr=self.lr)
+        check_positive("bpr", dim=self.dim, epochs=self.epochs, batch_size=self.batch_size, lr=self.lr)
 
 
 class BPR(DotProductModel):
@@ -144,7 +146,7 @@ class BPR(DotProductModel):
         if options.dp is not None:
             self._fit_private(train, options, options.dp, gen)
             return
-        users, items = _training_pairs(train)
+        users, items = training_pairs(train)
         task = BPRTask(self.net, (users, items), cfg.batch_size, PositiveSet(train), cfg.reg)
         config = TrainConfig(epochs=cfg.epochs, lr=cfg.lr, optimizer="adam", patience=cfg.patience, desc="bpr")
         self.training_log = self._train(task, config, options, gen, valid=valid)
@@ -269,242 +271,3 @@ class UserBPRTask:
     def loss(self, module: nn.Module, batch: tuple[torch.Tensor, ...], gen: torch.Generator) -> torch.Tensor:
         history, i, j = batch
         return module(history, i, j, self.reg).mean()
-
-
-# ---------------------------------------------------------------------------------------------
-# ALS
-
-
-@dataclass
-class ALSConfig(ModelConfig):
-    dim: int = 64
-    iterations: int = 15
-    reg: float = 1.0  # λ, L2 weight on factors
-    alpha: float = 2.0  # confidence of an observed interaction: c = 1 + alpha
-
-    def validate(self) -> None:
-        _check_positive("als", dim=self.dim, iterations=self.iterations, reg=self.reg)
-        if self.alpha < 0:
-            raise ConfigError("als: alpha must be >= 0")
-
-
-class ALS(DotProductModel):
-    """Implicit-feedback ALS (Hu, Koren & Volinsky 2008), exact batched solves per user and item."""
-
-    name = "als"
-    config_class = ALSConfig
-    config: ALSConfig
-
-    def _fit(self, train: Dataset, valid: EvalSet | None, options: FitOptions) -> None:
-        from lmrec.train.validation import validation_ndcg
-
-        cfg, gen = self.config, options.torch_generator()
-        x = interaction_matrix(train)
-        xt = x.T.tocsr()
-        self.user_factors = torch.randn(self.n_users, cfg.dim, generator=gen) * 0.01
-        self.item_factors = torch.randn(self.n_items, cfg.dim, generator=gen) * 0.01
-
-        def run_epoch(epoch: int) -> float:
-            self.user_factors = self._solve(x, self.item_factors)
-            self.item_factors = self._solve(xt, self.user_factors)
-            return 0.0
-
-        # closed-form solves, no gradients: the iterations need early stopping, not the Trainer
-        self.training_log = fit_epochs(
-            run_epoch,
-            epochs=cfg.iterations,
-            validate=(lambda: validation_ndcg(self, valid)) if valid is not None else None,
-            snapshot=self.state,
-            restore=self.load_state,
-            patience=3,
-            progress=options.progress,
-            desc="als",
-        ).as_dict()
-
-    def _solve(self, x: sp.csr_matrix, fixed: torch.Tensor) -> torch.Tensor:
-        """Least squares for each row r of x: (FᵀF + α F_rᵀF_r + λI) p_r = (1 + α) F_rᵀ1.
-
-        F_r holds the factors of the row's nonzeros, gathered into a zero-padded (rows, len, dim)
-        block so a chunk of rows is one batched matmul and one batched solve. Rows go shortest
-        first, so a chunk wastes little on padding.
-        """
-        cfg = self.config
-        order = np.argsort(np.diff(x.indptr), kind="stable")
-        x = x[order]
-        padded = torch.cat([fixed, torch.zeros(1, cfg.dim)])  # row -1: the zero pad
-        gram = fixed.T @ fixed + cfg.reg * torch.eye(cfg.dim)
-        lengths = np.diff(x.indptr)
-        out = torch.empty(x.shape[0], cfg.dim)
-        start = 0
-        while start < x.shape[0]:
-            # as many rows as fit in 256k padded cells
-            widest = np.maximum.accumulate(np.maximum(lengths[start:], 1))
-            rows = max(1, int(np.sum(widest * np.arange(1, len(widest) + 1) <= 1 << 18)))
-            stop, width = start + rows, int(widest[rows - 1])
-            idx = np.full((rows, width), -1, dtype=np.int64)
-            lo = x.indptr[start]
-            n = lengths[start:stop]
-            r = np.repeat(np.arange(rows), n)
-            c = np.arange(x.indptr[stop] - lo) - np.repeat(x.indptr[start:stop] - lo, n)
-            idx[r, c] = x.indices[lo : x.indptr[stop]]
-            f = padded[torch.from_numpy(idx)]
-            a = gram + cfg.alpha * f.transpose(1, 2) @ f
-            out[start:stop] = torch.linalg.solve(a, (1 + cfg.alpha) * f.sum(1))
-            start = stop
-        result = torch.empty_like(out)
-        result[torch.from_numpy(order)] = out
-        return result
-
-    def item_embeddings(self) -> torch.Tensor:
-        return self.item_factors
-
-    def query_embeddings(self, batch: QueryBatch) -> Queries:
-        """Known users: their factor; others: their least-squares solve against the item factors."""
-        known = self.known_users(batch)
-        user_vecs = torch.empty(len(batch), self.config.dim)
-        if known.any():
-            user_vecs[torch.from_numpy(known)] = self.user_factors[torch.from_numpy(batch.users[known])]
-        if (~known).any():
-            unknown = np.flatnonzero(~known)
-            new = batch.matrix(self.n_items)[unknown]
-            user_vecs[torch.from_numpy(unknown)] = self._solve(new, self.item_factors)
-        return Queries(user_vecs, torch.zeros(len(batch)), torch.ones(len(batch), dtype=torch.bool))
-
-    def state(self) -> dict[str, torch.Tensor]:
-        return {"user_factors": self.user_factors, "item_factors": self.item_factors}
-
-    def load_state(self, tensors: dict[str, torch.Tensor]) -> None:
-        self.user_factors, self.item_factors = tensors["user_factors"], tensors["item_factors"]
-
-
-# ---------------------------------------------------------------------------------------------
-# SVD (biased MF for ratings)
-
-
-@dataclass
-class SVDConfig(ModelConfig):
-    dim: int = 64
-    epochs: int = 60
-    batch_size: int = 1024
-    lr: float = 5e-3
-    reg: float = 0.05  # L2 on the factors and biases used in a batch
-    holdout: float = 0.05  # share of training ratings held out to stop early on RMSE
-    patience: int = 3
-
-    def validate(self) -> None:
-        _check_positive("svd", dim=self.dim, epochs=self.epochs, batch_size=self.batch_size, lr=self.lr)
-        if not 0 <= self.holdout < 0.5:
-            raise ConfigError("svd: holdout must be in [0, 0.5)")
-
-
-class SVD(DotProductModel):
-    """Biased matrix factorisation r̂ = μ + b_u + b_i + p_u·q_i with squared loss (Koren 2009).
-
-    Trained on explicit ratings; on data without ratings every interaction is a 1 and one sampled
-    unobserved item per interaction a 0. Scores are predicted ratings.
-    """
-
-    name = "svd"
-    config_class = SVDConfig
-    config: SVDConfig
-
-    devices = ("cpu", "cuda", "mps")
-
-    def _fit(self, train: Dataset, valid: EvalSet | None, options: FitOptions) -> None:
-        cfg, gen = self.config, options.torch_generator()
-        users, items = _training_pairs(train)
-        explicit = train.has_ratings
-        if explicit:
-            ratings = torch.from_numpy(train.interactions["rating"].to_numpy().astype(np.float32))
-        else:
-            ratings = torch.ones(len(users))
-        n_hold = int(len(users) * cfg.holdout)
-        perm = torch.randperm(len(users), generator=gen)
-        hold, fit_idx = perm[:n_hold], perm[n_hold:]
-
-        self.net = Factors(self.n_users, self.n_items, cfg.dim, gen, biases=True)
-        self.net.global_mean.fill_(float(ratings[fit_idx].mean()) if explicit else 0.5)
-        columns = (users[fit_idx], items[fit_idx], ratings[fit_idx])
-        task = SVDTask(self.net, columns, cfg.batch_size, None if explicit else PositiveSet(train), cfg.reg)
-        held = (users[hold].to(self.device), items[hold].to(self.device), ratings[hold].to(self.device))
-
-        def holdout_score() -> float:  # negative RMSE: the Trainer maximises
-            with torch.no_grad():
-                err = self.net(held[0], held[1]) - held[2]
-            return -float(err.pow(2).mean().sqrt())
-
-        config = TrainConfig(epochs=cfg.epochs, lr=cfg.lr, optimizer="adam", patience=cfg.patience, desc="svd")
-        self.training_log = self._train(task, config, options, gen, validate=holdout_score if n_hold > 0 else None)
-        self.net.cpu()
-
-    @property
-    def global_mean(self) -> torch.Tensor:
-        return self.net.global_mean
-
-    def _predict(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-        return self.net(users, items).detach()
-
-    def predict(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
-        """Predicted ratings for (user, item) row pairs; unknown users get μ + b_i."""
-        users, items = np.asarray(users), np.asarray(items)
-        known = (users >= 0) & (users < self.n_users)
-        with torch.no_grad():
-            i = torch.from_numpy(items)
-            out = self.global_mean + self.net.item_bias.detach()[i]
-            if known.any():
-                k = torch.from_numpy(known)
-                out[k] = self._predict(torch.from_numpy(users[known]), i[k])
-        return out.numpy()
-
-    def item_embeddings(self) -> torch.Tensor:
-        """[q_i, b_i]: with the query [p_u, 1] and the offset μ + b_u, the dot product is r̂."""
-        net = self.net
-        return torch.cat([net.item_factors, net.item_bias.unsqueeze(1)], 1).detach().cpu()
-
-    def query_embeddings(self, batch: QueryBatch) -> Queries:
-        """[p_u, 1] and μ + b_u for known users; an unknown user's history mean factor and μ."""
-        net = self.net
-        with torch.no_grad():
-            known = self.known_users(batch)
-            vecs = fold_in_mean(batch, net.item_factors.detach().cpu())
-            offsets = torch.full((len(batch),), float(net.global_mean))
-            if known.any():
-                k, u = torch.from_numpy(known), torch.from_numpy(batch.users[known])
-                vecs[k] = net.user_factors.detach().cpu()[u]
-                offsets[k] += net.user_bias.detach().cpu()[u]
-        vecs = torch.cat([vecs, torch.ones(len(batch), 1)], 1)
-        return Queries(vecs, offsets, torch.ones(len(batch), dtype=torch.bool))
-
-    def state(self) -> dict[str, torch.Tensor]:
-        return {k: v.reshape(1) if k == "global_mean" else v for k, v in self.net.state_dict().items()}
-
-    def load_state(self, tensors: dict[str, torch.Tensor]) -> None:
-        dim = tensors["user_factors"].shape[1]
-        self.net = Factors(self.n_users, self.n_items, dim, torch.Generator(), biases=True)
-        self.net.load_state_dict({k: v.reshape(()) if k == "global_mean" else v for k, v in tensors.items()})
-
-
-class SVDTask(PairTask):
-    """Squared error of the predicted rating, with L2 on the rows used; on implicit data every
-    interaction is a 1 and one sampled unobserved item per interaction a 0."""
-
-    def __init__(
-        self,
-        module: Factors,
-        columns: tuple[torch.Tensor, ...],
-        batch_size: int,
-        positives: PositiveSet | None,
-        reg: float,
-    ) -> None:
-        super().__init__(module, columns, batch_size)
-        self.factors, self.positives, self.reg = module, positives, reg
-
-    def loss(self, module: nn.Module, batch: tuple[torch.Tensor, ...], gen: torch.Generator) -> torch.Tensor:
-        u, i, r = batch
-        if self.positives is not None:  # implicit data: add sampled zeros
-            j = sample_negatives(u.cpu(), self.positives, gen)[:, 0].to(u.device)
-            u, i, r = torch.cat([u, u]), torch.cat([i, j]), torch.cat([r, torch.zeros_like(r)])
-        f = self.factors
-        loss = mse_loss(module(u, i), r)
-        penalty = f.user_factors[u].pow(2).sum() + f.item_factors[i].pow(2).sum() + f.user_bias[u].pow(2).sum()
-        return loss + self.reg * (penalty + f.item_bias[i].pow(2).sum()) / len(u)

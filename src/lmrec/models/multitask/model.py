@@ -1,282 +1,29 @@
-"""Multi-task learning over the shared sequential encoder: ``mtl-sasrec``.
-
-One causal transformer (:class:`~lmrec.models.sequential.SequenceEncoder`, as in ``sasrec``) reads
-each history; at every position its hidden state feeds several tasks about the *next* interaction:
-
-* ``next_item`` — which item comes next: full-catalog softmax over the tied item embeddings, the
-  same loss as ``sasrec``;
-* ``regression`` tasks — a value of the next interaction (its ``rating``): MSE;
-* ``binary`` tasks — a yes/no of the next interaction (``like``: rating >= 4): BCE.
-
-Regression and binary heads see the history state *and* the target item's embedding
-(an MLP on ``[z, e, z * e]``), so they predict "what would this user give that item".
-
-Between the encoder and the heads sits a mixer (per position):
-
-* ``shared`` — shared bottom: every task reads the encoder's state as it is;
-* ``mmoe`` — Multi-gate Mixture-of-Experts (Ma et al. 2018): ``experts`` feed-forward experts,
-  each task mixes them with its own softmax gate;
-* ``ple`` — one level of Progressive Layered Extraction (Tang et al. 2020): ``experts`` shared
-  experts plus ``task_experts`` experts of each task; a task's gate mixes the shared ones and its
-  own.
-
-Experts are residual (``z = h + Σ g_e · expert_e(h)``), so a task starts from the encoder's state
-and learns what to add. Loss weighting is ``fixed`` (each task's weight) or ``uncertainty``
-(Kendall et al. 2018: a learned log-variance ``s`` per task, ``w · (exp(-s) · L + s / 2)`` for
-classification and ``w · (exp(-s) · L / 2 + s / 2)`` for regression). The Trainer gets the
-weighted terms by name.
-
-Validation (``stop_on``) and what is logged: each epoch the model measures next-item NDCG@10 on
-the validation users and, when the validation set carries its targets' values
-(:class:`RatedEvalSet`; a plain :class:`~lmrec.data.batch.EvalSet` carries items only), RMSE/MAE
-of each regression task and AUC/log-loss of each binary one. Early stopping follows the next-item
-NDCG by default (the main task: ``score`` ranks by it); ``stop_on="mean"`` follows the mean
-relative improvement of every task's main metric over its first validation (NDCG, AUC up; RMSE
-down), ``stop_on=<task>`` one task. ``training_log`` holds the per-task losses, validation metrics
-and mean gate weights (expert utilisation) of every epoch, and those of the best epoch.
-"""
+"""The ``mtl-sasrec`` recommender (:class:`MultiTaskSASRec`) and its Trainer task
+(:class:`MultiTaskTask`)."""
 
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import asdict
 
 import numpy as np
-import pandas as pd
 import torch
 from torch import nn
 
 from lmrec.data.batch import EvalSet, QueryBatch
 from lmrec.data.schema import Dataset
 from lmrec.data.sequences import length_buckets, pad_right, sequence_windows
-from lmrec.data.splits import Part, Split
 from lmrec.errors import ConfigError
 from lmrec.evaluate.metrics import auc, log_loss, mae, rmse
 from lmrec.models.base import FitOptions, Queries, Recommender
-from lmrec.models.sequential import (
-    SequenceEncoder,
-    SequentialConfig,
-    SequentialRecommender,
-    histories_to_inputs,
-)
+from lmrec.models.multitask.config import MultiTaskConfig
+from lmrec.models.multitask.network import MultiTaskNet, PairHead
+from lmrec.models.multitask.tasks import RatedEvalSet, TaskSpec, target_labels, target_pairs, target_values
+from lmrec.models.sequential import SequenceEncoder, SequentialRecommender, histories_to_inputs
 from lmrec.train.validation import validation_ndcg
 
-TASK_KINDS = ("next_item", "regression", "binary")
-MIXERS = ("shared", "mmoe", "ple")
-WEIGHTINGS = ("fixed", "uncertainty")
-_SPEC = re.compile(r"^(?P<name>\w+)=(?P<kind>\w+):(?P<column>\w+)(?:>=(?P<threshold>[-+.\deE]+))?$")
 
-
-# -- tasks ------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class TaskSpec:
-    """One task: its name, kind, weight in the loss and where its target comes from."""
-
-    name: str
-    kind: str  # "next_item" | "regression" | "binary"
-    column: str | None = None  # interaction column holding the target (regression, binary)
-    threshold: float | None = None  # binary: positive when column >= threshold (None: column != 0)
-    weight: float = 1.0
-
-    @property
-    def metric(self) -> str:
-        """The validation metric early stopping reads for this task."""
-        return {"next_item": "ndcg@10", "regression": "rmse", "binary": "auc"}[self.kind]
-
-
-BUILTIN_TASKS: dict[str, TaskSpec] = {
-    "next_item": TaskSpec("next_item", "next_item"),
-    "rating": TaskSpec("rating", "regression", "rating"),
-    "like": TaskSpec("like", "binary", "rating", 4.0),
-}
-
-
-def parse_task(text: str, weight: float = 1.0) -> TaskSpec:
-    """A task from its config string: a built-in name (``next_item``, ``rating``, ``like``) or
-    ``name=regression:column``, ``name=binary:column`` (positive when non-zero) or
-    ``name=binary:column>=threshold``."""
-    text = text.strip()
-    if text in BUILTIN_TASKS:
-        spec = BUILTIN_TASKS[text]
-    else:
-        match = _SPEC.match(text)
-        if match is None:
-            raise ConfigError(
-                f"task {text!r}: use one of {', '.join(BUILTIN_TASKS)} or name=regression:column, "
-                "name=binary:column, name=binary:column>=threshold"
-            )
-        kind, threshold = match["kind"], match["threshold"]
-        if kind not in ("regression", "binary"):
-            raise ConfigError(f"task {text!r}: kind must be regression or binary, got {kind!r}")
-        if threshold is not None and kind != "binary":
-            raise ConfigError(f"task {text!r}: only a binary task takes a threshold")
-        spec = TaskSpec(match["name"], kind, match["column"], None if threshold is None else float(threshold))
-    if not (weight >= 0 and math.isfinite(weight)):
-        raise ConfigError(f"task {spec.name!r}: weight must be a finite number >= 0, got {weight}")
-    return TaskSpec(spec.name, spec.kind, spec.column, spec.threshold, weight)
-
-
-@dataclass(frozen=True)
-class RatedEvalSet(EvalSet):
-    """An :class:`EvalSet` whose targets carry the values of their interactions (``rating`` …),
-    aligned with ``target_items``, so the rating and like heads can be validated too."""
-
-    target_values: dict[str, np.ndarray] = field(default_factory=dict)
-
-    @classmethod
-    def from_split(cls, split: Split, part: Part, columns: tuple[str, ...] = ("rating",)) -> RatedEvalSet:
-        """``split.eval_set(part)`` with the values of ``columns`` for each target (the first
-        interaction of a repeated (user, item) pair, as the eval set keeps it)."""
-        base = split.eval_set(part)
-        frame = split.frame(part).drop_duplicates(["user", "item"])
-        missing = [c for c in columns if c not in frame.columns]
-        if missing:
-            raise ConfigError(f"no column {missing} in the {part} interactions; columns are {list(frame.columns)}")
-        users = base.queries.users
-        rows = QueryBatch.from_interactions(frame.assign(item=np.arange(len(frame))), users).items
-        if not np.array_equal(frame["item"].to_numpy()[rows], base.target_items):
-            raise ConfigError(f"{part} targets do not line up with their interactions")  # a bug, not bad data
-        values = {c: frame[c].to_numpy(np.float64)[rows] for c in columns}
-        return cls(base.queries, base.target_indptr, base.target_items, values)
-
-
-# -- config -----------------------------------------------------------------------------------------
-@dataclass
-class MultiTaskConfig(SequentialConfig):
-    tasks: tuple[str, ...] = ("next_item", "rating", "like")  # built-in names or name=kind:column[>=t]
-    task_weights: tuple[float, ...] = ()  # one per task; empty: 1.0 each
-    mixer: str = "mmoe"  # "shared" (shared bottom) | "mmoe" | "ple"
-    experts: int = 4  # mmoe: experts; ple: shared experts
-    task_experts: int = 1  # ple: experts of each task
-    expert_inner: int = 128  # hidden size of an expert's feed-forward
-    head_hidden: int = 64  # hidden size of a regression / binary head
-    weighting: str = "fixed"  # "fixed" (task weights) | "uncertainty" (learned log-variances)
-    stop_on: str = "auto"  # "auto" (next_item, else the first task) | "mean" (mean relative gain) | a task
-
-    def validate(self) -> None:
-        super().validate()
-        if self.objective != "causal" or self.item_repr != "id":
-            raise ConfigError("mtl-sasrec is causal (objective=causal) over ID items (item_repr=id)")
-        if (
-            self.teacher
-            or self.pretrain_epochs
-            or self.init_from
-            or self.diversity_weight
-            or self.fusion.on
-            or self.adversarial.on
-        ):
-            raise ConfigError(
-                "mtl-sasrec has no teacher, pretraining, init_from, diversity_weight, fusion or adversarial training"
-            )
-        if self.mixer not in MIXERS:
-            raise ConfigError(f"mixer must be one of {MIXERS}, got {self.mixer!r}")
-        if self.weighting not in WEIGHTINGS:
-            raise ConfigError(f"weighting must be one of {WEIGHTINGS}, got {self.weighting!r}")
-        for key in ("experts", "expert_inner", "head_hidden"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"{key} must be >= 1")
-        if self.task_experts < 0 or (self.mixer == "ple" and self.task_experts < 1):
-            raise ConfigError("task_experts must be >= 1 for mixer=ple")
-        specs = self.task_specs()
-        names = [s.name for s in specs]
-        if self.stop_on not in ("auto", "mean", *names):
-            raise ConfigError(f"stop_on must be auto, mean or one of the tasks {names}, got {self.stop_on!r}")
-
-    def task_specs(self) -> list[TaskSpec]:
-        """The tasks, parsed, with their weights."""
-        if not self.tasks:
-            raise ConfigError("tasks: name at least one task")
-        if self.task_weights and len(self.task_weights) != len(self.tasks):
-            raise ConfigError(f"task_weights has {len(self.task_weights)} values for {len(self.tasks)} tasks")
-        weights = self.task_weights or (1.0,) * len(self.tasks)
-        specs = [parse_task(t, float(w)) for t, w in zip(self.tasks, weights, strict=True)]
-        names = [s.name for s in specs]
-        if len(set(names)) != len(names):
-            raise ConfigError(f"tasks: each name once, got {names}")
-        if sum(s.kind == "next_item" for s in specs) > 1:
-            raise ConfigError("tasks: at most one next_item task")
-        return specs
-
-
-# -- the network ------------------------------------------------------------------------------------
-def _expert(dim: int, inner: int, dropout: float) -> nn.Module:
-    return nn.Sequential(nn.Linear(dim, inner), nn.GELU(), nn.Dropout(dropout), nn.Linear(inner, dim))
-
-
-class TaskMixer(nn.Module):
-    """Per-task states from the encoder's states (..., dim): shared bottom, MMoE or PLE.
-
-    Returns one (..., dim) tensor per task and, for MMoE/PLE, each task's gate weights
-    (..., experts it reads), or None for the shared bottom."""
-
-    def __init__(self, dim: int, n_tasks: int, cfg: MultiTaskConfig) -> None:
-        super().__init__()
-        self.kind, self.n_tasks = cfg.mixer, n_tasks
-        n_shared = 0 if cfg.mixer == "shared" else cfg.experts
-        n_own = cfg.task_experts if cfg.mixer == "ple" else 0
-        self.shared = nn.ModuleList(_expert(dim, cfg.expert_inner, cfg.dropout_value) for _ in range(n_shared))
-        self.n_own = n_own  # task k's own experts are own[k * n_own : (k + 1) * n_own]
-        self.own = nn.ModuleList(_expert(dim, cfg.expert_inner, cfg.dropout_value) for _ in range(n_own * n_tasks))
-        self.gates = nn.ModuleList(nn.Linear(dim, n_shared + n_own) for _ in range(n_tasks) if n_shared)
-
-    def expert_names(self, task_names: list[str]) -> dict[str, list[str]]:
-        """The experts each task's gate weighs, in gate order."""
-        shared = [f"shared{e}" for e in range(len(self.shared))]
-        return {t: shared + [f"{t}{e}" for e in range(self.n_own)] for t in task_names}
-
-    def forward(self, h: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor | None]]:
-        if not len(self.shared):
-            return [h] * self.n_tasks, [None] * self.n_tasks
-        shared = torch.stack([e(h) for e in self.shared], dim=-2)  # (..., E, dim), computed once
-        states: list[torch.Tensor] = []
-        gates: list[torch.Tensor | None] = []
-        for k, gate in enumerate(self.gates):
-            own = self.own[k * self.n_own : (k + 1) * self.n_own]
-            experts = torch.cat([shared, *(e(h).unsqueeze(-2) for e in own)], -2) if self.n_own else shared
-            g = torch.softmax(gate(h), dim=-1)
-            states.append(h + (g.unsqueeze(-1) * experts).sum(-2))
-            gates.append(g)
-        return states, gates
-
-
-class PairHead(nn.Module):
-    """A value of (history state z, target item e): an MLP on [z, e, z * e] → one number (a rating,
-    or a logit). Its output bias starts at the training targets' mean (or log-odds)."""
-
-    def __init__(self, dim: int, hidden: int, dropout: float) -> None:
-        super().__init__()
-        self.mlp = nn.Sequential(nn.Linear(3 * dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, 1))
-
-    def forward(self, z: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
-        return self.mlp(torch.cat([z, e, z * e], dim=-1)).squeeze(-1)
-
-
-class MultiTaskNet(nn.Module):
-    """Encoder + mixer + one head per regression / binary task (+ log-variances for uncertainty
-    weighting). The next-item head is the encoder's tied item table. ``baseline`` holds each task's
-    training mean (rating) or positive rate (like), the prediction for an empty history."""
-
-    baseline: torch.Tensor  # buffer, declared for type checkers
-
-    def __init__(self, encoder: SequenceEncoder, specs: list[TaskSpec], cfg: MultiTaskConfig) -> None:
-        super().__init__()
-        self.encoder = encoder
-        self.mixer = TaskMixer(cfg.dim, len(specs), cfg)
-        self.heads = nn.ModuleDict(
-            {s.name: PairHead(cfg.dim, cfg.head_hidden, cfg.dropout_value) for s in specs if s.kind != "next_item"}
-        )
-        self.register_buffer("baseline", torch.zeros(len(specs)))
-        self.log_vars = nn.Parameter(torch.zeros(len(specs))) if cfg.weighting == "uncertainty" else None
-
-    def forward(self, seq: torch.Tensor, table: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor | None]]:
-        """(B, L) shifted ids → per-task states (B, L, dim) and gate weights."""
-        return self.mixer(self.encoder(seq, causal=True, table=table))
-
-
-# -- the model --------------------------------------------------------------------------------------
 class MultiTaskSASRec(SequentialRecommender):
     """``mtl-sasrec``: next item + rating + like (or any tasks) over one sequential encoder.
     ``score`` ranks by the next-item head (by the first task's predictions when there is none);
@@ -295,7 +42,7 @@ class MultiTaskSASRec(SequentialRecommender):
 
     def _fit(self, train: Dataset, valid: EvalSet | None, options: FitOptions) -> None:
         cfg, specs = self.config, self.specs
-        values = _target_values(train, specs)
+        values = target_values(train, specs)
         self.module = MultiTaskNet(SequenceEncoder(self.n_items, cfg), specs, cfg).to(self.device)
         self.net = self.module.encoder  # what the inherited next-item loss and item vectors read
         self._set_baselines(values)
@@ -338,7 +85,7 @@ class MultiTaskSASRec(SequentialRecommender):
             for k, spec in enumerate(self.specs):
                 if spec.kind == "next_item":
                     continue
-                y = _labels(spec, values[spec.name])
+                y = target_labels(spec, values[spec.name])
                 y = y[np.isfinite(y)]
                 mean = float(y.mean()) if len(y) else 0.0
                 self.module.baseline[k] = mean
@@ -407,7 +154,7 @@ class MultiTaskSASRec(SequentialRecommender):
                 continue
             if pairs is None:
                 pairs = target_pairs(eval_set)
-            y = _labels(spec, values[spec.column])
+            y = target_labels(spec, values[spec.column])
             ok = np.isfinite(y)
             pred = self.predict(pairs, eval_set.target_items, spec.name).numpy()
             if spec.kind == "regression":
@@ -574,7 +321,7 @@ class MultiTaskTask:
             if spec.kind == "next_item":
                 raw = model._loss(z, targets[keep] - 1, gen, table)
             else:
-                y = _labels(spec, values[..., column][keep])
+                y = target_labels(spec, values[..., column][keep])
                 column += 1
                 ok = torch.isfinite(y)
                 pred = net.heads[spec.name](z[ok], table[targets[keep][ok]])
@@ -604,37 +351,3 @@ class MultiTaskTask:
         if self._gates:
             self.epoch_gates.append({n: torch.stack(v).mean(0).tolist() for n, v in self._gates.items()})
         self._losses, self._gates = {}, {}
-
-
-# -- helpers ----------------------------------------------------------------------------------------
-def _target_values(train: Dataset, specs: list[TaskSpec]) -> dict[str, np.ndarray]:
-    """Each regression / binary task's raw column values, one per training interaction."""
-    inter: pd.DataFrame = train.interactions
-    out = {}
-    for spec in specs:
-        if spec.kind == "next_item":
-            continue
-        if spec.column not in inter.columns:
-            raise ConfigError(
-                f"task {spec.name!r} reads the interaction column {spec.column!r}, which {train.name or 'the data'} "
-                f"does not have (columns: {list(inter.columns)}); drop the task or load data with that column"
-            )
-        out[spec.name] = pd.to_numeric(inter[spec.column], errors="coerce").to_numpy(np.float64)
-    return out
-
-
-def _labels(spec: TaskSpec, values: Any) -> Any:
-    """A task's training target from its column values (numpy or torch): the value itself for
-    regression, 1.0 / 0.0 for binary (NaN stays NaN: no target)."""
-    if spec.kind != "binary":
-        return values
-    lib: Any = torch if isinstance(values, torch.Tensor) else np
-    positive = values >= spec.threshold if spec.threshold is not None else values != 0
-    return lib.where(lib.isnan(values), values, positive * 1.0)
-
-
-def target_pairs(eval_set: EvalSet) -> QueryBatch:
-    """One query per (query, target) of ``eval_set``: its history repeated for each of its targets."""
-    q = eval_set.queries
-    rep = np.repeat(np.arange(len(q)), eval_set.n_targets())
-    return QueryBatch.from_histories(q.users[rep], [q.history(int(i)) for i in rep])
