@@ -64,7 +64,8 @@ def main(argv: list[str]) -> int:
     from lmrec.evaluate import evaluate
     from lmrec.models import FitOptions, model_class
     from lmrec.privacy import membership_inference, membership_split
-    from lmrec.privacy.federated import FederatedOptions, federated_fit
+    from lmrec.privacy.federated import FederatedOptions
+    from lmrec.privacy.flower import federated_fit
     from lmrec.runs import DataRecipe, federated_run, train_run
 
     data = load_source("ml-100k", args.cache_dir)

@@ -1,7 +1,7 @@
 """The Flower App of ``lmrec federated`` for Flower's deployment engine (docs/federated.md).
 
 ``flwr run`` starts :data:`server` next to the SuperLink and :data:`client` on every SuperNode;
-both are the pieces :mod:`lmrec.privacy.federated` runs in its simulation. It sits beside the
+both are the pieces :mod:`lmrec.privacy.flower` runs in its simulation. It sits beside the
 CLI (it writes a run directory, :mod:`lmrec.runs`), imported only by Flower. They read the run
 config (``[tool.flwr.app.config]`` of the app's ``pyproject.toml``, or ``flwr run --run-config``):
 ``dataset``, ``model``, ``clients``, ``rounds``, ``local-epochs``, ``server-lr``, ``lr-schedule``,
@@ -22,15 +22,8 @@ from typing import Any
 from lmrec.cache import default_cache
 from lmrec.data.splits import Split
 from lmrec.errors import ConfigError, MissingExtraError
-from lmrec.privacy.federated import (
-    FederatedOptions,
-    client_round,
-    federated_config,
-    finish,
-    local_fit,
-    serve_rounds,
-    shard_users,
-)
+from lmrec.privacy.federated import FederatedOptions, federated_config, local_fit, shard_users
+from lmrec.privacy.flower import client_round, finish, serve_rounds
 from lmrec.runs import DataRecipe, save_federated_run
 from lmrec.train.privacy import DPSpec
 

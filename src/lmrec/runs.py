@@ -378,9 +378,9 @@ def federated_run(
     fed: FederatedOptions,
     options: FitOptions | None = None,
 ) -> Run:
-    """Load, split, train by FedAvg on Flower (:func:`lmrec.privacy.federated.federated_fit`: clients
+    """Load, split, train by FedAvg on Flower (:func:`lmrec.privacy.flower.federated_fit`: clients
     holding disjoint users) and save the global model as :func:`train_run` saves a run."""
-    from lmrec.privacy.federated import federated_fit
+    from lmrec.privacy.flower import federated_fit
 
     options = options or FitOptions()
     recipe = recipe.resolved()

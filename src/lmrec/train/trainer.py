@@ -22,7 +22,9 @@ Two more things it decides: the intra-op thread count (:mod:`lmrec.train.threads
 are cores no other process is using, looked at again every second, unless ``threads`` fixes it),
 and that weight decay of an embedding table reaches only the rows a step's gradient touches
 (``row_decay``): a step over a 1M-item table reads a few thousand rows, and decaying the others
-too shrank every item towards zero at every step whether anyone had seen it or not.
+too shrank every item towards zero at every step whether anyone had seen it or not. The pieces
+that act on the weights around each optimizer step (row decay, ``decay_to``, the moving average,
+the learning-rate schedule) are in :mod:`lmrec.train.optim`.
 
 Read it top to bottom: :meth:`Trainer.fit` is the loop.
 """
@@ -46,6 +48,18 @@ from tqdm.auto import tqdm
 
 from lmrec.errors import ConfigError
 from lmrec.train.loop import EarlyStopping, TrainLog
+from lmrec.train.optim import (
+    averager,
+    copy_into,
+    decay_anchors,
+    embedding_tables,
+    learned,
+    lr_factor,  # also imported from here (tests/test_trainer.py)
+    row_decay_groups,
+    row_decay_hook,
+    swapped,
+    trainable_params,
+)
 from lmrec.train.threads import ThreadPolicy
 
 OPTIMIZERS = ("adamw", "adam", "sgd")  # sgd: with momentum 0.9
@@ -209,20 +223,20 @@ class Trainer:
         module = task.module.to(self.device)
         decay_to = getattr(task, "decay_to", None) or {}
         optimizer = self._optimizer(module)
-        anchors = _anchors(module, optimizer, decay_to)
+        anchors = decay_anchors(module, optimizer, decay_to)
         if any("row_decay" in group for group in optimizer.param_groups):
             # a hook on this optimizer, which a strategy may wrap: it runs on the gradients the step
             # uses (DP-SGD's noised ones, which touch every row)
-            optimizer.register_step_pre_hook(_row_decay(module, decay_to, cfg.optimizer == "adamw"))
+            optimizer.register_step_pre_hook(row_decay_hook(module, decay_to, cfg.optimizer == "adamw"))
         forward, optimizer = opts.strategy.prepare(module, optimizer)
         if cfg.compile:
             forward = torch.compile(forward)  # type: ignore[assignment]
         state = _State(stopper=EarlyStopping(cfg.patience))
         if cfg.ema:
-            state.average = {k: p.detach().clone() for k, p in _params(module).items()}
+            state.average = {k: p.detach().clone() for k, p in trainable_params(module).items()}
         if opts.resume:
             state = self._load_checkpoint(module, optimizer, generator, state)
-        average = _averager(module, state.average, cfg.ema)
+        average = averager(module, state.average, cfg.ema)
         autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.amp)
         bar = tqdm(total=cfg.epochs, initial=state.epoch, disable=not opts.progress, desc=cfg.desc, unit="epoch")
         start = time.perf_counter() - state.log.seconds
@@ -255,7 +269,7 @@ class Trainer:
             postfix = {"loss": f"{state.log.losses[-1]:.4f}"}
             if validate is not None and ((state.epoch + 1) % cfg.eval_every == 0 or state.epoch + 1 == cfg.epochs):
                 module.eval()
-                with _swapped(module, state.average):
+                with swapped(module, state.average):
                     value = opts.strategy.agree(float(validate()))
                     state.log.valid.append(value)
                     postfix["valid"] = f"{value:.4f}"
@@ -280,7 +294,7 @@ class Trainer:
         if state.best is not None:
             module.load_state_dict(state.best, strict=False)
         elif state.average is not None:
-            _copy_into(module, state.average)
+            copy_into(module, state.average)
         module.eval()
         state.log.best_epoch = state.stopper.best_epoch if validate is not None else len(state.log.losses) - 1
         return {**state.log.as_dict(), "steps": state.step, "stopped": stopped}
@@ -297,7 +311,7 @@ class Trainer:
         cfg = self.config
         groups = self.param_groups(module) if self.param_groups else [{"params": self._trainable(module)}]
         if cfg.row_decay:
-            groups = _row_decay_groups(groups, _tables(module), cfg.weight_decay)
+            groups = row_decay_groups(groups, embedding_tables(module), cfg.weight_decay)
         if cfg.optimizer == "sgd":  # no per-coordinate scaling: what DP-SGD's noise on rare rows needs
             return torch.optim.SGD(groups, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
         klass = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
@@ -308,7 +322,7 @@ class Trainer:
 
     @staticmethod
     def _trainable(module: nn.Module) -> list[nn.Parameter]:
-        return list(_params(module).values())
+        return list(trainable_params(module).values())
 
     def _step(
         self,
@@ -399,125 +413,6 @@ class Trainer:
         )
 
 
-def learned(module: nn.Module) -> dict[str, torch.Tensor]:
-    """What training changes: the trainable parameters and the buffers. Frozen weights (a
-    language model's base under LoRA) are rebuilt from their source, so snapshots and
-    checkpoints leave them out."""
-    out: dict[str, torch.Tensor] = dict(_params(module))
-    out.update(dict(module.named_buffers()))
-    return out
-
-
-def _params(module: nn.Module) -> dict[str, nn.Parameter]:
-    return {name: p for name, p in module.named_parameters() if p.requires_grad}
-
-
-def _anchors(
-    module: nn.Module, optimizer: torch.optim.Optimizer, decay_to: Mapping[str, torch.Tensor]
-) -> list[tuple[dict[str, Any], list[torch.Tensor], list[torch.Tensor]]]:
-    """(param group, parameters, their decay targets) for every group holding a parameter named in
-    ``decay_to``; a name that is not a trainable parameter of ``module``, or a target of another
-    shape, is an error (a silent no-op would leave the rows decaying to zero)."""
-    params = _params(module)
-    for name, target in decay_to.items():
-        if name not in params or params[name].shape != target.shape:
-            raise ConfigError(f"decay_to: {name!r} is not a trainable parameter of that shape")
-    targets = {id(params[name]): target.to(params[name]) for name, target in decay_to.items()}
-    out = []
-    for group in optimizer.param_groups:
-        mine = [p for p in group["params"] if id(p) in targets]
-        if mine:
-            out.append((group, mine, [targets[id(p)] for p in mine]))
-    return out
-
-
-def _tables(module: nn.Module) -> set[int]:
-    """ids of the trainable embedding tables (dense-gradient ``nn.Embedding`` weights)."""
-    return {
-        id(m.weight)
-        for m in module.modules()
-        if isinstance(m, nn.Embedding) and not m.sparse and m.weight.requires_grad and m.weight.dim() == 2
-    }
-
-
-def _row_decay_groups(groups: list[dict[str, Any]], tables: set[int], decay: float) -> list[dict[str, Any]]:
-    """Each group's embedding tables moved to a group of their own with ``weight_decay`` 0 and
-    ``row_decay`` the decay they had (groups without decay are left as they are)."""
-    out = []
-    for group in groups:
-        wd = group.get("weight_decay", decay)
-        rows = [p for p in group["params"] if id(p) in tables]
-        if not wd or not rows:
-            out.append(group)
-            continue
-        dense = [p for p in group["params"] if id(p) not in tables]
-        if dense:
-            out.append({**group, "params": dense})
-        out.append({**group, "params": rows, "weight_decay": 0.0, "row_decay": wd})
-    return out
-
-
-def _row_decay(
-    module: nn.Module, decay_to: Mapping[str, torch.Tensor], decoupled: bool
-) -> Callable[[torch.optim.Optimizer, Any, Any], None]:
-    """The optimizer pre-step hook that decays the rows of ``row_decay`` groups whose gradient is
-    not zero, as the optimizer itself would decay them: AdamW's decoupled p ← p − lr·wd·(p − target)
-    before its update, Adam's and SGD's L2 wd·(p − target) added to the gradient (the target is the
-    row of ``decay_to``, else 0). Rows without gradient are left exactly as they are."""
-    params = _params(module)
-    targets = {id(params[name]): target.to(params[name]) for name, target in decay_to.items() if name in params}
-
-    def hook(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
-        with torch.no_grad():
-            for group in optimizer.param_groups:
-                wd = group.get("row_decay", 0.0)
-                for p in group["params"] if wd else ():
-                    if p.grad is None:
-                        continue
-                    # the largest |gradient| of each row: one pass, no table-sized temporary
-                    rows = torch.linalg.vector_norm(p.grad, float("inf"), dim=1).nonzero().squeeze(1)
-                    pull = p.index_select(0, rows)
-                    if id(p) in targets:
-                        pull -= targets[id(p)].index_select(0, rows)
-                    if decoupled:
-                        p.index_add_(0, rows, pull, alpha=-group["lr"] * wd)
-                    else:
-                        p.grad.index_add_(0, rows, pull, alpha=wd)
-
-    return hook
-
-
-def _averager(module: nn.Module, average: Mapping[str, torch.Tensor] | None, decay: float) -> Callable[[], None] | None:
-    """The update after each optimizer step, average ← average + (1 − decay)·(weights − average),
-    over tensors paired once (the optimizer updates the weights in place); None without an average."""
-    if average is None:
-        return None
-    params = _params(module)
-    averages, weights = [average[k] for k in params], [p.detach() for p in params.values()]
-    return lambda: torch._foreach_lerp_(averages, weights, 1 - decay)
-
-
-def _copy_into(module: nn.Module, tensors: Mapping[str, torch.Tensor]) -> None:
-    with torch.no_grad():
-        for name, p in _params(module).items():
-            p.copy_(tensors[name])
-
-
-@contextlib.contextmanager
-def _swapped(module: nn.Module, average: Mapping[str, torch.Tensor] | None) -> Iterator[None]:
-    """The block sees the averaged weights (when there are any) and training goes on from the
-    raw ones afterwards."""
-    if average is None:
-        yield
-        return
-    raw = {k: p.detach().clone() for k, p in _params(module).items()}
-    _copy_into(module, average)
-    try:
-        yield
-    finally:
-        _copy_into(module, raw)
-
-
 def fast_bf16(device: str | torch.device) -> bool:
     """Whether bf16 matmuls run natively here (a GPU with bf16, a CPU with AVX-512 bf16 or AMX):
     there bf16 autocast halves a sequential model's training step; elsewhere it is emulated and
@@ -531,17 +426,6 @@ def fast_bf16(device: str | torch.device) -> bool:
         except (AttributeError, RuntimeError):
             return False
     return False
-
-
-def lr_factor(step: int, warmup: int, schedule: str, total: int | None) -> float:
-    """The learning-rate multiplier at optimizer step ``step``: linear warm-up over ``warmup``
-    steps, then constant, or cosine / linear decay to 0 at step ``total`` (constant when unknown)."""
-    if step < warmup:
-        return (step + 1) / warmup
-    if schedule == "constant" or total is None or total <= warmup:
-        return 1.0
-    progress = min(1.0, (step - warmup) / (total - warmup))
-    return 0.5 * (1 + math.cos(math.pi * progress)) if schedule == "cosine" else 1.0 - progress
 
 
 @contextlib.contextmanager
