@@ -41,7 +41,7 @@ class DPSpec:
 
 class DPStrategy(Strategy):
     """DP-SGD for ``steps`` optimizer steps at user sampling rate ``sample_rate``. The same noise
-    and accountant serve DP-FedAvg (:mod:`lmrec.privacy.federated`), where the unit is a client and
+    and accountant serve DP-FedAvg (:mod:`lmrec.privacy.flower`), where the unit is a client and
     a step is a round."""
 
     def __init__(
