@@ -11,7 +11,6 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from lmrec.compress.distill import distillation_loss
 from lmrec.compress.pq import PQTable, ProductQuantizer, kmeans, lloyd
 from lmrec.compress.prune import PrunedEncoder, ffn_importance, prune, prune_ffn, state_nbytes
 from lmrec.compress.quantize import QuantizedTable, codes, dequantize, quantize_rows, scores, top_k
@@ -19,6 +18,7 @@ from lmrec.compress.vectors import encode_histories, item_embeddings, query_embe
 from lmrec.data.batch import QueryBatch
 from lmrec.errors import ConfigError
 from lmrec.models.sequential import SASRec, SequenceEncoder, SequentialConfig
+from lmrec.train.losses import distillation_loss
 
 
 def _gen(seed: int = 0) -> torch.Generator:

@@ -255,23 +255,3 @@ def test_item_features_need_a_text_reading_model() -> None:
         model_class("ease")(model_class("ease").config_class.from_dict({"item_features": "genres"}))
     with pytest.raises(ConfigError, match="twice"):
         model_class("text-sasrec").config_class.from_dict({"item_features": "text,text"})
-
-
-def test_gated_fusion_ignores_missing_blocks() -> None:
-    from lmrec.features.fusion import GatedFusion
-
-    table = build_table(_catalog(), "genres,price,department")
-    torch.manual_seed(0)
-    fusion = GatedFusion(table.schema, 4)
-    x = torch.from_numpy(table.values)
-    out = fusion(x)
-    assert out.shape == (4, 4) and torch.isfinite(out).all()
-    weights = fusion.block_weights(x)
-    assert torch.allclose(sum(weights.values()), torch.ones(4))  # every row here has some block
-    assert weights["price"][1] == 0 and weights["department"][3] == 0  # missing: no weight
-    # Changing a missing block's (zero) values changes nothing; the gradient reaches every projection.
-    moved = x.clone()
-    moved[1, table.schema.slices()["price"]] = 3.0
-    assert torch.allclose(fusion(moved)[1], out[1])
-    out.sum().backward()
-    assert all(p.grad is not None for p in fusion.parameters())

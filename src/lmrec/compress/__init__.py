@@ -5,16 +5,17 @@
 * :mod:`~lmrec.compress.onnx` — a sequential encoder exported to ONNX and run with ONNX Runtime,
   fp32 or dynamic int8 (``pip install 'lmrec[compress]'``);
 * :mod:`~lmrec.compress.prune` — structured pruning of feed-forward units and attention heads;
-* :mod:`~lmrec.compress.distill` — the distillation loss;
+* the distillation loss (:func:`lmrec.train.losses.distillation_loss`, re-exported here; sequential
+  students use it through ``--set teacher=RUN``);
 * :mod:`~lmrec.compress.vectors` — a dot-product model's item and query vectors.
 """
 
 from __future__ import annotations
 
-from lmrec.compress.distill import distillation_loss
 from lmrec.compress.pq import PQTable, ProductQuantizer, kmeans, lloyd
 from lmrec.compress.quantize import QuantizedTable, dequantize, quantize_rows
 from lmrec.compress.vectors import item_embeddings, query_embeddings
+from lmrec.train.losses import distillation_loss
 
 __all__ = [
     "PQTable",

@@ -14,7 +14,7 @@ Two things can go, in every transformer block:
   same ``forward(seq, causal, table)``), rebuilt from its :attr:`PrunedEncoder.spec`.
 
 Pruning is one-shot from weight norms; a few epochs of fine-tuning (or distillation from the
-unpruned model, :mod:`lmrec.compress.distill`) usually win back most of the loss.
+unpruned model, ``--set teacher=RUN``) usually win back most of the loss.
 """
 
 from __future__ import annotations
