@@ -46,7 +46,7 @@ from lmrec.evaluate.fairness import (
 from lmrec.evaluate.metrics import mae, rmse
 from lmrec.llm.explain import Explainer
 from lmrec.llm.lm import ChatLM
-from lmrec.models.base import FitOptions, Recommender
+from lmrec.models.base import FitOptions, ModelConfig, Recommender
 from lmrec.models.registry import load_model, model_class
 from lmrec.rerank import item_vectors_of
 from lmrec.text import item_names
@@ -325,10 +325,7 @@ def train_run(
     model.save(out / "model")
     the_split.dataset.users.save(out / "users.json")
     the_split.dataset.items.save(out / "items.json")
-    meta = {
-        "lmrec_version": __version__,
-        "model": model_name,
-        "config": config.to_dict(),
+    fields = {
         "data": asdict(recipe),
         "filters": [str(r) for r in reports],
         "split_sizes": the_split.sizes(),
@@ -339,14 +336,35 @@ def train_run(
         **({"text_template": t} if (t := getattr(model.config, "text_template", None)) is not None else {}),
         **({"max_time": options.max_time} if options.max_time is not None else {}),
         **({"stopped": stopped} if stopped is not None else {}),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         **(extra_meta or {}),
+    }
+    return write_run(out, model_name, config, model, the_split, fields, valid_sample=klass.report_users)
+
+
+def write_run(
+    out: Path,
+    name: str,
+    config: ModelConfig,
+    model: Recommender,
+    the_split: Split,
+    fields: dict[str, Any],
+    valid_sample: int | None = None,
+) -> Run:
+    """The one writer of a run's description (``lmrec train``, ``federated``, ``compress``):
+    ``out/run.json`` with lmrec's version, the model's name and config, ``fields`` and the time, and
+    ``out/valid.json``, the validation users' evaluation (``valid_sample`` of them, else all), where
+    the split has any. The model and the user/item maps are the caller's to save."""
+    meta = {
+        "lmrec_version": __version__,
+        "model": name,
+        "config": config.to_dict(),
+        **fields,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     (out / RUN_FILE).write_text(json.dumps(meta, indent=2))
     run = Run(out, meta, model, the_split)
-    if len(valid):
-        valid_report = run.evaluate("valid", sample=klass.report_users)
-        (out / "valid.json").write_text(json.dumps(valid_report, indent=2))
+    if len(the_split.eval_set("valid")):
+        (out / "valid.json").write_text(json.dumps(run.evaluate("valid", sample=valid_sample), indent=2))
     return run
 
 
@@ -413,10 +431,7 @@ def save_federated_run(
     model.save(out / "model")
     the_split.dataset.users.save(out / "users.json")
     the_split.dataset.items.save(out / "items.json")
-    meta = {
-        "lmrec_version": __version__,
-        "model": model.name,
-        "config": model.config.to_dict(),
+    fields = {
         "data": asdict(recipe),
         "filters": filters,
         "split_sizes": the_split.sizes(),
@@ -424,13 +439,8 @@ def save_federated_run(
         "train_seconds": round(time.perf_counter() - started, 3),
         "training": {"federated": log, **({"privacy": log["privacy"]} if "privacy" in log else {})},
         "federated": {**asdict(fed), "engine": log["engine"], "strategy": log["strategy"]},
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    (out / RUN_FILE).write_text(json.dumps(meta, indent=2))
-    run = Run(out, meta, model, the_split)
-    if len(the_split.eval_set("valid")):
-        (out / "valid.json").write_text(json.dumps(run.evaluate("valid"), indent=2))
-    return run
+    return write_run(out, model.name, model.config, model, the_split, fields)
 
 
 def read_meta(directory: Path) -> dict[str, Any]:

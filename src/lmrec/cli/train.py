@@ -149,7 +149,6 @@ def cmd_compress(args: argparse.Namespace) -> int:
     import shutil
     import time
 
-    from lmrec import __version__
     from lmrec.compress.model import (
         CompressedConfig,
         compress_model,
@@ -157,7 +156,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
         source_parameter_count,
     )
     from lmrec.models.base import FitOptions
-    from lmrec.runs import RUN_FILE, Run, open_run
+    from lmrec.runs import RUN_FILE, open_run, write_run
 
     set_threads(args)
     source_dir, out = Path(args.run), Path(args.out)
@@ -187,23 +186,15 @@ def cmd_compress(args: argparse.Namespace) -> int:
         "seconds": round(seconds, 3),
     }
     keep = ("data", "filters", "split_sizes", "seed")
-    meta = {
-        "lmrec_version": __version__,
-        "model": model.name,
-        "config": model.config.to_dict(),
-        **{k: run.meta[k] for k in keep if k in run.meta},
-        "compress": record,
-        "training": model.training_log,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
-    (out / RUN_FILE).write_text(json.dumps(meta, indent=2))
-    valid = Run(out, meta, model, run.split).evaluate("valid")
-    (out / "valid.json").write_text(json.dumps(valid, indent=2))
+    fields = {**{k: run.meta[k] for k in keep if k in run.meta}, "compress": record, "training": model.training_log}
+    write_run(out, model.name, model.config, model, run.split, fields)
     tell(
         f"compressed {run.meta['model']} ({args.method}: {record['encoder']} encoder, {record['table']} table)"
         f" {before:,} → {after:,} bytes ({record['times_smaller']}× smaller) → {out}"
     )
-    tell("validation: " + ", ".join(f"{k} {v:.4f}" for k, v in valid["metrics"].items() if "@" in k))
+    if (out / "valid.json").exists():
+        valid = json.loads((out / "valid.json").read_text())
+        tell("validation: " + ", ".join(f"{k} {v:.4f}" for k, v in valid["metrics"].items() if "@" in k))
     return 0
 
 
