@@ -1,4 +1,4 @@
-"""What the demo page reads from the service (lmrec.serve.page): year, genres and grounded reasons in
+"""What the demo page reads from the service (lmrec.serve.describe): year, genres and grounded reasons in
 /recommend, and the page's static files. In-process with FastAPI's TestClient; the page itself is
 driven in a browser by tests/test_browser.py."""
 

@@ -55,10 +55,10 @@ except ImportError as exc:  # pragma: no cover - exercised by a test that hides 
 
 from lmrec import __version__
 from lmrec.serve.auth import AuthError, authorize, key_from_headers
+from lmrec.serve.describe import describe
 from lmrec.serve.handlers import http_error, lmrec_error, sendable, validation_error
 from lmrec.serve.limits import Limits
 from lmrec.serve.middleware import ASGIApp, BodyLimit, RequestMetrics, SecurityHeaders, page_csp
-from lmrec.serve.page import describe
 from lmrec.serve.page import router as page_router
 from lmrec.serve.retrain import default_store
 from lmrec.serve.runner import FOLLOW_SECONDS, MAX_LOGGED_PATH, WORKER_START_S, BriefAccessLog, log_config, run_service

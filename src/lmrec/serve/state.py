@@ -388,7 +388,7 @@ class LiveState:
     def answer(self, query: Prepared, top: np.ndarray, scores: np.ndarray) -> tuple[dict[str, Any], dict[str, Item]]:
         """The response for ``query`` from its scored top (one row), the second half of :meth:`recommend`,
         and what the store holds about the recommended items (read once, for the titles and for
-        :func:`lmrec.serve.page.describe`)."""
+        :func:`lmrec.serve.describe.describe`)."""
         ds = self.run.dataset
         rerank, reranker = query.rerank, query.reranker
         if reranker is not None:  # over trained items only: the re-rankers know nothing else
