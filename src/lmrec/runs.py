@@ -34,15 +34,7 @@ from lmrec.data.splits import Part, Split, split
 from lmrec.errors import DataError, LmrecError
 from lmrec.evaluate.beyond import beyond_accuracy
 from lmrec.evaluate.evaluator import EvalResult, Reranker, evaluate
-from lmrec.evaluate.fairness import (
-    history_lengths,
-    provider_column,
-    provider_exposure,
-    tail_items,
-    tail_share,
-    user_attributes,
-    user_groups,
-)
+from lmrec.evaluate.fairness import evaluation_fairness
 from lmrec.evaluate.metrics import mae, rmse
 from lmrec.llm.explain import Explainer
 from lmrec.llm.lm import ChatLM
@@ -249,33 +241,6 @@ class Run:
             else CooccurrenceSimilarity.from_interactions(self.split.train_dataset())
         )
         return Explainer(item_names(self.dataset), similarity, lm)  # titles, else the item text
-
-
-def evaluation_fairness(
-    result: EvalResult, dataset: Dataset, train: Dataset, ks: tuple[int, ...]
-) -> tuple[dict[str, float], dict[str, Any]]:
-    """Fairness of one evaluation (:mod:`lmrec.evaluate.fairness`): metrics ``tail_share@K`` and,
-    where the catalog has a provider column, ``provider_gini`` and ``provider_coverage`` (K = max(ks));
-    and the JSON-ready extras ``groups`` (NDCG@10, or NDCG at the largest k without 10, per user
-    group, with gaps) and ``providers`` (column, providers exposed, providers in the catalog)."""
-    k = max(ks)
-    recs = result.recommendations[:, :k]
-    metrics = {f"tail_share@{k}": tail_share(recs, tail_items(train.item_popularity()))}
-    extras: dict[str, Any] = {}
-    metric = "ndcg@10" if "ndcg@10" in result.per_user else f"ndcg@{k}"
-    if metric in result.per_user:
-        lengths = history_lengths(train.interactions["user"].to_numpy(), result.users)
-        raw = [dataset.users.ids[u] if u >= 0 else "" for u in result.users]
-        attributes = user_attributes(dataset.user_features, raw)
-        extras["groups"] = user_groups(result.per_user[metric], lengths, attributes, metric=metric)
-    column = provider_column(dataset.catalog)
-    exposure = provider_exposure(recs, dataset.catalog[column]) if column is not None else None
-    if exposure is not None and exposure["providers"] > 0:
-        if not np.isnan(exposure["gini"]):  # NaN: no slot holds an item with a provider
-            metrics["provider_gini"] = exposure["gini"]
-        metrics["provider_coverage"] = exposure["coverage"]
-        extras["providers"] = {"column": column, "exposed": exposure["exposed"], "total": exposure["providers"]}
-    return metrics, extras
 
 
 def train_run(

@@ -25,13 +25,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
 from lmrec.evaluate.beyond import check_recs
+
+if TYPE_CHECKING:
+    from lmrec.data.schema import Dataset
+    from lmrec.evaluate.evaluator import EvalResult
 
 BoolArray = npt.NDArray[np.bool_]
 
@@ -41,6 +45,7 @@ __all__ = [
     "MIN_GROUP_USERS",
     "PROVIDER_COLUMNS",
     "TAIL_RULE",
+    "evaluation_fairness",
     "history_lengths",
     "provider_column",
     "provider_exposure",
@@ -260,3 +265,30 @@ def user_groups(
         key = str(name) if str(name) not in by else f"{name} (attribute)"
         by[key] = {**({"bins": bins} if bins else {}), **_grouping(vals, labels, order, metric, min_users)}
     return {"metric": metric, "min_users": min_users, "by": by, **({"skipped": skipped} if skipped else {})}
+
+
+def evaluation_fairness(
+    result: EvalResult, dataset: Dataset, train: Dataset, ks: tuple[int, ...]
+) -> tuple[dict[str, float], dict[str, Any]]:
+    """Fairness of one evaluation (:mod:`lmrec.evaluate.fairness`): metrics ``tail_share@K`` and,
+    where the catalog has a provider column, ``provider_gini`` and ``provider_coverage`` (K = max(ks));
+    and the JSON-ready extras ``groups`` (NDCG@10, or NDCG at the largest k without 10, per user
+    group, with gaps) and ``providers`` (column, providers exposed, providers in the catalog)."""
+    k = max(ks)
+    recs = result.recommendations[:, :k]
+    metrics = {f"tail_share@{k}": tail_share(recs, tail_items(train.item_popularity()))}
+    extras: dict[str, Any] = {}
+    metric = "ndcg@10" if "ndcg@10" in result.per_user else f"ndcg@{k}"
+    if metric in result.per_user:
+        lengths = history_lengths(train.interactions["user"].to_numpy(), result.users)
+        raw = [dataset.users.ids[u] if u >= 0 else "" for u in result.users]
+        attributes = user_attributes(dataset.user_features, raw)
+        extras["groups"] = user_groups(result.per_user[metric], lengths, attributes, metric=metric)
+    column = provider_column(dataset.catalog)
+    exposure = provider_exposure(recs, dataset.catalog[column]) if column is not None else None
+    if exposure is not None and exposure["providers"] > 0:
+        if not np.isnan(exposure["gini"]):  # NaN: no slot holds an item with a provider
+            metrics["provider_gini"] = exposure["gini"]
+        metrics["provider_coverage"] = exposure["coverage"]
+        extras["providers"] = {"column": column, "exposed": exposure["exposed"], "total": exposure["providers"]}
+    return metrics, extras

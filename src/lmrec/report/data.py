@@ -23,10 +23,11 @@ from lmrec.data.batch import EvalSet
 from lmrec.errors import LmrecError
 from lmrec.evaluate.beyond import beyond_accuracy
 from lmrec.evaluate.evaluator import PROTOCOL, EvalResult, evaluate
+from lmrec.evaluate.fairness import evaluation_fairness
 from lmrec.evaluate.report import metric_columns
 from lmrec.evaluate.significance import bootstrap_ci
 from lmrec.report.fairness import RunFairness
-from lmrec.runs import Run, evaluation_fairness
+from lmrec.runs import Run
 
 TABLE_METRICS = ("ndcg", "recall", "mrr", "precision", "map")
 BEYOND = ("coverage", "ild", "novelty", "avg_popularity", "gini")

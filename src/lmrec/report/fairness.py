@@ -1,7 +1,7 @@
 """The report's Fairness section: tail share and provider exposure per run, then one table per
 user grouping (history length, each user attribute) with every run's mean metric and gap.
 
-The numbers are :func:`lmrec.runs.evaluation_fairness`'s, the same that ``lmrec evaluate`` prints.
+The numbers are :func:`lmrec.evaluate.fairness.evaluation_fairness`'s, the same that ``lmrec evaluate`` prints.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from lmrec.evaluate.fairness import TAIL_RULE
 @dataclass
 class RunFairness:
     """One run's fairness: its label, metrics (``tail_share@K``, ``provider_*``) and extras
-    (``groups``, ``providers``) as :func:`lmrec.runs.evaluation_fairness` returns them."""
+    (``groups``, ``providers``) as :func:`lmrec.evaluate.fairness.evaluation_fairness` returns them."""
 
     label: str
     metrics: dict[str, float]
