@@ -42,8 +42,9 @@ CHILD_TIMEOUT = 300  # seconds; a federation here takes ~10 s
 
 def lmrec_in_child(args: list[str]) -> subprocess.CompletedProcess[str]:
     """``lmrec ARGS`` in a child process of its own session, NumPy's global generator seeded 0
-    (Flower draws DP noise from it). Started inside a pytest process that had run ~600 tests, Ray's
-    simulation now and then never returned (CI, twice); a child starts clean, and one that outlives
+    (Flower draws DP noise from it). The DP-FedAvg simulation now and then never returned in CI
+    (OpenBLAS's threaded dot product in Flower's server thread, now run on one BLAS thread by
+    :func:`lmrec.privacy.flower.federated_fit`); a child starts clean, and one that outlives
     ``CHILD_TIMEOUT`` is killed with the Ray processes it started and run once more."""
     code = "import sys, numpy; numpy.random.seed(0); from lmrec.cli import main; sys.exit(main(sys.argv[1:]))"
     for _ in range(2):

@@ -279,6 +279,7 @@ def federated_fit(
     config = federated_config(model, overrides, fed)
     _, _, serverapp, _ = _flower()
     from flwr.simulation import run_simulation
+    from threadpoolctl import threadpool_limits
 
     shards = shard_users(train, fed.clients, fed.seed)
     initial, _ = local_fit(model, config, train, None, options.seed, stop_after=0)
@@ -310,7 +311,11 @@ def federated_fit(
     for attempt in range(1, START_ATTEMPTS + 1):
         attempt_started = time.time()
         try:
-            run_simulation(server_app=server, client_app=client, num_supernodes=fed.clients, backend_config=backend)
+            # One BLAS thread: Flower's DP wrapper takes update norms with NumPy in the ServerApp's
+            # thread, and OpenBLAS's threaded dot product called there waited for its workers forever
+            # (exec_blas, seen in CI); the vectors are small, so nothing is lost.
+            with threadpool_limits(limits=1, user_api="blas"):
+                run_simulation(server_app=server, client_app=client, num_supernodes=fed.clients, backend_config=backend)
             break
         except RuntimeError as err:
             # Ray gives its node 30 s to start; on a loaded machine it can miss that before any round
