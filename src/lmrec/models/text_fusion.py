@@ -54,6 +54,7 @@ class TextFusion:
     def __init__(self, config: TextFusionConfig, text: torch.Tensor) -> None:
         self.config = config
         self.text = text / text.norm(dim=1, keepdim=True).clamp(min=1e-12)  # (n_items, d)
+        self._by_row: torch.Tensor | None = None  # the text by net row (row 0: pad), for position_scores
 
     @property
     def weight(self) -> float:
@@ -81,7 +82,9 @@ class TextFusion:
         (B, L) of net rows (0 pad, item i at row i + 1): the profile at position j reads the items
         at j, j − 1, … as :meth:`profiles` reads a history's end. (N, n_items), N = keep.sum()."""
         recent, decay = self.config.recent, self.config.decay
-        text = torch.cat([torch.zeros(1, self.text.shape[1]), self.text]).to(inputs.device)  # row 0: pad
+        if self._by_row is None or self._by_row.device != inputs.device:  # once, not every training step
+            self._by_row = torch.cat([torch.zeros(1, self.text.shape[1]), self.text]).to(inputs.device)
+        text = self._by_row
         out = torch.zeros(*inputs.shape, self.text.shape[1], device=inputs.device)
         total = torch.zeros(*inputs.shape, 1, device=inputs.device)
         for back in range(min(recent, inputs.shape[1])):  # the item `back` places before each position
