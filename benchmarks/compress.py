@@ -252,12 +252,12 @@ def run_table(args: argparse.Namespace) -> None:
     out = args.out or args.run.parent / f"{args.run.name}-compressed"
     source = open_run(args.run, cache)
     queries = source.split.eval_set("test").queries
+    uncompressed = [(f"{source.meta['model']} (torch, {'student' if args.teacher else 'source'})", args.run, source)]
+    if args.teacher:  # timed first: the base of the × columns
+        uncompressed.insert(0, ("teacher (torch)", args.teacher, open_run(args.teacher, cache)))
     entries: list[tuple[str, Run, int, int, float]] = [
-        (f"{name} (torch)", run, directory_bytes(path / "model"), source_parameter_count(run.model), 0.0)
-        for name, path, run in [
-            *([("teacher", args.teacher, open_run(args.teacher, cache))] if args.teacher else []),
-            (source.meta["model"] + (", source" if not args.teacher else ", student"), args.run, source),
-        ]
+        (label, run, directory_bytes(path / "model"), source_parameter_count(run.model), 0.0)
+        for label, path, run in uncompressed
     ]
     only = set(args.only.split(",")) if args.only else {label for label, _, _ in VARIANTS}
     for label, method, sets in [v for v in VARIANTS if v[0] in only]:
