@@ -11,7 +11,7 @@ import torch
 
 from lmrec.data.batch import QueryBatch
 from lmrec.data.schema import Dataset
-from lmrec.data.sequences import sequence_windows
+from lmrec.data.sequences import random_batches, sequence_windows
 from lmrec.data.splits import leave_one_out
 from lmrec.errors import ConfigError
 from lmrec.evaluate import evaluate
@@ -157,6 +157,31 @@ def test_diversity_regulariser_spreads_top_lists(board: Dataset) -> None:
         items, _ = model.recommend(split.eval_set("test").queries, k=4)
         coverage[weight] = category_coverage(items, cats)
     assert coverage[5.0] > coverage[0.0], coverage  # the checkerboard model learns one parity per user
+
+
+def test_random_batches_hold_every_window_once_and_mix_lengths() -> None:
+    windows = [np.arange(1, n + 1) for n in [2] * 50 + [40] * 50]
+    batches = random_batches(windows, 10, torch.Generator().manual_seed(0))
+    assert sorted(len(w) for b in batches for w in b) == sorted(len(w) for w in windows)
+    assert all(len(b) == 10 for b in batches)
+    mixed = [b for b in batches if len({len(w) for w in b}) == 2]
+    assert len(mixed) >= 8  # length-sorted batches would mix at most one
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_the_encoder_runs_mixed_lengths_in_chunks_and_computes_the_same(causal: bool) -> None:
+    from lmrec.models.sequential import encoder
+
+    torch.manual_seed(0)
+    net = encoder.SequenceEncoder(50, SequentialConfig(dim=16, inner=32, layers=2, heads=2, max_len=20, dropout=0.0))
+    lengths = torch.randint(1, 21, (3 * encoder.CHUNK_ROWS + 5,))
+    seq = torch.zeros(len(lengths), 20, dtype=torch.long)
+    for row, n in enumerate(lengths):
+        seq[row, :n] = torch.randint(1, 51, (int(n),))
+    real = seq > 0
+    chunked, whole = net(seq, causal=causal), net._hidden(seq, causal, net.item_table())
+    assert chunked.shape == whole.shape
+    assert torch.allclose(chunked[real], whole[real], atol=1e-5)
 
 
 def test_diversity_weight_needs_full_softmax() -> None:

