@@ -12,6 +12,9 @@ same early stopping through the harness, i.e. ``train_run`` → ``open_run``, ev
                    the controls: the same model with the item→text map shuffled
                    (text_encoder=shuffled:minilm) and with random 384-d vectors (random:384)
 
+``--published`` trains every arm on the published CE-SASRec's schedule (batch 512, lr 5e-4, up to
+200 epochs, patience 20) instead of batch 128, lr 1e-3 and 60 epochs.
+
 Besides the harness's table (paired tests against ce-sasrec) it prints NDCG@10 by the popularity of
 each test user's target item in training (head / torso / tail: the most popular items holding the
 first, second and last third of training interactions). Arms can be trained by two processes at
@@ -44,6 +47,9 @@ TUNED = {
     "epochs": "60",
     "patience": "10",
 }
+# the published CE-SASRec's schedule on top (MTandHJ/CE-SCE-LLMRec: batch 512, lr 5e-4, 200 epochs;
+# its best epochs 105-140), early-stopped at patience 20: --recipe published
+PUBLISHED = {**TUNED, "batch_size": "512", "lr": "5e-4", "epochs": "200", "patience": "20"}
 FUSION = {"fusion.choose": "0,2,4,6,8"}
 INIT = {"item_init": "text"}
 ARMS = {
@@ -92,16 +98,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--defaults", action="store_true", help="sasrec's defaults under every arm instead of the tuned CE-SASRec's"
     )
+    parser.add_argument("--published", action="store_true", help="the published CE-SASRec's schedule (PUBLISHED)")
     args = parser.parse_args(argv)
 
     log = Path(args.dataset).name
-    tuned = {} if args.defaults else TUNED
+    tuned = {} if args.defaults else PUBLISHED if args.published else TUNED
     if args.epochs:
         tuned = {**tuned, "epochs": str(args.epochs), "patience": "5"}
     arms = [
         Arm(name, "sasrec", {**tuned, **{k: v for k, v in ARMS[name].items() if k not in TUNED}}) for name in args.arms
     ]
-    tag = ("-defaults" if args.defaults else "") + (f"-e{args.epochs}" if args.epochs else "")
+    tag = ("-defaults" if args.defaults else "-published" if args.published else "") + (f"-e{args.epochs}" if args.epochs else "")
     out = args.out or BENCH / "results" / f"lm-sparse-{log}{tag}.json"
     report = run_arms(
         arms,

@@ -17,22 +17,19 @@ import json
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from typing import TYPE_CHECKING, Any
 
 from lmrec.errors import ConfigError, MissingExtraError
 from lmrec.serve.store import (
-    ApiKey,
     Event,
     EventStore,
     Item,
+    SQLKeys,
     StoreUnavailable,
     check_events,
     check_items,
-    key_id_of,
-    key_matches,
-    new_key,
     readable_item,
     redact_url,
 )
@@ -130,13 +127,15 @@ class _Pool:
             conn.close()
 
 
-class PostgresStore(EventStore):
+class PostgresStore(SQLKeys, EventStore):
     """The event store in a PostgreSQL database, shared by any number of processes.
 
     ``url`` is a libpq URL, ``postgresql://user:password@host:port/dbname?sslmode=...``. ``pool_size``
     bounds this process's connections (the service's request threads borrow them); a call waits up
     to ``timeout`` seconds for a free one, and as long for the server to answer a connection.
     """
+
+    _mark = "%s"
 
     def __init__(self, url: str, pool_size: int = 8, timeout: float = 30.0) -> None:
         if not url.startswith(("postgresql://", "postgres://")):
@@ -243,39 +242,6 @@ class PostgresStore(EventStore):
         return [
             readable_item(item, title, fields, float(updated), self._reported) for item, title, fields, updated in rows
         ]
-
-    # -- API keys -------------------------------------------------------------------------------
-    def create_key(self, scopes: Iterable[str]) -> tuple[str, str]:
-        key_id, plaintext, hashed, wanted = new_key(scopes)
-        with self._transaction() as conn:
-            conn.execute(
-                "INSERT INTO api_keys (key_id, hash, scopes, created) VALUES (%s, %s, %s, %s)",
-                (key_id, hashed, wanted, time.time()),
-            )
-        return key_id, plaintext
-
-    def verify_key(self, plaintext: str) -> frozenset[str] | None:
-        key_id = key_id_of(plaintext)
-        if key_id is None:
-            return None
-        rows = self._query("SELECT hash, scopes, revoked FROM api_keys WHERE key_id = %s", (key_id,))
-        if not rows:
-            return None
-        stored, scopes, revoked = rows[0]
-        if not key_matches(stored, plaintext) or revoked is not None:
-            return None
-        return frozenset(scopes.split(","))
-
-    def revoke_key(self, key_id: str) -> bool:
-        with self._transaction() as conn:
-            cur = conn.execute(
-                "UPDATE api_keys SET revoked = %s WHERE key_id = %s AND revoked IS NULL", (time.time(), key_id)
-            )
-            return cur.rowcount > 0
-
-    def list_keys(self) -> list[ApiKey]:
-        rows = self._query("SELECT key_id, scopes, created, revoked FROM api_keys ORDER BY created")
-        return [ApiKey(k, tuple(s.split(",")), c, r) for k, s, c, r in rows]
 
     # -- the served run -------------------------------------------------------------------------
     def record_run(self, run: str) -> int:

@@ -243,7 +243,55 @@ def _create_private(path: Path) -> None:
         os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600))
 
 
-class SQLiteStore(EventStore):
+class SQLKeys:
+    """API keys over SQL, shared by :class:`SQLiteStore` and ``PostgresStore``: a store gives its
+    ``_transaction`` and ``_query`` and the parameter mark of its driver (``?`` or ``%s``)."""
+
+    _mark = "?"
+
+    def _transaction(self) -> contextlib.AbstractContextManager[Any]:
+        raise NotImplementedError
+
+    def _query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        raise NotImplementedError
+
+    def _sql(self, text: str) -> str:
+        return text.replace("?", self._mark)
+
+    def create_key(self, scopes: Iterable[str]) -> tuple[str, str]:
+        key_id, plaintext, hashed, wanted = new_key(scopes)
+        with self._transaction() as db:
+            db.execute(
+                self._sql("INSERT INTO api_keys (key_id, hash, scopes, created) VALUES (?, ?, ?, ?)"),
+                (key_id, hashed, wanted, time.time()),
+            )
+        return key_id, plaintext
+
+    def verify_key(self, plaintext: str) -> frozenset[str] | None:
+        key_id = key_id_of(plaintext)
+        if key_id is None:
+            return None
+        rows = self._query(self._sql("SELECT hash, scopes, revoked FROM api_keys WHERE key_id = ?"), (key_id,))
+        if not rows:
+            return None
+        stored, scopes, revoked = rows[0]
+        if not key_matches(stored, plaintext) or revoked is not None:
+            return None
+        return frozenset(scopes.split(","))
+
+    def revoke_key(self, key_id: str) -> bool:
+        with self._transaction() as db:
+            cur = db.execute(
+                self._sql("UPDATE api_keys SET revoked = ? WHERE key_id = ? AND revoked IS NULL"), (time.time(), key_id)
+            )
+            return bool(cur.rowcount > 0)
+
+    def list_keys(self) -> list[ApiKey]:
+        rows = self._query("SELECT key_id, scopes, created, revoked FROM api_keys ORDER BY created")
+        return [ApiKey(k, tuple(s.split(",")), c, r) for k, s, c, r in rows]
+
+
+class SQLiteStore(SQLKeys, EventStore):
     """The default store: one SQLite file, one connection guarded by a lock.
 
     SQLite serialises writers anyway; a lock around one connection keeps the code simple and
@@ -352,39 +400,6 @@ class SQLiteStore(EventStore):
         )
         return [readable_item(item, title, fields, updated, self._reported) for item, title, fields, updated in rows]
 
-    # -- API keys -------------------------------------------------------------------------------
-    def create_key(self, scopes: Iterable[str]) -> tuple[str, str]:
-        key_id, plaintext, hashed, wanted = new_key(scopes)
-        with self._transaction() as db:
-            db.execute(
-                "INSERT INTO api_keys (key_id, hash, scopes, created) VALUES (?, ?, ?, ?)",
-                (key_id, hashed, wanted, time.time()),
-            )
-        return key_id, plaintext
-
-    def verify_key(self, plaintext: str) -> frozenset[str] | None:
-        key_id = key_id_of(plaintext)
-        if key_id is None:
-            return None
-        rows = self._query("SELECT hash, scopes, revoked FROM api_keys WHERE key_id = ?", (key_id,))
-        if not rows:
-            return None
-        stored, scopes, revoked = rows[0]
-        if not key_matches(stored, plaintext) or revoked is not None:
-            return None
-        return frozenset(scopes.split(","))
-
-    def revoke_key(self, key_id: str) -> bool:
-        with self._transaction() as db:
-            cur = db.execute(
-                "UPDATE api_keys SET revoked = ? WHERE key_id = ? AND revoked IS NULL", (time.time(), key_id)
-            )
-            return cur.rowcount > 0
-
-    def list_keys(self) -> list[ApiKey]:
-        rows = self._query("SELECT key_id, scopes, created, revoked FROM api_keys ORDER BY created")
-        return [ApiKey(k, tuple(s.split(",")), c, r) for k, s, c, r in rows]
-
     # -- the served run -------------------------------------------------------------------------
     def record_run(self, run: str) -> int:
         with self._transaction() as db:
@@ -410,6 +425,7 @@ __all__ = [
     "Event",
     "EventStore",
     "Item",
+    "SQLKeys",
     "SQLiteStore",
     "StoreUnavailable",
     "brief",
