@@ -108,7 +108,8 @@ def main(argv: list[str] | None = None) -> None:
     arms = [
         Arm(name, "sasrec", {**tuned, **{k: v for k, v in ARMS[name].items() if k not in TUNED}}) for name in args.arms
     ]
-    tag = ("-defaults" if args.defaults else "-published" if args.published else "") + (f"-e{args.epochs}" if args.epochs else "")
+    recipe = "-defaults" if args.defaults else "-published" if args.published else ""
+    tag = recipe + (f"-e{args.epochs}" if args.epochs else "")
     out = args.out or BENCH / "results" / f"lm-sparse-{log}{tag}.json"
     report = run_arms(
         arms,

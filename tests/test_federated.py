@@ -143,9 +143,9 @@ def test_federated_options_refuse_what_cannot_work() -> None:
     with pytest.raises(ConfigError, match="ray_memory_mb"):
         FederatedOptions(ray_memory_mb=50)
     with pytest.raises(ConfigError, match="supports"):
-        from lmrec.privacy.federated import family
+        from lmrec.privacy.federated import per_user_tables
 
-        family("ease")
+        per_user_tables("ease")
     with pytest.raises(ConfigError, match="server_lr"):  # it would scale the clipped updates past the noise
         FederatedOptions(dp=DPSpec(epsilon=8), server_lr=2.0)
     with pytest.raises(ConfigError, match="per-user rows"):  # BPR's user rows would be released

@@ -175,6 +175,10 @@ class Recommender(ABC):
     # Devices the model can train and score on: models that are not torch modules run on the CPU.
     devices: ClassVar[tuple[str, ...]] = ("cpu",)
     private: ClassVar[bool] = False  # trains with user-level DP-SGD when FitOptions.dp is set
+    # Federated learning (lmrec.privacy.federated) averages the module this model's fit trains.
+    # None: the model does not federate; else that module's tables with one row per user, which the
+    # server takes from the client holding the user instead of averaging.
+    federated_per_user: ClassVar[tuple[str, ...] | None] = None
 
     def __init__(self, config: ModelConfig | None = None) -> None:
         self.config = config if config is not None else self.config_class()
@@ -184,6 +188,11 @@ class Recommender(ABC):
         self.n_items = 0
         self.device = torch.device("cpu")
         self.training_log: dict[str, Any] = {}  # losses and validation scores per epoch, seconds
+
+    def state_from_module(self, weights: dict[str, torch.Tensor], train: Dataset) -> dict[str, torch.Tensor]:
+        """The saved state (:meth:`state`) that the weights of the module its fit trains make, for a
+        model sized like ``train`` (federated learning's global model); by default the same."""
+        return dict(weights)
 
     # -- the contract -----------------------------------------------------------------------------
     def fit(self: R, train: Dataset, valid: EvalSet | None = None, options: FitOptions | None = None) -> R:

@@ -139,6 +139,7 @@ class BPR(DotProductModel):
 
     devices = ("cpu", "cuda", "mps")
     private = True
+    federated_per_user = ("user_factors",)  # a user's row is trained by the client holding the user
 
     def _fit(self, train: Dataset, valid: EvalSet | None, options: FitOptions) -> None:
         cfg, gen = self.config, options.torch_generator()

@@ -24,8 +24,8 @@ the client holding the user (:func:`fedavg`). They reach the server so that the 
 score its known users as ``lmrec train``'s would; everything else that is learned is shared.
 
 Here: the options (:class:`FederatedOptions`, which with ``dp`` refuse what DP-FedAvg cannot do),
-the model families that federate (:data:`FAMILIES`), the user shards, one client's local fit, the
-aggregation and the global model a set of weights makes. What runs the rounds — the Flower
+which models federate (:func:`per_user_tables`, as each model class declares), the user shards, one
+client's local fit, the aggregation and the global model a set of weights makes. What runs the rounds — the Flower
 ClientApp and ServerApp, DP-FedAvg's clipping and noise, validation after every round, Flower's
 Simulation Engine — is :mod:`lmrec.privacy.flower`; the same apps for Flower's deployment engine
 are :mod:`lmrec.flower_app` (docs/federated.md).
@@ -34,7 +34,6 @@ are :mod:`lmrec.flower_app` (docs/federated.md).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,37 +52,16 @@ Weights = dict[str, torch.Tensor]
 LR_SCHEDULES = ("constant", "cosine")
 
 
-# -- what each model family shares ------------------------------------------------------------------
-def _module_is_state(weights: Weights, train: Dataset) -> dict[str, torch.Tensor]:
-    return dict(weights)
-
-
-def _sequential_state(weights: Weights, train: Dataset) -> dict[str, torch.Tensor]:
-    # popularity scores only empty histories; it is counted from the training data the run rebuilds
-    popularity = torch.from_numpy(train.item_popularity().astype(np.float32))
-    return {**{f"net.{k}": v for k, v in weights.items()}, "popularity": popularity}
-
-
-@dataclass(frozen=True)
-class Family:
-    """How a model family federates: the per-user tables of its training module (aggregated row by
-    row from the client holding the user) and how its saved state is made of the module's weights."""
-
-    per_user: tuple[str, ...]
-    state: Callable[[Weights, Dataset], dict[str, torch.Tensor]]
-
-
-FAMILIES: dict[str, Family] = {
-    "bpr": Family(per_user=("user_factors",), state=_module_is_state),
-    "sasrec": Family(per_user=(), state=_sequential_state),
-    "bert4rec": Family(per_user=(), state=_sequential_state),
-}
-
-
-def family(model: str) -> Family:
-    if model not in FAMILIES:
-        raise ConfigError(f"federated training supports {', '.join(FAMILIES)}, not {model!r}")
-    return FAMILIES[model]
+# -- which models federate ---------------------------------------------------------------------------
+def per_user_tables(model: str) -> tuple[str, ...]:
+    """The tables with one row per user of the module ``model`` trains, as the model class declares
+    (``Recommender.federated_per_user``); a model that declares none does not federate."""
+    tables = model_class(model).federated_per_user
+    if tables is None:
+        raise ConfigError(
+            f"federated training supports the models that declare it (sasrec, bert4rec, bpr), not {model!r}"
+        )
+    return tables
 
 
 @dataclass
@@ -201,13 +179,13 @@ def global_model(model: str, config: ModelConfig, weights: Weights, train: Datas
     saved model is, ready to score, save and serve."""
     recommender = model_class(model)(config)
     recommender.n_users, recommender.n_items = train.n_users, train.n_items
-    recommender.load_state(family(model).state(weights, train))
+    recommender.load_state(recommender.state_from_module(weights, train))
     return recommender
 
 
 def federated_config(model: str, overrides: dict[str, Any], fed: FederatedOptions) -> ModelConfig:
     """The model config each client trains: ``overrides`` with ``epochs`` = the local epochs."""
-    if fed.dp is not None and family(model).per_user:
+    if fed.dp is not None and per_user_tables(model):
         raise ConfigError(f"DP-FedAvg cannot release {model}'s per-user rows; use sasrec or bert4rec")
     config = model_class(model).config_class.from_dict({**overrides, "epochs": fed.local_epochs})
     phases = getattr(config, "pretrain_epochs", 0) or getattr(config, "init_from", None)
@@ -219,11 +197,11 @@ def federated_config(model: str, overrides: dict[str, Any], fed: FederatedOption
 
 
 __all__ = [
-    "FAMILIES",
     "FederatedOptions",
     "StartFrom",
     "fedavg",
     "global_model",
     "local_fit",
+    "per_user_tables",
     "shard_users",
 ]

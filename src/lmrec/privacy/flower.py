@@ -42,11 +42,11 @@ from lmrec.models.base import FitOptions, ModelConfig, Recommender
 from lmrec.privacy.federated import (
     FederatedOptions,
     Weights,
-    family,
     fedavg,
     federated_config,
     global_model,
     local_fit,
+    per_user_tables,
     shard_users,
 )
 from lmrec.train.privacy import DPStrategy
@@ -192,7 +192,7 @@ def serve_rounds(
         return app.MetricRecord({"valid-ndcg10": score})
 
     strategy = _strategy_class()(
-        family(model).per_user,
+        per_user_tables(model),
         fed,
         outcome,
         fraction_train=1.0,
@@ -225,7 +225,7 @@ def finish(
         raise LmrecError(f"federated {model}: {outcome.error}")
     if outcome.last is None or len(outcome.rounds) < fed.rounds:
         raise LmrecError(f"federated {model}: the federation ended after {len(outcome.rounds)} of {fed.rounds} rounds")
-    spec = family(model)
+    per_user = per_user_tables(model)
     weights = outcome.best if outcome.best is not None else outcome.last
     strategy = "FedAvg weighted by training interactions"
     if fed.dp is not None:
@@ -234,8 +234,8 @@ def finish(
         strategy += f", server learning rate {fed.server_lr:g}"
     if fed.lr_schedule != "constant":
         strategy += f", clients' learning rate on a {fed.lr_schedule} over the rounds"
-    if spec.per_user:
-        strategy += f"; per-user rows ({', '.join(spec.per_user)}) from the client holding the user"
+    if per_user:
+        strategy += f"; per-user rows ({', '.join(per_user)}) from the client holding the user"
     log = {
         "strategy": strategy,
         "clients": fed.clients,

@@ -32,6 +32,7 @@ class MultiTaskSASRec(SequentialRecommender):
     name = "mtl-sasrec"
     config_class = MultiTaskConfig
     private = False  # no DP-SGD path over the mixer and heads: --dp-epsilon is refused, not ignored
+    federated_per_user = None  # nor a federated one
     config: MultiTaskConfig
     module: MultiTaskNet
 

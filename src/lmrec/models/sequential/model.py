@@ -8,7 +8,7 @@ import copy
 import weakref
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 import torch
@@ -46,6 +46,7 @@ class SequentialRecommender(ReadsItemText, DotProductModel):
 
     devices = ("cpu", "cuda", "mps")
     private = True  # user-level DP-SGD (item_repr=id): _fit_private
+    federated_per_user: ClassVar[tuple[str, ...] | None] = ()  # every table is shared (state_from_module)
 
     def fit(self: S, train: Dataset, valid: EvalSet | None = None, options: FitOptions | None = None) -> S:
         """As every model's, with the regularisation the config leaves open chosen for ``train``
@@ -401,6 +402,11 @@ class SequentialRecommender(ReadsItemText, DotProductModel):
         fusion = {"fusion.text": self.fusion.text} if self.fusion is not None else {}
         return {**{f"net.{k}": v for k, v in self.net.state_dict().items()}, "popularity": self.popularity, **fusion}
 
+    def state_from_module(self, weights: dict[str, torch.Tensor], train: Dataset) -> dict[str, torch.Tensor]:
+        # popularity scores only empty histories; it is counted from the training data
+        popularity = torch.from_numpy(train.item_popularity().astype(np.float32))
+        return {**{f"net.{k}": v for k, v in weights.items()}, "popularity": popularity}
+
     def load_state(self, tensors: dict[str, torch.Tensor]) -> None:
         if not hasattr(self, "net"):
             text_dim = tensors["net.text"].shape[1] if "net.text" in tensors else 0
@@ -440,6 +446,7 @@ class TextSASRec(SequentialRecommender):
 
     name = "text-sasrec"
     config_class = TextSequentialConfig
+    federated_per_user = None  # federated training runs ID-only models
 
 
 def expected_similarity(logits: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
