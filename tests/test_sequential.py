@@ -174,6 +174,7 @@ def test_the_encoder_runs_mixed_lengths_in_chunks_and_computes_the_same(causal: 
 
     torch.manual_seed(0)
     net = encoder.SequenceEncoder(50, SequentialConfig(dim=16, inner=32, layers=2, heads=2, max_len=20, dropout=0.0))
+    net.train()  # chunks are a training step's
     lengths = torch.randint(1, 21, (3 * encoder.CHUNK_ROWS + 5,))
     seq = torch.zeros(len(lengths), 20, dtype=torch.long)
     for row, n in enumerate(lengths):

@@ -98,14 +98,15 @@ class SequenceEncoder(nn.Module):
             self.id_trained[1 : self.n_items + 1, 0] = trained.to(self.id_trained)
 
     def forward(self, seq: torch.Tensor, causal: bool, table: torch.Tensor | None = None) -> torch.Tensor:
-        """seq (B, L) shifted item ids, right-padded with 0 → hidden states (B, L, dim). Rows run in
-        chunks of :data:`CHUNK_ROWS` of similar length, each cut to its longest row, so a batch of
-        mixed lengths costs what its items do; padded positions past a chunk's width hold zeros."""
+        """seq (B, L) shifted item ids, right-padded with 0 → hidden states (B, L, dim). In training,
+        rows run in chunks of :data:`CHUNK_ROWS` of similar length, each cut to its longest row, so a
+        batch of mixed lengths costs what its items do; padded positions past a chunk's width hold
+        zeros."""
         if self.item_repr == "late":  # text only at the output: the input reads ID rows alone
             table = self.items.weight
         elif table is None:
             table = self.item_table()
-        if torch.jit.is_tracing() or len(seq) <= CHUNK_ROWS:
+        if not self.training or len(seq) <= CHUNK_ROWS:  # scoring (and export) reads one chunk: encode cuts it
             return self._hidden(seq, causal, table)
         lengths = (seq > 0).sum(1)
         order = torch.argsort(lengths)
