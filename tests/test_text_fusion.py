@@ -47,6 +47,8 @@ def test_profile_is_the_recency_weighted_mean_of_the_last_items() -> None:
     assert torch.allclose(p[0], torch.tensor([0.0, 0.5, 1.0, 0.0]) / 1.5)  # item 2 counts 1, item 1 0.5
     assert torch.allclose(p[1], torch.tensor([0.0, 0.0, 0.0, 1.0]))
     assert torch.equal(p[2], torch.zeros(4))
+    unknown = QueryBatch.from_histories([0], [np.array([1, -1, 2, 9])])  # -1 and 9: not in this catalog
+    assert torch.allclose(fusion.profiles(unknown)[0], torch.tensor([0.0, 0.5, 1.0, 0.0]) / 1.5)
 
 
 def test_fused_scores_are_the_model_plus_weight_times_text_similarity(tmp_path: Path) -> None:
