@@ -62,7 +62,7 @@ def test_scores_are_the_same_and_the_adaptor_runs_once(board: Dataset, item_repr
 
 
 def test_a_parameter_change_recomputes(board: Dataset) -> None:
-    model = fit(board)
+    model = fit(board, item_repr="fused")  # every item read through the adaptor
     before = model.score(QUERIES)
     with torch.no_grad():
         model.net.adaptor[0].weight.mul_(-1.0)  # in place: the version counter moves

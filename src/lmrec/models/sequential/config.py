@@ -159,7 +159,13 @@ class BERT4RecConfig(SequentialConfig):
 
 @dataclass
 class TextSequentialConfig(SequentialConfig):
-    item_repr: str = "fused"
-    # Cold items are read from text alone; training some items that way too (DropoutNet, Volkovs et
-    # al. 2017) keeps text-only rows on the same scale as fused ones instead of outscoring them.
-    id_dropout: float = 0.2
+    """``text-sasrec``: sasrec whose ID table starts from the items' whitened text, with score-level
+    text fusion whose weight is chosen on validation (0 among the choices: where text does not help,
+    the model is its ID part), and items without training interactions (cold, or added later) read
+    from their text mapped into the ID space. The recipe that won on both sparse shared logs
+    (benchmarks/lm_sparse.py, RESULTS "Language-model items…"); the fused, gated table it replaces
+    lost to sasrec there."""
+
+    item_repr: str = "aligned"
+    item_init: str = "text"
+    fusion: TextFusionConfig = field(default_factory=lambda: TextFusionConfig(choose=(0.0, 2.0, 4.0, 6.0, 8.0)))
