@@ -79,7 +79,7 @@ def test_load_state_recomputes(board: Dataset) -> None:
 
 
 def test_new_item_text_recomputes(board: Dataset) -> None:
-    model = fit(board)
+    model = fit(board, item_repr="fused")  # every item read through its text
     before = model.item_embeddings().clone()
     grown = model.with_new_items(np.eye(1, KeywordEncoder.dim, dtype=np.float32))
     assert grown.item_embeddings().shape == (board.n_items + 1, 16)

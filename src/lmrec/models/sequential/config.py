@@ -163,8 +163,8 @@ class TextSequentialConfig(SequentialConfig):
     text fusion whose weight is chosen on validation (0 among the choices: where text does not help,
     the model is its ID part), and items without training interactions (cold, or added later) read
     from their text mapped into the ID space. The recipe that won on both sparse shared logs
-    (benchmarks/lm_sparse.py, RESULTS "Language-model items…"); the fused, gated table it replaces
-    lost to sasrec there."""
+    (benchmarks/lm_sparse.py; RESULTS "Language-model items…" and "Random batches…"); the fused,
+    gated table it replaces lost to sasrec there."""
 
     item_repr: str = "aligned"
     item_init: str = "text"
