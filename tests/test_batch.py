@@ -113,3 +113,13 @@ def test_mask_seen_sets_history_items_to_minus_inf_and_ignores_unknown_ones() ->
     mask_seen(scores, b)
     inf = float("-inf")
     assert scores.tolist() == [[inf, 1.0, inf, 3.0], [4.0, 5.0, 6.0, 7.0], [8.0, 9.0, 10.0, inf]]
+
+
+def test_known_leaves_out_the_items_a_model_does_not_have() -> None:
+    batch = QueryBatch.from_histories([0, 1, 2], [[1, -1, 2, 9], [-1], [3]])
+    known = batch.known(5)
+    assert [known.history(i).tolist() for i in range(3)] == [[1, 2], [], [3]]
+    assert known.users.tolist() == [0, 1, 2]
+    assert batch.known(10).items.tolist() == [1, 2, 9, 3]
+    whole = QueryBatch.from_histories([0], [[0, 4]])
+    assert whole.known(5) is whole  # nothing to leave out

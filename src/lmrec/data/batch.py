@@ -76,6 +76,14 @@ class QueryBatch:
         lo, hi = self.indptr[start], self.indptr[stop]
         return QueryBatch(self.users[start:stop], self.indptr[start : stop + 1] - lo, self.items[lo:hi])
 
+    def known(self, n_items: int) -> QueryBatch:
+        """The same queries with the history items outside ``[0, n_items)`` left out."""
+        keep = (self.items >= 0) & (self.items < n_items)
+        if keep.all():
+            return self
+        indptr = np.concatenate([[0], np.cumsum(keep)])[self.indptr].astype(np.int64)
+        return QueryBatch(self.users, indptr, self.items[keep])
+
     def matrix(self, n_items: int) -> sp.csr_matrix:
         """Binary users × items matrix of the histories (duplicates and unknown items dropped)."""
         rows = np.repeat(np.arange(len(self)), self.lengths())

@@ -46,8 +46,7 @@ def length_buckets(windows: list[np.ndarray], batch_size: int, gen: torch.Genera
     ties broken randomly each epoch."""
     jitter = torch.rand(len(windows), generator=gen).numpy()
     lengths = np.array([len(w) for w in windows])
-    order = np.lexsort((jitter, lengths))
-    batches = [[windows[i] for i in order[s : s + batch_size]] for s in range(0, len(order), batch_size)]
+    batches = _batched(windows, np.lexsort((jitter, lengths)).tolist(), batch_size)
     perm = torch.randperm(len(batches), generator=gen).tolist()
     return [batches[p] for p in perm]
 
@@ -56,7 +55,11 @@ def random_batches(windows: list[np.ndarray], batch_size: int, gen: torch.Genera
     """Batches of windows drawn at random, every length mixed in each. (Batches of similar length
     trained worse: SASRec on amazon-beauty-2014, validation NDCG@10 after 40 epochs 0.0574 against
     0.0631 — a step on short windows alone, then one on long windows alone.)"""
-    order = torch.randperm(len(windows), generator=gen).tolist()
+    return _batched(windows, torch.randperm(len(windows), generator=gen).tolist(), batch_size)
+
+
+def _batched(windows: list[np.ndarray], order: list[int], batch_size: int) -> list[list[np.ndarray]]:
+    """``windows`` in ``order``, cut into batches of ``batch_size``."""
     return [[windows[i] for i in order[s : s + batch_size]] for s in range(0, len(order), batch_size)]
 
 

@@ -65,13 +65,12 @@ class TextFusion:
         mean (items the model does not know, -1 or past its catalog, are skipped, as the sequence
         model skips them)."""
         recent, decay = self.config.recent, self.config.decay
-        known = (batch.items >= 0) & (batch.items < len(self.text))
-        indptr = np.concatenate([[0], np.cumsum(known)])[batch.indptr].astype(np.int64)
-        lengths = torch.from_numpy(np.diff(indptr))
-        ends = torch.from_numpy(indptr[1:])
+        batch = batch.known(len(self.text))
+        lengths = torch.from_numpy(batch.lengths())
+        ends = torch.from_numpy(batch.indptr[1:].astype(np.int64))
         out = torch.zeros(len(batch), self.text.shape[1])
         total = torch.zeros(len(batch), 1)
-        items = torch.from_numpy(batch.items[known].astype(np.int64))
+        items = torch.from_numpy(batch.items.astype(np.int64))
         for back in range(recent):  # the item `back` places before the end of each history
             has = lengths > back
             if not bool(has.any()):
