@@ -135,3 +135,12 @@ def test_pvalues_are_probabilities_and_ci_is_ordered(data: tuple[np.ndarray, np.
     # The interval is made of resampled means, so it lies within the range of the differences.
     d = b - a
     assert d.min() - 1e-12 <= out["ci_low"] <= out["ci_high"] <= d.max() + 1e-12
+
+
+def test_the_t_test_does_not_depend_on_the_scale_of_the_differences() -> None:
+    a = np.zeros(3)
+    b = np.array([1.0, 0.0, 2.0])
+    p = paired_test(a, b, n_resamples=10)["t_pvalue"]
+    assert 0 < p < 1
+    for scale in (1e-300, 1e-320):  # variances this small underflow to 0
+        assert paired_test(a, b * scale, n_resamples=10)["t_pvalue"] == pytest.approx(p, rel=1e-6)

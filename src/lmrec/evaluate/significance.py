@@ -50,7 +50,10 @@ def _t_pvalue(a: npt.NDArray[np.float64], b: npt.NDArray[np.float64]) -> float:
         # The same non-zero shift for every user, up to rounding: zero variance, t → ∞, p → 0.
         # scipy would return NaN or an unreliable value with a precision-loss warning here.
         return 0.0
-    return float(stats.ttest_rel(b, a).pvalue)
+    # The paired t-test is the one-sample test of the differences, and t does not depend on their
+    # scale: divided by the largest, differences near the smallest floats keep a variance that
+    # does not underflow to 0 (which gave p = 0, or NaN, for a spread that is there).
+    return float(stats.ttest_1samp(diff / largest, 0.0).pvalue)
 
 
 def _wilcoxon_pvalue(diff: npt.NDArray[np.float64]) -> float:
